@@ -1,0 +1,601 @@
+"""PostgreSQL backend: psycopg 3 + psycopg_pool, named SQL, epoch-fenced writes, LISTEN/NOTIFY."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from importlib import resources
+from typing import Any, TypeVar
+
+import psycopg
+import psycopg.errors
+from psycopg import sql
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from kit.config import redact_url
+from kit.errors import (
+    DatabaseUnavailableError,
+    LeaseLostError,
+    SchemaError,
+    StorageError,
+    TransientStorageError,
+)
+from kit.storage import (
+    Backend,
+    Capabilities,
+    Claim,
+    ClaimRequest,
+    Created,
+    Finish,
+    NewWorkflow,
+    Status,
+    StepRecord,
+    StepResult,
+    StepTransaction,
+    WorkerInfo,
+    WorkflowQuery,
+    WorkflowRecord,
+)
+
+log = logging.getLogger("kit.postgres")
+T = TypeVar("T")
+
+_MIGRATION_LOCK = 0x6B6974  # "kit": pg_advisory_xact_lock key serialising migrations
+_TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03", "57P01", "57P02", "57P03", "08000", "08003", "08006", "25006"}
+
+
+def _load_queries() -> dict[str, str]:
+    text = resources.files(__package__).joinpath("queries.sql").read_text(encoding="utf-8")
+    out: dict[str, str] = {}
+    for block in re.split(r"^-- name: ", text, flags=re.M)[1:]:
+        name, _, body = block.partition("\n")
+        lines = [ln for ln in body.splitlines() if not ln.lstrip().startswith("--")]
+        out[name.strip()] = "\n".join(lines).strip()
+    return out
+
+
+def _load_migrations() -> list[tuple[int, str, str]]:
+    folder = resources.files(__package__).joinpath("migrations")
+    found = []
+    for entry in folder.iterdir():
+        m = re.match(r"^(\d+)_(\w+)\.sql$", entry.name)
+        if m:
+            found.append((int(m.group(1)), m.group(2), entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+_QUERIES = _load_queries()
+_MIGRATIONS = _load_migrations()
+
+
+def capabilities_from_version(version: str) -> Capabilities:
+    """Capabilities of a server from its ``SELECT version()`` text (pure, table-tested)."""
+    lowered = version.lower()
+    if "cockroachdb" in lowered:
+        # CockroachDB speaks the protocol but needs its own backend (docs/backends.md).
+        return Capabilities(retry_serialization_failures=True, follower_reads=True, server_version=version)
+    return Capabilities(
+        listen_notify=True,
+        skip_locked=True,
+        transactional_steps=True,
+        advisory_locks=True,
+        server_version=version,
+    )
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    if isinstance(exc, (psycopg.OperationalError, PoolTimeout)) and not isinstance(
+        exc, psycopg.errors.QueryCanceled
+    ):
+        return True
+    return getattr(exc, "sqlstate", None) in _TRANSIENT_SQLSTATES
+
+
+class _PgStepTx(StepTransaction):
+    def __init__(self, backend: PostgresBackend, conn: psycopg.Connection, step: StepResult) -> None:
+        self._backend = backend
+        self._conn = conn
+        self._step = step
+        self.record: StepRecord | None = None
+        self.pending: StepResult | None = None
+
+    @property
+    def connection(self) -> psycopg.Connection:
+        return self._conn
+
+    def checkpoint(self, output: str | None) -> None:
+        """Insert the checkpoint inside this transaction; the commit happens on leaving the block."""
+        step = replace(self._step, output=output)
+        cur = self._conn.execute(self._backend._q["step_record"], _step_params(step))
+        if cur.fetchone() is None:
+            raise LeaseLostError(f"workflow {step.workflow_id}: step {step.step_id} fenced (lease lost)")
+        self.pending = step
+
+
+def _step_params(step: StepResult) -> dict[str, Any]:
+    return {
+        "workflow_id": step.workflow_id,
+        "step_id": step.step_id,
+        "name": step.name,
+        "output": step.output,
+        "error": step.error,
+        "epoch": step.epoch,
+        "attempts": step.attempts,
+        "started_at": step.started_at,
+    }
+
+
+def _wf(row: tuple) -> WorkflowRecord:
+    return WorkflowRecord(
+        workflow_id=row[0], name=row[1], status=Status(row[2]), inputs=row[3], output=row[4], error=row[5],
+        queue=row[6], app_version=row[7], owner=row[8], epoch=row[9], lease_expires_at=row[10],
+        created_at=row[11], started_at=row[12], finished_at=row[13], recoveries=row[14], parent_id=row[15],
+    )
+
+
+def _step(row: tuple) -> StepRecord:
+    return StepRecord(
+        workflow_id=row[0], step_id=row[1], name=row[2], output=row[3], error=row[4], epoch=row[5],
+        attempts=row[6], started_at=row[7], finished_at=row[8],
+    )
+
+
+class PostgresBackend(Backend):
+    """Single PostgreSQL (13+). Claims with SKIP LOCKED, checkpoints fenced by the lease epoch."""
+
+    name = "postgres"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        schema: str = "kit",
+        pool_size: int = 8,
+        connect_timeout: float = 5.0,
+        retry_seconds: float = 60.0,
+        notify: bool = True,
+    ) -> None:
+        self.url = url
+        self.schema = schema
+        self.pool_size = max(2, pool_size)
+        self.connect_timeout = connect_timeout
+        self.retry_seconds = retry_seconds
+        self.use_notify = notify
+        self._pool: ConnectionPool | None = None
+        self._caps = Capabilities()
+        self._q = {k: sql.SQL(v).format(schema=sql.Identifier(schema)) for k, v in _QUERIES.items()}
+        self._listen_conn: psycopg.Connection | None = None
+        self._listen_lock = threading.Lock()
+        self._listening: set[str] = set()
+        self._closed = False
+
+    # -- connection management ----------------------------------------------------------------------
+    def _conn_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"autocommit": True, "prepare_threshold": 0}
+        try:
+            given = psycopg.conninfo.conninfo_to_dict(self.url)
+        except psycopg.ProgrammingError as exc:
+            from kit.errors import ConfigError
+
+            raise ConfigError(f"malformed database URL {redact_url(self.url)}: {exc}") from None
+        defaults = {"connect_timeout": str(max(1, int(round(self.connect_timeout)))), "application_name": "kit"}
+        host = str(given.get("host", ""))
+        if host and not all(h.startswith("/") for h in host.split(",")):
+            # TCP: a hung socket (paused primary, partition) must fail instead of blocking forever.
+            defaults.update(keepalives="1", keepalives_idle="5", keepalives_interval="2", keepalives_count="3",
+                            tcp_user_timeout="15000")
+        for key, value in defaults.items():
+            if key not in given:
+                kwargs[key] = value
+        return kwargs
+
+    def open(self) -> None:
+        if self._pool is not None:
+            return
+        pool = ConnectionPool(
+            self.url, min_size=1, max_size=self.pool_size, kwargs=self._conn_kwargs(), open=False,
+            name="kit", timeout=max(self.connect_timeout * 2, 10.0), reconnect_timeout=self.retry_seconds,
+        )
+        try:
+            pool.open(wait=True, timeout=self.connect_timeout + 1)
+        except PoolTimeout:
+            err = self._probe_error()
+            pool.close(timeout=0)
+            raise DatabaseUnavailableError(
+                f"cannot connect to PostgreSQL at {redact_url(self.url)}: {err}"
+            ) from None
+        self._pool = pool
+        version = self._run(lambda c: c.execute("SELECT version()").fetchone()[0])
+        self._caps = capabilities_from_version(version)
+
+    def _probe_error(self) -> str:
+        """One direct connection attempt, to report why the pool could not connect."""
+        try:
+            with psycopg.connect(self.url, **self._conn_kwargs()):
+                return "connection timed out"
+        except psycopg.Error as exc:
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            return _scrub(text, self.url)
+
+    def close(self) -> None:
+        self._closed = True
+        with self._listen_lock:
+            if self._listen_conn is not None:
+                try:
+                    self._listen_conn.close()
+                except psycopg.Error:
+                    pass
+                self._listen_conn = None
+        if self._pool is not None:
+            self._pool.close(timeout=2)
+            self._pool = None
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._caps
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": self.name,
+            "url": redact_url(self.url),
+            "schema": self.schema,
+            "server_version": self._caps.server_version,
+            "schema_version": self.schema_version(),
+            "capabilities": {k: v for k, v in self._caps.__dict__.items() if k != "server_version"},
+        }
+
+    def _run(self, fn: Callable[[psycopg.Connection], T], *, retry: bool = True) -> T:
+        """Run ``fn`` on a pooled connection; retry lost connections and transient errors with backoff
+        for up to ``retry_seconds``. Every statement run this way is idempotent or read-back checked."""
+        if self._pool is None:
+            raise StorageError("backend is not open")
+        deadline = time.monotonic() + self.retry_seconds
+        delay = 0.05
+        while True:
+            try:
+                with self._pool.connection() as conn:
+                    return fn(conn)
+            except LeaseLostError:
+                raise
+            except psycopg.errors.UndefinedTable as exc:
+                raise SchemaError(
+                    f"kit tables are missing in schema '{self.schema}': run `kit migrate` "
+                    "(or let the app migrate on start)"
+                ) from exc
+            except (psycopg.Error, PoolTimeout) as exc:
+                if not _is_connection_error(exc):
+                    raise StorageError(_scrub(f"{type(exc).__name__}: {exc}", self.url)) from exc
+                if not retry or self._closed or time.monotonic() + delay > deadline:
+                    raise DatabaseUnavailableError(
+                        _scrub(f"database {redact_url(self.url)} unavailable: {exc}", self.url)
+                    ) from exc
+                log.warning("database error (%s), retrying in %.2fs", _scrub(str(exc).strip(), self.url), delay)
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 2.0)
+
+    # -- schema ------------------------------------------------------------------------------------
+    def _migration_statements(self, body: str) -> sql.Composed:
+        return sql.SQL(body).format(schema=sql.Identifier(self.schema))
+
+    def migration_sql(self) -> str:
+        parts = [f"CREATE SCHEMA IF NOT EXISTS {sql.Identifier(self.schema).as_string(None)};",
+                 self._migrations_table_sql().as_string(None) + ";"]
+        for version, name, body in _MIGRATIONS:
+            parts.append(f"-- migration {version:04d}_{name}")
+            parts.append(self._migration_statements(body).as_string(None))
+        return "\n".join(parts) + "\n"
+
+    def _migrations_table_sql(self) -> sql.Composed:
+        return sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {schema}.schema_migrations "
+            "(version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        ).format(schema=sql.Identifier(self.schema))
+
+    def migrate(self) -> list[int]:
+        def apply(conn: psycopg.Connection) -> list[int]:
+            applied: list[int] = []
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+                conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema)))
+                conn.execute(self._migrations_table_sql())
+                done = {
+                    r[0]
+                    for r in conn.execute(
+                        sql.SQL("SELECT version FROM {}.schema_migrations").format(sql.Identifier(self.schema))
+                    )
+                }
+                newest = max((v for v, _, _ in _MIGRATIONS), default=0)
+                if done and max(done) > newest:
+                    raise SchemaError(
+                        f"schema '{self.schema}' is at version {max(done)}, newer than this kit "
+                        f"understands ({newest}): upgrade kit"
+                    )
+                for version, name, body in _MIGRATIONS:
+                    if version in done:
+                        continue
+                    conn.execute(self._migration_statements(body), prepare=False)
+                    conn.execute(
+                        sql.SQL("INSERT INTO {}.schema_migrations (version, name) VALUES (%s, %s)").format(
+                            sql.Identifier(self.schema)
+                        ),
+                        (version, name),
+                    )
+                    applied.append(version)
+            return applied
+
+        return self._run(apply)
+
+    def schema_version(self) -> int | None:
+        def read(conn: psycopg.Connection) -> int | None:
+            exists = conn.execute(
+                "SELECT to_regclass(%s) IS NOT NULL",
+                (sql.Identifier(self.schema).as_string(conn) + ".schema_migrations",),
+            ).fetchone()[0]
+            if not exists:
+                return None
+            row = conn.execute(
+                sql.SQL("SELECT max(version) FROM {}.schema_migrations").format(sql.Identifier(self.schema))
+            ).fetchone()
+            return row[0]
+
+        return self._run(read)
+
+    # -- workflows ------------------------------------------------------------------------------------
+    def workflow_create(self, wf: NewWorkflow) -> Created:
+        params = {
+            "workflow_id": wf.workflow_id, "name": wf.name, "inputs": wf.inputs, "queue": wf.queue,
+            "priority": wf.priority, "app_version": wf.app_version, "parent_id": wf.parent_id,
+            "owner": wf.owner, "lease": wf.lease_seconds,
+        }
+
+        def create(conn: psycopg.Connection) -> Created:
+            row = conn.execute(self._q["workflow_create"], params).fetchone()
+            if row is not None:
+                status = Status.RUNNING if wf.owner else Status.PENDING
+                return Created(True, row[0], wf.name, status)
+            existing = conn.execute(self._q["workflow_get"], {"workflow_id": wf.workflow_id}).fetchone()
+            if existing is None:  # deleted between the two statements: try again
+                raise psycopg.errors.SerializationFailure("workflow vanished during create")
+            rec = _wf(existing)
+            # Our own insert whose acknowledgement was lost: same owner, epoch 1, same inputs.
+            mine = wf.owner is not None and rec.owner == wf.owner and rec.epoch == 1 and rec.inputs == wf.inputs
+            return Created(mine, rec.epoch, rec.name, rec.status)
+
+        created = self._run(create)
+        if created.created and wf.owner is None and self.use_notify and self._caps.listen_notify:
+            self.notify(self.wake_channel, wf.queue or "")
+        return created
+
+    def workflow_get(self, workflow_id: str) -> WorkflowRecord | None:
+        row = self._run(lambda c: c.execute(self._q["workflow_get"], {"workflow_id": workflow_id}).fetchone())
+        return _wf(row) if row else None
+
+    def workflow_finish(self, fin: Finish) -> bool:
+        error_type = None
+        if fin.error:
+            m = re.search(r'"type":\s*"([^"]*)"', fin.error)
+            error_type = m.group(1) if m else None
+        params = {"workflow_id": fin.workflow_id, "epoch": fin.epoch, "status": fin.status.value,
+                  "output": fin.output, "error": fin.error, "error_type": error_type}
+
+        def finish(conn: psycopg.Connection) -> bool:
+            if conn.execute(self._q["workflow_finish"], params).rowcount == 1:
+                return True
+            # Nothing updated: either fenced, or our earlier attempt committed and its ack was lost.
+            row = conn.execute(self._q["workflow_epoch"], {"workflow_id": fin.workflow_id}).fetchone()
+            return row is not None and row[0] == fin.epoch and row[1] == fin.status.value
+
+        return self._run(finish)
+
+    def workflow_release(self, workflow_id: str, epoch: int) -> bool:
+        params = {"workflow_id": workflow_id, "epoch": epoch}
+        done = self._run(lambda c: c.execute(self._q["workflow_release"], params).rowcount == 1)
+        if done and self.use_notify and self._caps.listen_notify:
+            self.notify(self.wake_channel, "")
+        return done
+
+    def workflow_list(self, query: WorkflowQuery) -> list[WorkflowRecord]:
+        cols = sql.SQL(
+            "workflow_id, name, status, inputs, output, error, queue, app_version, owner, epoch, "
+            "lease_expires_at, created_at, started_at, finished_at, recoveries, parent_id"
+        )
+        where: list[sql.Composable] = []
+        params: list[Any] = []
+        if query.statuses:
+            where.append(sql.SQL("status = ANY(%s)"))
+            params.append([s.value for s in query.statuses])
+        for column, value in (("name", query.name), ("queue", query.queue), ("app_version", query.app_version)):
+            if value is not None:
+                where.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
+                params.append(value)
+        if query.since is not None:
+            where.append(sql.SQL("created_at >= %s"))
+            params.append(query.since)
+        if query.until is not None:
+            where.append(sql.SQL("created_at < %s"))
+            params.append(query.until)
+        if query.error_contains:
+            where.append(sql.SQL("error ILIKE %s"))
+            params.append("%" + query.error_contains.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
+        order = sql.SQL("created_at ASC" if query.order == "created_asc" else "created_at DESC")
+        stmt = sql.SQL("SELECT {} FROM {}.workflows {} ORDER BY {} LIMIT %s").format(
+            cols,
+            sql.Identifier(self.schema),
+            sql.SQL("WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL(""),
+            order,
+        )
+        params.append(max(1, min(int(query.limit), 100_000)))
+        return [_wf(r) for r in self._run(lambda c: c.execute(stmt, params).fetchall())]
+
+    def workflow_wait(self, workflow_ids: Sequence[str], timeout: float) -> list[WorkflowRecord]:
+        ids = list(workflow_ids)
+        deadline = time.monotonic() + max(0.0, timeout)
+        delay = 0.01
+        while True:
+            rows = self._run(lambda c: c.execute(self._q["workflow_get_many_terminal"],
+                                                 {"workflow_ids": ids}).fetchall())
+            if rows or time.monotonic() >= deadline:
+                return [_wf(r) for r in rows]
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 1.5, 0.5)
+
+    # -- claims and leases ----------------------------------------------------------------------------
+    def workflow_claim(self, req: ClaimRequest) -> list[Claim]:
+        if not req.names or req.limit <= 0:
+            return []
+        params = {
+            "owner": req.owner, "names": list(req.names), "limit": req.limit, "lease": req.lease_seconds,
+            "any_queue": req.queues is None, "queues": list(req.queues or []),
+        }
+        rows = self._run(lambda c: c.execute(self._q["workflow_claim"], params).fetchall())
+        return [Claim(workflow_id=r[0], name=r[1], inputs=r[2], epoch=r[3], recovery=r[4]) for r in rows]
+
+    def lease_renew(self, owner: str, lease_seconds: float, worker: WorkerInfo | None = None) -> dict[str, int]:
+        if worker is not None:
+            params = {"owner": owner, "lease": lease_seconds, "hostname": worker.hostname, "pid": worker.pid}
+            stmt = self._q["lease_renew"]
+        else:
+            params = {"owner": owner, "lease": lease_seconds}
+            stmt = self._q["lease_renew_no_worker"]
+        rows = self._run(lambda c: c.execute(stmt, params).fetchall(), retry=False)
+        return {r[0]: r[1] for r in rows}
+
+    # -- steps ------------------------------------------------------------------------------------------
+    def step_record(self, step: StepResult) -> StepRecord:
+        params = _step_params(step)
+
+        def record(conn: psycopg.Connection) -> StepRecord:
+            row = conn.execute(self._q["step_record"], params).fetchone()
+            if row is not None:
+                return StepRecord(step.workflow_id, step.step_id, step.name, step.output, step.error,
+                                  step.epoch, step.attempts, step.started_at, row[0])
+            return self._resolve_step(conn, step)
+
+        return self._run(record)
+
+    def _resolve_step(self, conn: psycopg.Connection, step: StepResult) -> StepRecord:
+        """The checkpoint insert changed nothing: find out why instead of guessing."""
+        existing = conn.execute(self._q["step_get"],
+                                {"workflow_id": step.workflow_id, "step_id": step.step_id}).fetchone()
+        owner = conn.execute(self._q["workflow_epoch"], {"workflow_id": step.workflow_id}).fetchone()
+        if existing is not None and existing[5] == step.epoch:
+            return _step(existing)  # our own commit, acknowledged late (lost connection during COMMIT)
+        if owner is None or owner[0] != step.epoch or owner[1] != Status.RUNNING.value:
+            raise LeaseLostError(
+                f"workflow {step.workflow_id}: lease lost (epoch {step.epoch} superseded) before step "
+                f"{step.step_id} '{step.name}' was recorded"
+            )
+        if existing is not None:
+            return _step(existing)  # recorded by an earlier epoch: replay adopts it
+        raise TransientStorageError("checkpoint neither recorded nor fenced; retrying")
+
+    def step_list(self, workflow_id: str) -> list[StepRecord]:
+        rows = self._run(lambda c: c.execute(self._q["step_list"], {"workflow_id": workflow_id}).fetchall())
+        return [_step(r) for r in rows]
+
+    @contextmanager
+    def step_transaction(self, step: StepResult) -> Iterator[_PgStepTx]:
+        """Run a transactional step's body and its checkpoint in one transaction.
+
+        The engine calls ``tx.checkpoint(output)`` as the block's last action; leaving the block commits.
+        If the COMMIT's outcome is unknown (connection lost), the checkpoint row is read back: present
+        with our epoch means committed (user writes included), absent means rolled back.
+        """
+        if self._pool is None:
+            raise StorageError("backend is not open")
+        try:
+            conn_cm = self._pool.connection()
+            conn = conn_cm.__enter__()
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise DatabaseUnavailableError(_scrub(f"database unavailable: {exc}", self.url)) from exc
+        tx = _PgStepTx(self, conn, step)
+        try:
+            committed = False
+            try:
+                with conn.transaction():
+                    yield tx
+                    if tx.pending is None:
+                        raise StorageError("transactional step finished without a checkpoint")
+                committed = True
+            except psycopg.OperationalError as exc:
+                if tx.pending is None:
+                    raise TransientStorageError(_scrub(f"connection lost during step: {exc}", self.url)) from exc
+                # Ambiguous commit: learn the outcome.
+                rec = self._run(lambda c: c.execute(self._q["step_get"], {
+                    "workflow_id": step.workflow_id, "step_id": step.step_id}).fetchone())
+                if rec is not None and rec[5] == step.epoch:
+                    tx.record = _step(rec)
+                    return
+                raise TransientStorageError("transactional step commit was lost; it will run again") from exc
+            if committed and tx.pending is not None:
+                p = tx.pending
+                tx.record = StepRecord(p.workflow_id, p.step_id, p.name, p.output, p.error, p.epoch,
+                                       p.attempts, p.started_at, None)
+        finally:
+            conn_cm.__exit__(None, None, None)
+
+    # -- workers and notifications ---------------------------------------------------------------------
+    def worker_list(self) -> list[WorkerInfo]:
+        rows = self._run(lambda c: c.execute(self._q["worker_list"]).fetchall())
+        return [WorkerInfo(worker_id=r[0], hostname=r[1], pid=r[2], started_at=r[3], heartbeat_at=r[4]) for r in rows]
+
+    @property
+    def wake_channel(self) -> str:
+        return f"{self.schema}_wake"
+
+    def notify(self, channel: str, payload: str = "") -> None:
+        try:
+            self._run(lambda c: c.execute(self._q["notify"], {"channel": channel, "payload": payload}), retry=False)
+        except StorageError as exc:  # a lost wake-up only delays work until the next poll
+            log.debug("notify failed: %s", exc)
+
+    def notify_wait(self, channels: Sequence[str], timeout: float) -> list[str]:
+        if not (self.use_notify and self._caps.listen_notify):
+            time.sleep(timeout)
+            return []
+        with self._listen_lock:
+            try:
+                conn = self._listen_conn
+                if conn is None or conn.closed:
+                    conn = psycopg.connect(self.url, **self._conn_kwargs())
+                    self._listen_conn = conn
+                    self._listening = set()
+                for ch in channels:
+                    if ch not in self._listening:
+                        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(ch)))
+                        self._listening.add(ch)
+                return [n.payload for n in conn.notifies(timeout=timeout, stop_after=1)]
+            except psycopg.Error as exc:
+                log.debug("listen connection lost: %s", _scrub(str(exc), self.url))
+                if self._listen_conn is not None:
+                    try:
+                        self._listen_conn.close()
+                    except psycopg.Error:
+                        pass
+                self._listen_conn = None
+                time.sleep(min(timeout, 0.5))
+                return []
+
+
+def _scrub(text: str, url: str) -> str:
+    """Remove any password that appears in ``url`` from ``text``."""
+    try:
+        pw = psycopg.conninfo.conninfo_to_dict(url).get("password")
+    except psycopg.Error:
+        pw = None
+    pw = pw or os.environ.get("PGPASSWORD")
+    if pw:
+        text = text.replace(str(pw), "***")
+    return redact_url(text)
+
+
+def default_worker_info(owner: str) -> WorkerInfo:
+    return WorkerInfo(worker_id=owner, hostname=socket.gethostname(), pid=os.getpid())

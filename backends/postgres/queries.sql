@@ -1,0 +1,118 @@
+-- Named queries of the PostgreSQL backend. Each block starts with "-- name: NAME" and a description.
+-- {schema} is replaced by the quoted schema identifier; every value is a bound parameter.
+
+-- name: workflow_create
+-- Insert a workflow unless the id exists. Owned inserts start RUNNING at epoch 1 with a lease.
+INSERT INTO {schema}.workflows
+    (workflow_id, name, status, inputs, queue, priority, app_version, parent_id, owner, epoch,
+     lease_expires_at, started_at)
+VALUES
+    (%(workflow_id)s, %(name)s, CASE WHEN %(owner)s::text IS NULL THEN 'PENDING' ELSE 'RUNNING' END,
+     %(inputs)s, %(queue)s, %(priority)s, %(app_version)s, %(parent_id)s, %(owner)s,
+     CASE WHEN %(owner)s::text IS NULL THEN 0 ELSE 1 END,
+     CASE WHEN %(owner)s::text IS NULL THEN NULL ELSE now() + make_interval(secs => %(lease)s) END,
+     CASE WHEN %(owner)s::text IS NULL THEN NULL ELSE now() END)
+ON CONFLICT (workflow_id) DO NOTHING
+RETURNING epoch
+
+-- name: workflow_get
+SELECT workflow_id, name, status, inputs, output, error, queue, app_version, owner, epoch,
+       lease_expires_at, created_at, started_at, finished_at, recoveries, parent_id
+  FROM {schema}.workflows WHERE workflow_id = %(workflow_id)s
+
+-- name: workflow_get_many_terminal
+SELECT workflow_id, name, status, inputs, output, error, queue, app_version, owner, epoch,
+       lease_expires_at, created_at, started_at, finished_at, recoveries, parent_id
+  FROM {schema}.workflows
+ WHERE workflow_id = ANY(%(workflow_ids)s) AND status IN ('SUCCESS', 'ERROR', 'CANCELLED')
+
+-- name: workflow_finish
+-- Terminal status under the lease epoch: a fenced (old-epoch) owner updates nothing.
+UPDATE {schema}.workflows
+   SET status = %(status)s, output = %(output)s, error = %(error)s, error_type = %(error_type)s,
+       finished_at = now(), owner = NULL, lease_expires_at = NULL
+ WHERE workflow_id = %(workflow_id)s AND epoch = %(epoch)s AND status = 'RUNNING'
+
+-- name: workflow_release
+UPDATE {schema}.workflows
+   SET status = 'PENDING', owner = NULL, lease_expires_at = NULL
+ WHERE workflow_id = %(workflow_id)s AND epoch = %(epoch)s AND status = 'RUNNING'
+
+-- name: workflow_claim
+-- Claim ready work (PENDING) and orphaned work (RUNNING with an expired lease) in one statement.
+-- SKIP LOCKED keeps claimers off each other's rows and off rows a checkpoint is being fenced against.
+WITH ready AS (
+    SELECT workflow_id FROM {schema}.workflows
+     WHERE status = 'PENDING' AND name = ANY(%(names)s)
+       AND (%(any_queue)s OR queue = ANY(%(queues)s))
+     ORDER BY priority, created_at
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
+), expired AS (
+    SELECT workflow_id FROM {schema}.workflows
+     WHERE status = 'RUNNING' AND lease_expires_at < now() AND name = ANY(%(names)s)
+     ORDER BY lease_expires_at
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
+), picked AS (
+    SELECT workflow_id, recovery FROM (
+        SELECT workflow_id, true AS recovery, 0 AS o FROM expired
+        UNION ALL
+        SELECT workflow_id, false AS recovery, 1 AS o FROM ready
+    ) u ORDER BY o LIMIT %(limit)s
+)
+UPDATE {schema}.workflows w
+   SET status = 'RUNNING', owner = %(owner)s, epoch = w.epoch + 1,
+       lease_expires_at = now() + make_interval(secs => %(lease)s),
+       started_at = coalesce(w.started_at, now()),
+       recoveries = w.recoveries + picked.recovery::int
+  FROM picked
+ WHERE w.workflow_id = picked.workflow_id
+RETURNING w.workflow_id, w.name, w.inputs, w.epoch, picked.recovery
+
+-- name: lease_renew
+-- Heartbeat: record the worker and extend every lease it still holds; returns what it holds.
+WITH hb AS (
+    INSERT INTO {schema}.workers (worker_id, hostname, pid)
+    VALUES (%(owner)s, %(hostname)s, %(pid)s)
+    ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = now()
+)
+UPDATE {schema}.workflows
+   SET lease_expires_at = now() + make_interval(secs => %(lease)s)
+ WHERE owner = %(owner)s AND status = 'RUNNING'
+RETURNING workflow_id, epoch
+
+-- name: lease_renew_no_worker
+UPDATE {schema}.workflows
+   SET lease_expires_at = now() + make_interval(secs => %(lease)s)
+ WHERE owner = %(owner)s AND status = 'RUNNING'
+RETURNING workflow_id, epoch
+
+-- name: step_record
+-- One round trip per checkpoint: insert only while our epoch owns the workflow. FOR KEY SHARE holds
+-- the workflow row against a concurrent claim (FOR UPDATE) until this checkpoint commits.
+INSERT INTO {schema}.steps (workflow_id, step_id, name, output, error, epoch, attempts, started_at)
+SELECT %(workflow_id)s, %(step_id)s, %(name)s, %(output)s, %(error)s, %(epoch)s, %(attempts)s, %(started_at)s
+ WHERE EXISTS (SELECT 1 FROM {schema}.workflows
+                WHERE workflow_id = %(workflow_id)s AND epoch = %(epoch)s AND status = 'RUNNING'
+                  FOR KEY SHARE)
+ON CONFLICT (workflow_id, step_id) DO NOTHING
+RETURNING finished_at
+
+-- name: step_get
+SELECT workflow_id, step_id, name, output, error, epoch, attempts, started_at, finished_at
+  FROM {schema}.steps WHERE workflow_id = %(workflow_id)s AND step_id = %(step_id)s
+
+-- name: step_list
+SELECT workflow_id, step_id, name, output, error, epoch, attempts, started_at, finished_at
+  FROM {schema}.steps WHERE workflow_id = %(workflow_id)s ORDER BY step_id
+
+-- name: workflow_epoch
+SELECT epoch, status FROM {schema}.workflows WHERE workflow_id = %(workflow_id)s
+
+-- name: worker_list
+SELECT worker_id, hostname, pid, started_at, heartbeat_at
+  FROM {schema}.workers ORDER BY heartbeat_at DESC LIMIT 1000
+
+-- name: notify
+SELECT pg_notify(%(channel)s, %(payload)s)

@@ -1,0 +1,46 @@
+"""kit: durable execution for Python where the database is the orchestrator.
+
+Workflows of steps checkpoint every step to the database; any process running the app recovers the
+work of a dead one from those checkpoints. No orchestrator server, no broker.
+"""
+
+from kit.app import Kit, WorkflowHandle
+from kit.engine import StepInfo, step_info
+from kit.errors import (
+    ConfigError,
+    KitError,
+    LeaseLostError,
+    NonDeterminismError,
+    SerializationError,
+    StepFailedError,
+    UsageError,
+    WorkflowConflictError,
+    WorkflowError,
+    WorkflowNotFoundError,
+    WorkflowTimeoutError,
+)
+from kit.serialization import register_type
+from kit.storage import Status
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "Kit",
+    "KitError",
+    "LeaseLostError",
+    "NonDeterminismError",
+    "SerializationError",
+    "Status",
+    "StepFailedError",
+    "StepInfo",
+    "UsageError",
+    "WorkflowConflictError",
+    "WorkflowError",
+    "WorkflowHandle",
+    "WorkflowNotFoundError",
+    "WorkflowTimeoutError",
+    "register_type",
+    "step_info",
+    "__version__",
+]

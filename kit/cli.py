@@ -1,0 +1,399 @@
+"""The ``kit`` command line: a parser builder and a thin handler per command, one error boundary.
+
+User mistakes and an unreachable database print one line and exit 2; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import re
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from kit.errors import ConfigError, KitError, UsageError
+from kit.storage import Status, WorkflowQuery
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse's usage dump is noise here)
+        self.exit(EXIT_USAGE, f"kit: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("database")
+    g.add_argument("--database-url", help="PostgreSQL URL (default: KIT_DATABASE_URL, kit.toml, or embedded)")
+    g.add_argument("--schema", help="schema holding kit's tables (default: kit)")
+    g.add_argument("--data-dir", help="embedded PostgreSQL data directory (default: .kit)")
+    g.add_argument("--backend", help="storage backend name (default: from the URL scheme)")
+    g.add_argument("--config", help="path to a kit.toml or pyproject.toml")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="kit", description="Durable workflows where the database is the orchestrator.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log engine activity")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("demo", help="crash a worker mid-run and watch another finish its work")
+    _common(p)
+    p.add_argument("--orders", type=int, default=6, help="orders to process (default 6)")
+    p.add_argument("--step-seconds", type=float, default=0.25, help="work time per step (default 0.25)")
+    p.add_argument("--lease-seconds", type=float, default=3.0, help="lease period for the demo workers")
+    p.set_defaults(handler=cmd_demo)
+
+    p = sub.add_parser("worker", help="run workflows of MODULE:APP: claim ready and orphaned work")
+    _common(p)
+    p.add_argument("app", metavar="MODULE:APP", help="import path of the Kit application, e.g. shop.app:app")
+    p.add_argument("--concurrency", type=int, help="workflows run at once (default 16)")
+    p.set_defaults(handler=cmd_worker)
+
+    p = sub.add_parser("migrate", help="create or upgrade kit's schema")
+    _common(p)
+    p.add_argument("--print-sql", action="store_true", help="print the DDL instead of applying it")
+    p.set_defaults(handler=cmd_migrate)
+
+    p = sub.add_parser("workflows", help="query workflows")
+    wsub = p.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", parser_class=_Parser)
+    wsub.required = True
+    lp = wsub.add_parser("list", help="list workflows, newest first")
+    _common(lp)
+    lp.add_argument("--status", action="append", type=_status, help="filter by status (repeatable)")
+    lp.add_argument("--name", help="filter by workflow name")
+    lp.add_argument("--queue", help="filter by queue")
+    lp.add_argument("--version", dest="app_version", help="filter by application version")
+    lp.add_argument("--since", type=_when, help="created at or after: ISO time or age like 30m, 2h, 7d")
+    lp.add_argument("--until", type=_when, help="created before: ISO time or age")
+    lp.add_argument("--error", dest="error_contains", help="error text contains")
+    lp.add_argument("--oldest-first", action="store_true", help="sort oldest first")
+    lp.add_argument("--limit", type=_positive_int, default=50, help="at most this many (default 50)")
+    lp.add_argument("--json", action="store_true", help="print JSON lines")
+    lp.set_defaults(handler=cmd_workflows_list)
+
+    p = sub.add_parser("workflow", help="inspect one workflow")
+    wsub = p.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", parser_class=_Parser)
+    wsub.required = True
+    sp = wsub.add_parser("show", help="a workflow and its steps with timings, outputs and errors")
+    _common(sp)
+    sp.add_argument("workflow_id", metavar="ID")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(handler=cmd_workflow_show)
+
+    p = sub.add_parser("db", help="backend, URL (password hidden), schema version")
+    _common(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_db)
+
+    p = sub.add_parser("bench", help="benchmarks: seq, par, queue-drain, recovery (JSON results)")
+    _common(p)
+    from kit.bench import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(handler=cmd_bench)
+    return parser
+
+
+def _status(text: str) -> Status:
+    try:
+        return Status(text.upper())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"unknown status {text!r}; use one of {', '.join(s.value for s in Status)}"
+        ) from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+_AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _when(text: str) -> datetime:
+    m = _AGE.match(text.strip())
+    if m:
+        return datetime.now(timezone.utc) - timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid time {text!r}: use ISO 8601 (2026-01-31 or 2026-01-31T12:00+00:00) or an age like 30m, 2h, 7d"
+        ) from None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def _app_from_args(args: argparse.Namespace, **extra: Any):
+    from kit.app import Kit
+
+    return Kit(database_url=args.database_url, schema=args.schema, data_dir=args.data_dir, backend=args.backend,
+               config_file=args.config, **extra)
+
+
+# -- handlers ---------------------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    from kit.demo import run_demo
+
+    if args.orders < 1:
+        raise UsageError("--orders must be at least 1")
+    return run_demo(args)
+
+
+def load_app_object(spec: str):
+    """Import ``module:attribute`` and return the Kit instance it names."""
+    from kit.app import Kit
+
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise UsageError(f"expected MODULE:APP (e.g. shop.app:app), got {spec!r}")
+    sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise UsageError(f"cannot import module {module_name!r}: {exc}") from None
+    obj = module
+    for part in attr.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            raise UsageError(f"module {module_name!r} has no attribute {attr!r}")
+    if not isinstance(obj, Kit):
+        raise UsageError(f"{spec} is a {type(obj).__name__}, not a kit.Kit application")
+    return obj
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    app = load_app_object(args.app)
+    overrides = {k: getattr(args, k) for k in ("database_url", "schema", "data_dir", "backend")
+                 if getattr(args, k) is not None}
+    if args.concurrency is not None:
+        overrides["worker_concurrency"] = args.concurrency
+    if overrides:
+        from dataclasses import asdict
+
+        from kit.config import load_config
+
+        merged = {k: v for k, v in asdict(app.config).items()}
+        merged.update(overrides)
+        app.config = load_config(merged)
+    if not app.workflow_names():
+        raise UsageError(f"{args.app} registers no workflows: nothing to run")
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    app.launch()
+    print(f"kit worker {app.worker_id}: running {', '.join(app.workflow_names())} "
+          f"(concurrency {app.config.worker_concurrency}); Ctrl-C to stop", file=sys.stderr, flush=True)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        app.close()
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    app = _app_from_args(args, migrate=False)
+    if args.print_sql:
+        from kit.app import _backend_class, load_backend
+
+        backend = load_backend(app.config) if app.config.database_url else _backend_class("postgres")(
+            "postgresql:///kit", schema=app.config.schema)
+        sys.stdout.write(backend.migration_sql())
+        return 0
+    try:
+        applied = app.backend.migrate()
+        version = app.backend.schema_version()
+    finally:
+        app.close()
+    if applied:
+        print(f"applied migrations {', '.join(map(str, applied))}; schema '{app.config.schema}' at version {version}")
+    else:
+        print(f"schema '{app.config.schema}' is up to date (version {version})")
+    return 0
+
+
+def _fmt_time(value: datetime | None) -> str:
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if value else ""
+
+
+def _duration(start: datetime | None, end: datetime | None) -> str:
+    if not start or not end:
+        return ""
+    secs = (end - start).total_seconds()
+    return f"{secs * 1000:.1f} ms" if secs < 1 else f"{secs:.2f} s"
+
+
+def _short(text: str | None, width: int = 60) -> str:
+    if text is None:
+        return ""
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _error_line(error: str | None) -> str:
+    if not error:
+        return ""
+    try:
+        rec = json.loads(error)
+        return f"{rec.get('type', '')}: {rec.get('message', '')}"
+    except (ValueError, AttributeError):
+        return error
+
+
+def _record_json(rec: Any) -> dict[str, Any]:
+    out = {}
+    for key, value in rec.__dict__.items():
+        if isinstance(value, datetime):
+            value = value.isoformat()
+        elif isinstance(value, Status):
+            value = value.value
+        out[key] = value
+    return out
+
+
+def cmd_workflows_list(args: argparse.Namespace) -> int:
+    app = _app_from_args(args, migrate=False)
+    query = WorkflowQuery(statuses=tuple(args.status or ()), name=args.name, queue=args.queue,
+                          app_version=args.app_version, since=args.since, until=args.until,
+                          error_contains=args.error_contains, limit=args.limit,
+                          order="created_asc" if args.oldest_first else "created_desc")
+    try:
+        _require_schema(app)
+        rows = app.backend.workflow_list(query)
+    finally:
+        app.close()
+    if args.json:
+        for rec in rows:
+            print(json.dumps(_record_json(rec)))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{len(rows)} workflow(s)")
+    for col in ("id", "name", "status", "created (UTC)", "duration", "recoveries", "error"):
+        table.add_column(col, overflow="fold")
+    for rec in rows:
+        table.add_row(rec.workflow_id, rec.name, _styled(rec.status), _fmt_time(rec.created_at),
+                      _duration(rec.started_at, rec.finished_at), str(rec.recoveries), _short(_error_line(rec.error)))
+    Console().print(table)
+    return 0
+
+
+def _styled(status: Status) -> str:
+    color = {"SUCCESS": "green", "ERROR": "red", "RUNNING": "cyan", "PENDING": "yellow"}.get(status.value, "white")
+    return f"[{color}]{status.value}[/{color}]"
+
+
+def _require_schema(app: Any) -> None:
+    if app.backend.schema_version() is None:
+        raise UsageError(f"schema '{app.config.schema}' has no kit tables yet: run `kit migrate` first")
+
+
+def cmd_workflow_show(args: argparse.Namespace) -> int:
+    from kit.app import validate_workflow_id
+
+    validate_workflow_id(args.workflow_id)
+    app = _app_from_args(args, migrate=False)
+    try:
+        _require_schema(app)
+        rec = app.backend.workflow_get(args.workflow_id)
+        if rec is None:
+            raise UsageError(f"no workflow with id {args.workflow_id!r}")
+        steps = app.backend.step_list(args.workflow_id)
+    finally:
+        app.close()
+    if args.json:
+        print(json.dumps({"workflow": _record_json(rec), "steps": [_record_json(s) for s in steps]}))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"[bold]{rec.workflow_id}[/bold]  {rec.name}  {_styled(rec.status)}")
+    console.print(f"created {_fmt_time(rec.created_at)}  started {_fmt_time(rec.started_at)}  "
+                  f"finished {_fmt_time(rec.finished_at)}  duration {_duration(rec.started_at, rec.finished_at)}  "
+                  f"epoch {rec.epoch}  recoveries {rec.recoveries}")
+    console.print(f"inputs: {_short(rec.inputs, 200)}", markup=False)
+    if rec.status == Status.SUCCESS:
+        console.print(f"output: {_short(rec.output, 200)}", markup=False)
+    if rec.error:
+        console.print(f"error: {_error_line(rec.error)}", markup=False, style="red")
+    table = Table(title="steps")
+    for col in ("#", "name", "attempts", "epoch", "started (UTC)", "duration", "output / error"):
+        table.add_column(col, overflow="fold")
+    for s in steps:
+        outcome = _short(_error_line(s.error), 70) if s.error else _short(s.output, 70)
+        table.add_row(str(s.step_id), s.name, str(s.attempts), str(s.epoch), _fmt_time(s.started_at),
+                      _duration(s.started_at, s.finished_at), outcome)
+    console.print(table)
+    return 0
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    app = _app_from_args(args, migrate=False)
+    try:
+        info = app.describe()
+    finally:
+        app.close()
+    if args.json:
+        print(json.dumps(info, default=str))
+        return 0
+    for key in ("backend", "url", "schema", "schema_version", "server_version", "embedded_data_dir"):
+        if key in info:
+            value = info[key] if info[key] is not None else "(not migrated: run `kit migrate`)"
+            print(f"{key:17} {value}")
+    caps = ", ".join(k for k, v in info.get("capabilities", {}).items() if v)
+    print(f"{'capabilities':17} {caps}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from kit.bench import run_bench
+
+    return run_bench(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``kit`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except KitError as exc:
+        print(f"kit: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("kit: interrupted", file=sys.stderr)
+        return 130
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+
+__all__ = ["main", "build_parser", "ConfigError"]

@@ -1,0 +1,194 @@
+"""Configuration: explicit arguments > ``KIT_*`` environment > ``kit.toml`` / ``[tool.kit]`` > defaults.
+
+Every value is validated here, once, with an error that names the setting, where it came from and what
+is accepted, so nothing half-configured ever reaches the database.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from kit.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+_IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Resolved settings of one :class:`kit.Kit`."""
+
+    database_url: str | None = None  # None: the embedded PostgreSQL in ``data_dir``
+    backend: str | None = None  # None: inferred from the URL scheme
+    schema: str = "kit"
+    data_dir: str = ".kit"
+    app_version: str | None = None
+    lease_seconds: float = 10.0  # a dead worker's workflows are reclaimed within about this long
+    heartbeat_seconds: float = 2.5
+    poll_seconds: float = 1.0  # longest sleep between claim attempts when idle
+    worker_concurrency: int = 16  # workflows run at once by this process's worker
+    pool_size: int = 0  # 0: worker_concurrency + 4
+    migrate: bool = True  # apply schema migrations when the app opens
+    db_retry_seconds: float = 60.0  # keep retrying a lost database this long before giving up
+    connect_timeout: float = 5.0
+    notify: bool = True  # use LISTEN/NOTIFY wake-ups when the backend has them
+
+    @property
+    def effective_pool_size(self) -> int:
+        return self.pool_size or self.worker_concurrency + 4
+
+
+_FIELDS = {f.name: f for f in fields(Config)}
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    """Convert ``value`` to the type of setting ``name``; raise ConfigError naming the source."""
+    default = _FIELDS[name].default
+    kind = type(default) if default is not None else str
+    try:
+        if isinstance(value, str) and kind is not str:
+            text = value.strip()
+            if kind is bool:
+                low = text.lower()
+                if low in ("1", "true", "yes", "on"):
+                    return True
+                if low in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError("expected true/false")
+            return kind(text)
+        if kind is bool and not isinstance(value, bool):
+            raise ValueError("expected true/false")
+        if kind in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(f"expected a number, got {type(value).__name__}")
+        if kind is str and value is not None and not isinstance(value, str):
+            raise ValueError(f"expected text, got {type(value).__name__}")
+        return kind(value) if value is not None else None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid value {value!r} for setting '{name}' (from {source}): {exc}") from None
+
+
+def _from_file(cwd: Path, config_file: str | os.PathLike[str] | None) -> tuple[dict[str, Any], str]:
+    """Settings from an explicit file, ./kit.toml, or [tool.kit] of ./pyproject.toml."""
+    candidates: list[tuple[Path, bool]] = []
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        candidates.append((path, path.name == "pyproject.toml"))
+    else:
+        candidates += [(cwd / "kit.toml", False), (cwd / "pyproject.toml", True)]
+    for path, is_pyproject in candidates:
+        if not path.is_file():
+            continue
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot parse {path}: {exc}") from None
+        if is_pyproject:
+            data = data.get("tool", {}).get("kit", {})
+            if not data:
+                continue
+            return dict(data), f"[tool.kit] in {path}"
+        if "kit" in data and isinstance(data["kit"], dict):
+            data = data["kit"]
+        return dict(data), str(path)
+    return {}, ""
+
+
+def load_config(
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    config_file: str | os.PathLike[str] | None = None,
+) -> Config:
+    """Resolve configuration by precedence and validate it."""
+    env = os.environ if env is None else env
+    here = Path(cwd) if cwd is not None else Path.cwd()
+    values: dict[str, Any] = {}
+    file_values, file_source = _from_file(here, config_file or env.get("KIT_CONFIG") or None)
+    for key, value in file_values.items():
+        if key not in _FIELDS:
+            raise ConfigError(f"unknown setting '{key}' in {file_source}; known settings: {', '.join(_FIELDS)}")
+        values[key] = _coerce(key, value, file_source)
+    for key in _FIELDS:
+        env_key = "KIT_" + key.upper()
+        if env_key in env and env[env_key] != "":
+            values[key] = _coerce(key, env[env_key], f"environment variable {env_key}")
+    for key, value in (overrides or {}).items():
+        if key not in _FIELDS:
+            raise ConfigError(f"unknown setting '{key}'; known settings: {', '.join(_FIELDS)}")
+        if value is not None:
+            values[key] = _coerce(key, value, "argument")
+    cfg = Config(**values)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Check ranges and formats; raise ConfigError with the fix."""
+    if not _IDENT.match(cfg.schema):
+        raise ConfigError(
+            f"invalid schema name {cfg.schema!r}: use lowercase letters, digits and underscores "
+            "(at most 63 characters, not starting with a digit)"
+        )
+    for name in ("lease_seconds", "heartbeat_seconds", "poll_seconds", "db_retry_seconds", "connect_timeout"):
+        if getattr(cfg, name) <= 0:
+            raise ConfigError(f"setting '{name}' must be positive, got {getattr(cfg, name)}")
+    if cfg.heartbeat_seconds * 2 > cfg.lease_seconds:
+        raise ConfigError(
+            f"heartbeat_seconds ({cfg.heartbeat_seconds}) must be at most half of lease_seconds "
+            f"({cfg.lease_seconds}) so a live worker renews its leases before they expire"
+        )
+    if cfg.worker_concurrency < 1:
+        raise ConfigError(f"setting 'worker_concurrency' must be at least 1, got {cfg.worker_concurrency}")
+    if cfg.pool_size < 0:
+        raise ConfigError(f"setting 'pool_size' must be 0 (automatic) or positive, got {cfg.pool_size}")
+    if cfg.database_url is not None:
+        check_url(cfg.database_url)
+
+
+_SCHEMES = {"postgresql": "postgres", "postgres": "postgres", "cockroachdb": "cockroachdb", "citus": "citus"}
+
+
+def check_url(url: str) -> str:
+    """Validate a database URL and return the backend name its scheme implies."""
+    if not isinstance(url, str) or not url.strip():
+        raise ConfigError("database_url is empty: give a URL like postgresql://user@host:5432/dbname")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise ConfigError(f"malformed database URL {redact_url(url)}: {exc}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in _SCHEMES:
+        raise ConfigError(
+            f"malformed database URL {redact_url(url)}: expected a scheme like postgresql://, "
+            f"got {parts.scheme + '://' if parts.scheme else 'none'}"
+        )
+    if not parts.netloc and "host=" not in (parts.query or ""):
+        raise ConfigError(
+            f"malformed database URL {redact_url(url)}: no host; use postgresql://user@host:5432/dbname "
+            "or ?host=/socket/dir"
+        )
+    return _SCHEMES[scheme]
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password (in the netloc or a password= parameter) replaced by ***."""
+    if not isinstance(url, str):
+        return "<invalid>"
+    out = re.sub(r"(://[^:/@?#]*:)[^@/?#]*@", r"\1***@", url)
+    out = re.sub(r"((?:^|[?&\s])password=)[^&\s]*", r"\1***", out, flags=re.IGNORECASE)
+    return out

@@ -1,0 +1,252 @@
+"""Running workflows and steps: the execution context, replay, retries and checkpoints.
+
+The engine never touches SQL: every durable effect goes through a :class:`kit.storage.Backend` call.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from kit import serialization as ser
+from kit.errors import (
+    LeaseLostError,
+    NonDeterminismError,
+    SerializationError,
+    StorageError,
+    TransientStorageError,
+    UsageError,
+)
+from kit.storage import Finish, Status, StepRecord, StepResult
+
+if TYPE_CHECKING:
+    from kit.app import Kit
+
+log = logging.getLogger("kit.engine")
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What a running step may know about itself (``kit.step_info()``).
+
+    ``idempotency_key`` is the same across retries and recoveries of this step and differs for every
+    step, so calls to external services can be deduplicated on the provider's side.
+    """
+
+    workflow_id: str
+    step_id: int
+    name: str
+    attempt: int
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"{self.workflow_id}:{self.step_id}"
+
+
+@dataclass(eq=False)
+class WorkflowContext:
+    """State of one workflow execution in this process: its lease epoch and recorded checkpoints."""
+
+    workflow_id: str
+    name: str
+    epoch: int
+    steps: dict[int, StepRecord] = field(default_factory=dict)
+    next_step: int = 0
+    lost: threading.Event = field(default_factory=threading.Event)
+    confirmed_at: float = 0.0  # monotonic time the lease was confirmed (0: not yet)
+    step: StepInfo | None = None  # set while a step body runs
+
+    def check_lease(self) -> None:
+        if self.lost.is_set():
+            raise LeaseLostError(f"workflow {self.workflow_id}: lease lost (epoch {self.epoch} superseded)")
+
+
+_current: ContextVar[WorkflowContext | None] = ContextVar("kit_workflow", default=None)
+
+
+def current_context() -> WorkflowContext | None:
+    """The workflow running in this thread, if any."""
+    return _current.get()
+
+
+def step_info() -> StepInfo | None:
+    """The running step's identity, or None outside a step."""
+    ctx = _current.get()
+    return ctx.step if ctx is not None else None
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    retries: int = 0
+    backoff: float = 2.0
+    initial_delay: float = 1.0
+    max_delay: float = 60.0
+    transactional: bool = False
+
+    def delay(self, attempt: int) -> float:
+        """Delay after failed attempt number ``attempt`` (1-based): exponential, capped."""
+        return min(self.max_delay, self.initial_delay * (self.backoff ** (attempt - 1)))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a local execution ended: committed status and encoded output/error, or abandoned."""
+
+    status: Status | None  # None: abandoned (lease lost, or shut down before finishing)
+    output: str | None = None
+    error: str | None = None
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def replay_or_reserve(ctx: WorkflowContext, name: str) -> tuple[int, StepRecord | None]:
+    """Take the next step position; return the recorded checkpoint there, checking the name matches."""
+    ctx.check_lease()
+    step_id = ctx.next_step
+    ctx.next_step += 1
+    rec = ctx.steps.get(step_id)
+    if rec is not None and rec.name != name:
+        raise NonDeterminismError(
+            f"workflow {ctx.workflow_id} ('{ctx.name}'): step {step_id} was recorded as '{rec.name}' but the "
+            f"code now calls '{name}' at that position; the workflow code changed while this workflow was "
+            "in flight (keep in-flight workflows on the code that started them, or version the workflow name)"
+        )
+    return step_id, rec
+
+
+def recorded_value(rec: StepRecord) -> Any:
+    """Replay a checkpoint: its output, or its recorded error raised again."""
+    if rec.error is not None:
+        raise ser.exception_from_record(ser.loads(rec.error, what=f"recorded error of step '{rec.name}'"))
+    return ser.loads(rec.output, what=f"recorded output of step '{rec.name}'")
+
+
+def run_step(app: Kit, name: str, fn: Callable[..., Any], opts: StepOptions, args: tuple, kwargs: dict) -> Any:
+    """Call a step from workflow code: replay it if recorded, else run it with retries and checkpoint."""
+    ctx = _current.get()
+    if ctx is None or ctx.step is not None:
+        # Outside a workflow, or nested in another step: a plain call (the outer step is the unit).
+        if opts.transactional:
+            raise UsageError(f"transactional step '{name}' can only be called inside a workflow")
+        return fn(*args, **kwargs)
+    step_id, rec = replay_or_reserve(ctx, name)
+    if rec is not None:
+        return recorded_value(rec)
+    backend = app.backend
+    started = _now()
+    attempt = 0
+    storage_retries = 0
+    while True:
+        attempt += 1
+        ctx.step = StepInfo(ctx.workflow_id, step_id, name, attempt)
+        base = StepResult(ctx.workflow_id, step_id, name, ctx.epoch, attempts=attempt, started_at=started)
+        try:
+            if opts.transactional:
+                with backend.step_transaction(base) as tx:
+                    value = fn(tx.connection, *args, **kwargs)
+                    text = ser.dumps(value, what=f"output of step '{name}'")
+                    ctx.step = None
+                    tx.checkpoint(text)
+                record = tx.record
+            else:
+                value = fn(*args, **kwargs)
+                ctx.step = None
+                text = ser.dumps(value, what=f"output of step '{name}'")
+                record = None
+        except LeaseLostError:
+            raise
+        except TransientStorageError as exc:
+            # A transactional step whose commit was lost: nothing of it committed, so run it again.
+            storage_retries += 1
+            attempt -= 1
+            if storage_retries > 20:
+                raise
+            log.warning("step %s of %s: %s", name, ctx.workflow_id, exc)
+            _pause(ctx, min(5.0, 0.1 * 2**storage_retries))
+            continue
+        except Exception as exc:  # noqa: BLE001 - a user step may raise anything
+            ctx.step = None
+            retryable = not isinstance(exc, (SerializationError, StorageError, NonDeterminismError))
+            if retryable and attempt <= opts.retries:
+                delay = opts.delay(attempt)
+                log.info("step %s of %s failed (attempt %d/%d: %s: %s); retrying in %.2fs", name,
+                         ctx.workflow_id, attempt, opts.retries + 1, type(exc).__name__, exc, delay)
+                _pause(ctx, delay)
+                continue
+            if isinstance(exc, StorageError):
+                raise
+            error = ser.dumps(ser.exception_to_record(exc), what="step error")
+            backend.step_record(StepResult(ctx.workflow_id, step_id, name, ctx.epoch, error=error,
+                                           attempts=attempt, started_at=started))
+            raise
+        finally:
+            ctx.step = None
+        if record is None:
+            record = backend.step_record(replace_output(base, text))
+        if record.epoch != ctx.epoch:
+            # Another run of this workflow recorded the step first: keep the recorded outcome (G2).
+            return recorded_value(record)
+        return value
+
+
+def replace_output(base: StepResult, text: str) -> StepResult:
+    return StepResult(base.workflow_id, base.step_id, base.name, base.epoch, output=text,
+                      attempts=base.attempts, started_at=base.started_at)
+
+
+def _pause(ctx: WorkflowContext, seconds: float) -> None:
+    """Sleep between attempts, waking early (and abandoning) if the lease is lost."""
+    if ctx.lost.wait(seconds):
+        ctx.check_lease()
+
+
+def execute(app: Kit, ctx: WorkflowContext, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Outcome:
+    """Run a workflow function under ``ctx`` to its end and record the terminal status (fenced)."""
+    token = _current.set(ctx)
+    status = Status.SUCCESS
+    output: str | None = None
+    error: str | None = None
+    try:
+        result = fn(*args, **kwargs)
+        try:
+            output = ser.dumps(result, what=f"result of workflow '{ctx.name}'")
+        except SerializationError as exc:
+            status, error = Status.ERROR, ser.dumps(ser.exception_to_record(exc))
+    except LeaseLostError as exc:
+        log.warning("abandoning workflow %s: %s", ctx.workflow_id, exc)
+        return Outcome(None)
+    except StorageError as exc:
+        # The database stayed unreachable past the retry budget: leave the workflow to be recovered.
+        log.error("abandoning workflow %s after a storage failure: %s", ctx.workflow_id, exc)
+        return Outcome(None)
+    except BaseException as exc:  # noqa: BLE001 - anything the workflow raises ends it in ERROR
+        if not isinstance(exc, Exception):
+            raise
+        status, error = Status.ERROR, ser.dumps(ser.exception_to_record(exc))
+    finally:
+        _current.reset(token)
+    if ctx.lost.is_set():
+        log.warning("abandoning workflow %s: lease lost before it finished", ctx.workflow_id)
+        return Outcome(None)
+    try:
+        done = app.backend.workflow_finish(Finish(ctx.workflow_id, ctx.epoch, status, output, error))
+    except StorageError as exc:
+        log.error("could not record the end of workflow %s: %s", ctx.workflow_id, exc)
+        return Outcome(None)
+    if not done:
+        log.warning("workflow %s finished here but its lease was taken over; result discarded", ctx.workflow_id)
+        return Outcome(None)
+    return Outcome(status, output, error)
+
+
+def wait_monotonic(deadline: float | None) -> float | None:
+    """Seconds left until ``deadline`` (monotonic), or None for no deadline."""
+    return None if deadline is None else max(0.0, deadline - time.monotonic())

@@ -1,0 +1,328 @@
+"""The storage interface: the only thing kit's engine knows about databases.
+
+The engine speaks in semantic operations (create a workflow, claim with a lease, record a step under the
+lease epoch, ...); a backend turns each into SQL for its database and states what it can do in
+:class:`Capabilities`. Operation names lead with the entity (``workflow_*``, ``step_*``, ``lease_*``) and
+take plain values or one request dataclass; every write made on behalf of a running workflow carries the
+lease epoch and is refused (returns False / raises :class:`~kit.errors.LeaseLostError`) once a newer
+epoch exists. Stability: this interface is public for backend authors; changes are listed in the
+changelog. docs/backends.md maps each operation to PostgreSQL, CockroachDB and Citus.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+class Status(str, enum.Enum):
+    """Workflow status. PENDING is claimable; RUNNING is leased; the rest are terminal."""
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCESS = "SUCCESS"
+    ERROR = "ERROR"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (Status.SUCCESS, Status.ERROR, Status.CANCELLED)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do; the engine picks strategies from this, never from the backend's name."""
+
+    listen_notify: bool = False  # wake-ups pushed by the database (else poll with backoff)
+    skip_locked: bool = False  # claims skip rows locked by other claimers
+    transactional_steps: bool = False  # a step's own writes can commit with its checkpoint
+    advisory_locks: bool = False  # migrations may serialise on an advisory lock
+    follower_reads: bool = False  # observability queries may read slightly stale replicas
+    retry_serialization_failures: bool = False  # every transaction may fail with 40001 and must be retried
+    server_version: str = ""
+
+
+@dataclass(frozen=True)
+class NewWorkflow:
+    """A workflow to create. ``owner`` set means: create it already claimed by that worker (epoch 1)."""
+
+    workflow_id: str
+    name: str
+    inputs: str  # JSON text from kit.serialization.encode_args
+    queue: str | None = None
+    app_version: str | None = None
+    owner: str | None = None
+    lease_seconds: float = 10.0
+    parent_id: str | None = None
+    priority: int = 0
+
+
+@dataclass(frozen=True)
+class Created:
+    """Result of :meth:`Backend.workflow_create`: ``created`` is False when the id already existed."""
+
+    created: bool
+    epoch: int
+    name: str
+    status: Status
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A workflow claimed by a worker: run it under ``epoch`` until finished or the lease is lost."""
+
+    workflow_id: str
+    name: str
+    inputs: str
+    epoch: int
+    recovery: bool  # True when it was taken from an expired lease (it ran somewhere before)
+    steps: tuple[StepRecord, ...] = ()  # recorded checkpoints, when the backend loads them with the claim
+    steps_loaded: bool = False
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One step checkpoint: the output (JSON text) or the error record (JSON text), never both."""
+
+    workflow_id: str
+    step_id: int
+    name: str
+    output: str | None = None
+    error: str | None = None
+    epoch: int = 0
+    attempts: int = 1
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """A step checkpoint to record under ``epoch``. ``started_at`` is the client clock at step start."""
+
+    workflow_id: str
+    step_id: int
+    name: str
+    epoch: int
+    output: str | None = None
+    error: str | None = None
+    attempts: int = 1
+    started_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class WorkflowRecord:
+    """A workflow row as observed (listing, status, results)."""
+
+    workflow_id: str
+    name: str
+    status: Status
+    inputs: str | None = None
+    output: str | None = None
+    error: str | None = None
+    queue: str | None = None
+    app_version: str | None = None
+    owner: str | None = None
+    epoch: int = 0
+    lease_expires_at: datetime | None = None
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    recoveries: int = 0
+    parent_id: str | None = None
+
+
+@dataclass(frozen=True)
+class WorkflowQuery:
+    """Filters for :meth:`Backend.workflow_list`; every value is passed as a bound parameter."""
+
+    statuses: Sequence[Status] = ()
+    name: str | None = None
+    queue: str | None = None
+    app_version: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    error_contains: str | None = None
+    limit: int = 100
+    order: str = "created_desc"  # created_desc | created_asc
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """A worker process as recorded by its heartbeats."""
+
+    worker_id: str
+    hostname: str
+    pid: int
+    started_at: datetime | None = None
+    heartbeat_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ClaimRequest:
+    """Claim up to ``limit`` workflows whose names this worker can run: PENDING ones, and RUNNING ones
+    whose lease expired (recovery)."""
+
+    owner: str
+    names: Sequence[str]
+    limit: int
+    lease_seconds: float
+    queues: Sequence[str] | None = None  # None: any queue (including none)
+
+
+@dataclass(frozen=True)
+class Finish:
+    """Finish a workflow under ``epoch`` with SUCCESS (``output``) or ERROR (``error``)."""
+
+    workflow_id: str
+    epoch: int
+    status: Status
+    output: str | None = None
+    error: str | None = None
+
+
+class StepTransaction(abc.ABC):
+    """A database transaction a transactional step writes through; committed with its checkpoint."""
+
+    @property
+    @abc.abstractmethod
+    def connection(self) -> Any:
+        """The driver connection the user's step function receives (e.g. a psycopg Connection)."""
+
+    record: StepRecord | None = None
+
+    @abc.abstractmethod
+    def checkpoint(self, output: str | None) -> None:
+        """Insert the step's checkpoint inside this transaction (fenced by the epoch); raises
+        LeaseLostError when a newer epoch owns the workflow."""
+
+
+class Backend(abc.ABC):
+    """A storage backend. Implementations are registered under the entry-point group ``kit.backends``.
+
+    Every method may raise :class:`~kit.errors.DatabaseUnavailableError` after its own bounded retries,
+    :class:`~kit.errors.TransientStorageError` for retryable failures it chose not to retry, and
+    :class:`~kit.errors.StorageError` otherwise. Writes under an epoch never guess after an ambiguous
+    commit: they read back the outcome.
+    """
+
+    name: str = "abstract"
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def open(self) -> None:
+        """Connect (pool), verify the server is reachable, and compute capabilities."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release every connection. Idempotent."""
+
+    @property
+    @abc.abstractmethod
+    def capabilities(self) -> Capabilities:
+        """What this backend can do (valid after :meth:`open`)."""
+
+    @abc.abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """Backend name, endpoint with any password hidden, schema, server version: for `kit db`."""
+
+    # -- schema --------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def migrate(self) -> list[int]:
+        """Apply pending schema migrations (safe when several processes migrate at once); returns the
+        versions applied by this call."""
+
+    @abc.abstractmethod
+    def schema_version(self) -> int | None:
+        """The applied schema version, or None when the schema does not exist yet."""
+
+    @abc.abstractmethod
+    def migration_sql(self) -> str:
+        """The full DDL that :meth:`migrate` would apply to an empty database, for review."""
+
+    # -- workflows -----------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def workflow_create(self, wf: NewWorkflow) -> Created:
+        """Insert the workflow unless its id exists (one round trip on the fresh path)."""
+
+    @abc.abstractmethod
+    def workflow_get(self, workflow_id: str) -> WorkflowRecord | None:
+        """The workflow, or None."""
+
+    @abc.abstractmethod
+    def workflow_finish(self, fin: Finish) -> bool:
+        """Record the terminal status under the epoch; False when the lease was lost (fenced)."""
+
+    @abc.abstractmethod
+    def workflow_release(self, workflow_id: str, epoch: int) -> bool:
+        """Give a claimed workflow back (PENDING, no owner) so another worker takes it at once."""
+
+    @abc.abstractmethod
+    def workflow_list(self, query: WorkflowQuery) -> list[WorkflowRecord]:
+        """Workflows matching the query (index-served, bounded by ``limit``)."""
+
+    @abc.abstractmethod
+    def workflow_wait(self, workflow_ids: Sequence[str], timeout: float) -> list[WorkflowRecord]:
+        """Terminal records among ``workflow_ids``; may block up to ``timeout`` waiting for one."""
+
+    # -- claims and leases ----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def workflow_claim(self, req: ClaimRequest) -> list[Claim]:
+        """Claim ready or orphaned workflows: each claim sets owner, increments the epoch, sets expiry."""
+
+    @abc.abstractmethod
+    def lease_renew(self, owner: str, lease_seconds: float, worker: WorkerInfo | None = None) -> dict[str, int]:
+        """Extend every lease ``owner`` still holds (and record its heartbeat); returns
+        ``{workflow_id: epoch}`` of the leases still held, so the worker learns what it lost."""
+
+    # -- steps -----------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def step_record(self, step: StepResult) -> StepRecord:
+        """Record a checkpoint under the epoch: one round trip on the happy path. Returns the recorded
+        row: normally ours; if another run of the same epoch-lineage recorded that step first, theirs.
+        Raises LeaseLostError when a newer epoch owns the workflow."""
+
+    @abc.abstractmethod
+    def step_list(self, workflow_id: str) -> list[StepRecord]:
+        """All checkpoints of a workflow, ordered by step id."""
+
+    @abc.abstractmethod
+    def step_transaction(self, step: StepResult) -> AbstractContextManager[StepTransaction]:
+        """A transaction for a transactional step: the body writes through ``.connection`` and the engine
+        calls ``tx.checkpoint(output)`` last; leaving the block commits both, an exception rolls back.
+        After the block, ``tx.record`` is the committed checkpoint (an ambiguous commit is read back)."""
+
+    # -- workers and notifications ----------------------------------------------------------------------
+    @abc.abstractmethod
+    def worker_list(self) -> list[WorkerInfo]:
+        """Workers that have heartbeated, newest first."""
+
+    @abc.abstractmethod
+    def notify_wait(self, channels: Sequence[str], timeout: float) -> list[str]:
+        """Block until a notification on one of ``channels`` or ``timeout``; returns payloads. Backends
+        without notifications sleep ``timeout`` and return []."""
+
+    @abc.abstractmethod
+    def notify(self, channel: str, payload: str = "") -> None:
+        """Send a wake-up outside any transaction (after commit)."""
+
+
+def iter_backend_names() -> Iterator[str]:
+    """Names of installed backends (entry-point group ``kit.backends``)."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="kit.backends"):
+        yield ep.name
+
+
+@dataclass
+class BackendSpec:
+    """A resolved backend choice: the class to build and the URL it connects to."""
+
+    name: str
+    url: str
+    options: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,217 @@
+"""The worker: leases and heartbeats for every workflow this process runs, and the claim loop.
+
+Every process running a kit app holds its workflows under leases renewed by one heartbeat thread. A
+process launched as a worker also claims ready and orphaned workflows (expired leases) and runs them
+from their last checkpoint. There is no orchestrator: the database decides who owns what.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+from kit import serialization as ser
+from kit.engine import Outcome, WorkflowContext, execute
+from kit.errors import KitError, SerializationError, StorageError
+from kit.storage import Claim, ClaimRequest, Finish, Status, WorkerInfo
+
+if TYPE_CHECKING:
+    from kit.app import Kit
+
+log = logging.getLogger("kit.worker")
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Runtime:
+    """Per-process execution state: the held leases, the heartbeat thread, the optional claim loop."""
+
+    def __init__(self, app: Kit) -> None:
+        self.app = app
+        self.cfg = app.config
+        self.worker_id = new_worker_id()
+        self.info = WorkerInfo(self.worker_id, socket.gethostname(), os.getpid())
+        self._held: dict[str, WorkflowContext] = {}
+        self._lock = threading.Lock()  # guards _held; held across claim and renew statements
+        self._stop = threading.Event()
+        self._claiming = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+        self._claimer: threading.Thread | None = None
+        self._local = ThreadPoolExecutor(max_workers=64, thread_name_prefix="kit-wf")
+        self._claimed_pool: ThreadPoolExecutor | None = None
+        self._slots = threading.Semaphore(self.cfg.worker_concurrency)
+        self._running = 0
+        self._idle = threading.Condition()
+        self.claimed_count = 0
+
+    # -- leases ------------------------------------------------------------------------------------
+    def hold(self, workflow_id: str, ctx: WorkflowContext) -> None:
+        with self._lock:
+            self._held[workflow_id] = ctx
+
+    def drop(self, workflow_id: str, ctx: WorkflowContext | None = None) -> None:
+        with self._lock:
+            if ctx is None or self._held.get(workflow_id) is ctx:
+                self._held.pop(workflow_id, None)
+
+    def ensure_heartbeat(self) -> None:
+        if self._heartbeat is None or not self._heartbeat.is_alive():
+            self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="kit-heartbeat", daemon=True)
+            self._heartbeat.start()
+
+    def renew_once(self) -> None:
+        """Extend our leases; flag workflows whose lease was taken; release leases we don't know."""
+        with self._lock:
+            started = time.monotonic()
+            leases = self.app.backend.lease_renew(self.worker_id, self.cfg.lease_seconds, self.info)
+            lost = [c for c in self._held.values()
+                    if 0 < c.confirmed_at < started and leases.get(c.workflow_id) != c.epoch]
+            unknown = {wid: ep for wid, ep in leases.items() if wid not in self._held}
+        for ctx in lost:
+            if not ctx.lost.is_set():
+                log.warning("lease of workflow %s (epoch %d) was taken over; abandoning it at the next step",
+                            ctx.workflow_id, ctx.epoch)
+                ctx.lost.set()
+        for wid, epoch in unknown.items():
+            # A claim whose acknowledgement was lost: give it back so someone runs it now.
+            log.warning("releasing workflow %s: claimed by this worker without acknowledgement", wid)
+            self.app.backend.workflow_release(wid, epoch)
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stop.wait(self.cfg.heartbeat_seconds):
+            try:
+                self.renew_once()
+            except StorageError as exc:
+                log.warning("heartbeat failed: %s", exc)
+            except Exception:  # pragma: no cover - keep the heartbeat alive whatever happens
+                log.exception("heartbeat failed")
+
+    # -- running -----------------------------------------------------------------------------------
+    def submit_local(self, ctx: WorkflowContext, fn, args: tuple, kwargs: dict) -> Future[Outcome]:
+        """Run a workflow created by this process (app.start) in the local thread pool."""
+        self.ensure_heartbeat()
+        return self._local.submit(self._run, ctx, fn, args, kwargs)
+
+    def run_inline(self, ctx: WorkflowContext, fn, args: tuple, kwargs: dict) -> Outcome:
+        self.ensure_heartbeat()
+        return self._run(ctx, fn, args, kwargs)
+
+    def _run(self, ctx: WorkflowContext, fn, args: tuple, kwargs: dict) -> Outcome:
+        try:
+            return execute(self.app, ctx, fn, args, kwargs)
+        finally:
+            self.drop(ctx.workflow_id, ctx)
+
+    # -- claim loop ----------------------------------------------------------------------------------
+    def start_worker(self) -> None:
+        """Start claiming ready and orphaned workflows in the background."""
+        if self._claimer is not None and self._claimer.is_alive():
+            return
+        self.ensure_heartbeat()
+        self._claimed_pool = ThreadPoolExecutor(max_workers=self.cfg.worker_concurrency,
+                                                thread_name_prefix="kit-worker")
+        self._claiming.set()
+        self._claimer = threading.Thread(target=self._claim_loop, name="kit-claimer", daemon=True)
+        self._claimer.start()
+        log.info("worker %s started (concurrency %d, lease %.1fs)", self.worker_id,
+                 self.cfg.worker_concurrency, self.cfg.lease_seconds)
+
+    def _free_slots(self) -> int:
+        with self._idle:
+            return self.cfg.worker_concurrency - self._running
+
+    def _claim_loop(self) -> None:
+        backend = self.app.backend
+        channel = getattr(backend, "wake_channel", None)
+        poll = self.cfg.poll_seconds
+        while self._claiming.is_set() and not self._stop.is_set():
+            free = self._free_slots()
+            if free <= 0:
+                with self._idle:
+                    self._idle.wait(timeout=poll)
+                continue
+            try:
+                names = self.app.workflow_names()
+                with self._lock:
+                    claims = backend.workflow_claim(ClaimRequest(self.worker_id, names, free, self.cfg.lease_seconds))
+                    now = time.monotonic()
+                    ctxs = [WorkflowContext(c.workflow_id, c.name, c.epoch, confirmed_at=now) for c in claims]
+                    for ctx in ctxs:
+                        self._held[ctx.workflow_id] = ctx
+            except KitError as exc:
+                log.warning("claim failed: %s", exc)
+                self._stop.wait(poll)
+                continue
+            for claim, ctx in zip(claims, ctxs):
+                with self._idle:
+                    self._running += 1
+                self.claimed_count += 1
+                assert self._claimed_pool is not None
+                self._claimed_pool.submit(self._run_claimed, claim, ctx)
+            if claims and len(claims) >= free:
+                continue
+            # Wait for a wake-up (enqueue) or the poll period, which also finds expired leases.
+            if channel and backend.capabilities.listen_notify and self.cfg.notify:
+                backend.notify_wait([channel], poll)
+            else:
+                self._stop.wait(poll)
+
+    def _run_claimed(self, claim: Claim, ctx: WorkflowContext) -> None:
+        try:
+            if claim.recovery:
+                log.info("recovering workflow %s (%s) at epoch %d", claim.workflow_id, claim.name, claim.epoch)
+            wf = self.app.workflow_definition(claim.name)
+            if claim.epoch > 1:  # it ran (or was released) before: load its checkpoints
+                ctx.steps = {s.step_id: s for s in self.app.backend.step_list(claim.workflow_id)}
+            try:
+                args, kwargs = ser.decode_args(claim.inputs)
+            except SerializationError as exc:
+                err = ser.dumps(ser.exception_to_record(exc))
+                self.app.backend.workflow_finish(Finish(claim.workflow_id, claim.epoch, Status.ERROR, error=err))
+                return
+            outcome = execute(self.app, ctx, wf.fn, tuple(args), kwargs)
+            self.app._deliver(claim.workflow_id, outcome)
+        except StorageError as exc:
+            log.error("workflow %s: %s; leaving it to be recovered", claim.workflow_id, exc)
+        except Exception:  # pragma: no cover - never let a worker thread die silently
+            log.exception("workflow %s: unexpected engine failure", claim.workflow_id)
+        finally:
+            self.drop(claim.workflow_id, ctx)
+            with self._idle:
+                self._running -= 1
+                self._idle.notify_all()
+
+    # -- shutdown -----------------------------------------------------------------------------------
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop claiming, give running workflows ``grace`` seconds, then release the rest's leases."""
+        self._claiming.clear()
+        deadline = time.monotonic() + grace
+        with self._idle:
+            while self._running > 0 and time.monotonic() < deadline:
+                self._idle.wait(timeout=0.1)
+        with self._lock:
+            remaining = list(self._held.values())
+        for ctx in remaining:
+            ctx.lost.set()
+            if ctx.confirmed_at > 0:
+                try:
+                    self.app.backend.workflow_release(ctx.workflow_id, ctx.epoch)
+                except StorageError as exc:
+                    log.warning("could not release %s (it will be recovered after its lease): %s",
+                                ctx.workflow_id, exc)
+        self._stop.set()
+        if self._claimer is not None:
+            self._claimer.join(timeout=self.cfg.poll_seconds + 2)
+        if self._heartbeat is not None:
+            self._heartbeat.join(timeout=2)
+        self._local.shutdown(wait=False, cancel_futures=True)
+        if self._claimed_pool is not None:
+            self._claimed_pool.shutdown(wait=False, cancel_futures=True)
