@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Idempotent test-environment installer for Debian 12 (run as root, or as a user with sudo).
+#   - Debian packages: postgresql-15 + postgresql-contrib (second real server for the tests), tmux
+#   - python -m pip install -e ".[test]"
+# Safe to run repeatedly: apt is only touched when something is missing.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+say() { echo "[setup] $*"; }
+
+if [ "$(id -u)" -eq 0 ]; then
+    SUDO=()
+elif command -v sudo >/dev/null 2>&1; then
+    SUDO=(sudo)
+else
+    SUDO=()
+fi
+
+PG_BIN=/usr/lib/postgresql/15/bin
+apt_pkgs=()
+[ -x "$PG_BIN/postgres" ] || apt_pkgs+=(postgresql-15 postgresql-contrib)
+command -v tmux >/dev/null 2>&1 || apt_pkgs+=(tmux)
+command -v runuser >/dev/null 2>&1 || apt_pkgs+=(util-linux)
+
+# Python: $PYTHON, else an existing repo venv, else `python`, else `python3`.
+pick_python() {
+    if [ -n "${PYTHON:-}" ]; then echo "$PYTHON"
+    elif [ -x .venv/bin/python ]; then echo .venv/bin/python
+    elif command -v python >/dev/null 2>&1; then echo python
+    elif command -v python3 >/dev/null 2>&1; then echo python3
+    fi
+}
+PY="$(pick_python)"
+if [ -z "$PY" ]; then
+    apt_pkgs+=(python3 python3-pip python3-venv)
+fi
+
+if [ "${#apt_pkgs[@]}" -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ] && [ "${#SUDO[@]}" -eq 0 ]; then
+        say "ERROR: need to install ${apt_pkgs[*]} but not root and no sudo" >&2
+        exit 1
+    fi
+    pg_was_missing=0
+    [ -x "$PG_BIN/postgres" ] || pg_was_missing=1
+    # Clusters running before we install anything belong to someone else: never stop those.
+    running_before=""
+    if command -v pg_lsclusters >/dev/null 2>&1; then
+        running_before="$(pg_lsclusters --no-header 2>/dev/null | awk '$4 ~ /^online/ {print $1 "/" $2}' || true)"
+    fi
+    say "installing: ${apt_pkgs[*]}"
+    "${SUDO[@]}" apt-get update -qq
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends "${apt_pkgs[@]}" >/dev/null
+    # The postgresql package creates and starts a default cluster (15/main on port 5432). The tests
+    # never use it (they start private servers on free ports); stop it if *we* just started it.
+    if [ "$pg_was_missing" -eq 1 ] && command -v pg_lsclusters >/dev/null 2>&1; then
+        while read -r ver name; do
+            [ -n "$ver" ] || continue
+            if ! grep -qx "$ver/$name" <<<"$running_before"; then
+                say "stopping default cluster $ver/$name started by the package install (tests don't use it)"
+                "${SUDO[@]}" pg_ctlcluster "$ver" "$name" stop || say "warning: could not stop cluster $ver/$name"
+            fi
+        done < <(pg_lsclusters --no-header 2>/dev/null | awk '$4 ~ /^online/ {print $1, $2}')
+    fi
+else
+    say "system packages present (postgresql-15, tmux)"
+fi
+if command -v pg_lsclusters >/dev/null 2>&1; then
+    others="$(pg_lsclusters --no-header 2>/dev/null | awk '$4 ~ /^online/ {print $1 "/" $2 " (port " $3 ")"}' || true)"
+    [ -z "$others" ] || say "note: system cluster(s) running, left alone (tests don't use them): $others"
+fi
+
+# Python package + test dependencies.
+PY="$(pick_python)"
+if [ -z "$PY" ]; then
+    say "ERROR: no python interpreter found" >&2
+    exit 1
+fi
+# A Debian system python is "externally managed" (PEP 668): use a repo-local venv instead.
+externally_managed() {
+    "$1" - <<'PYEOF'
+import os, sys, sysconfig
+in_venv = sys.prefix != sys.base_prefix
+marker = os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")
+sys.exit(0 if (not in_venv and os.path.exists(marker)) else 1)
+PYEOF
+}
+if [ -z "${PYTHON:-}" ] && [ "$PY" != .venv/bin/python ] && externally_managed "$PY"; then
+    say "$PY is externally managed; creating .venv"
+    "$PY" -m venv .venv
+    PY=.venv/bin/python
+fi
+say "pip install -e .[test] ($("$PY" -c 'import sys; print(sys.executable, sys.version.split()[0])'))"
+"$PY" -m pip install -q --disable-pip-version-check --root-user-action=ignore -e ".[test]"
+say "done"
