@@ -150,7 +150,7 @@ class Runtime:
                 log.warning("claim failed: %s", exc)
                 self._stop.wait(poll)
                 continue
-            for claim, ctx in zip(claims, ctxs):
+            for claim, ctx in zip(claims, ctxs, strict=True):
                 with self._idle:
                     self._running += 1
                 self.claimed_count += 1

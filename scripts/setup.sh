@@ -7,6 +7,10 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+# --python-only: just what `kit demo` needs (the package; its embedded PostgreSQL comes from PyPI).
+PYTHON_ONLY=0
+[ "${1:-}" = "--python-only" ] && PYTHON_ONLY=1
+
 say() { echo "[setup] $*"; }
 
 if [ "$(id -u)" -eq 0 ]; then
@@ -19,9 +23,11 @@ fi
 
 PG_BIN=/usr/lib/postgresql/15/bin
 apt_pkgs=()
-[ -x "$PG_BIN/postgres" ] || apt_pkgs+=(postgresql-15 postgresql-contrib)
-command -v tmux >/dev/null 2>&1 || apt_pkgs+=(tmux)
-command -v runuser >/dev/null 2>&1 || apt_pkgs+=(util-linux)
+if [ "$PYTHON_ONLY" -eq 0 ]; then
+    [ -x "$PG_BIN/postgres" ] || apt_pkgs+=(postgresql-15 postgresql-contrib)
+    command -v tmux >/dev/null 2>&1 || apt_pkgs+=(tmux)
+    command -v runuser >/dev/null 2>&1 || apt_pkgs+=(util-linux)
+fi
 
 # Python: $PYTHON, else an existing repo venv, else `python`, else `python3`.
 pick_python() {
@@ -63,7 +69,7 @@ if [ "${#apt_pkgs[@]}" -gt 0 ]; then
             fi
         done < <(pg_lsclusters --no-header 2>/dev/null | awk '$4 ~ /^online/ {print $1, $2}')
     fi
-else
+elif [ "$PYTHON_ONLY" -eq 0 ]; then
     say "system packages present (postgresql-15, tmux)"
 fi
 if command -v pg_lsclusters >/dev/null 2>&1; then
