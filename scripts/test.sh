@@ -16,6 +16,11 @@ elif command -v python >/dev/null 2>&1; then PY=python
 else PY=python3
 fi
 
+# Lint first: ruff-clean is part of the suite (only when running everything).
+if [ "$#" -eq 0 ]; then
+    "$PY" -m ruff check . || { echo "[test] ruff found problems" >&2; exit 1; }
+fi
+
 set +e
 "$PY" -m pytest -q "$@"
 rc=$?

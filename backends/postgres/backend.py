@@ -171,7 +171,8 @@ class PostgresBackend(Backend):
         self.use_notify = notify
         self._pool: ConnectionPool | None = None
         self._caps = Capabilities()
-        self._q = {k: sql.SQL(v).format(schema=sql.Identifier(schema)) for k, v in _QUERIES.items()}
+        # Rendered to text once: psycopg then caches each statement's conversion and prepared plan.
+        self._q = {k: sql.SQL(v).format(schema=sql.Identifier(schema)).as_string(None) for k, v in _QUERIES.items()}
         self._listen_conn: psycopg.Connection | None = None
         self._listen_lock = threading.Lock()
         self._listening: set[str] = set()
@@ -356,7 +357,11 @@ class PostgresBackend(Backend):
             "owner": wf.owner, "lease": wf.lease_seconds,
         }
 
+        attempts = 0
+
         def create(conn: psycopg.Connection) -> Created:
+            nonlocal attempts
+            attempts += 1
             row = conn.execute(self._q["workflow_create"], params).fetchone()
             if row is not None:
                 status = Status.RUNNING if wf.owner else Status.PENDING
@@ -365,8 +370,11 @@ class PostgresBackend(Backend):
             if existing is None:  # deleted between the two statements: try again
                 raise psycopg.errors.SerializationFailure("workflow vanished during create")
             rec = _wf(existing)
-            # Our own insert whose acknowledgement was lost: same owner, epoch 1, same inputs.
-            mine = wf.owner is not None and rec.owner == wf.owner and rec.epoch == 1 and rec.inputs == wf.inputs
+            # Our own insert whose acknowledgement was lost (only possible when an earlier attempt of this
+            # call ran): same owner, epoch 1, same inputs. On the first attempt an existing row is never ours,
+            # even with the same owner (one process starting the same id twice must not run it twice, G1).
+            mine = (attempts > 0 and wf.owner is not None and rec.owner == wf.owner and rec.epoch == 1
+                    and rec.inputs == wf.inputs)
             return Created(mine, rec.epoch, rec.name, rec.status)
 
         created = self._run(create)
