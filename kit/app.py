@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeoutError  # not the builtin before Python 3.11
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -106,7 +107,7 @@ class WorkflowHandle:
         if self._future is not None:
             try:
                 outcome = self._future.result(timeout=timeout)
-            except TimeoutError:
+            except (TimeoutError, FutureTimeoutError):
                 raise WorkflowTimeoutError(f"workflow {self.workflow_id} did not finish within {timeout}s") from None
             if outcome.status is not None:
                 return _decode_outcome(self.workflow_id, outcome.status, outcome.output, outcome.error)
@@ -336,7 +337,13 @@ class Kit:
         inputs = ser.encode_args(args, kwargs, what=f"inputs of workflow '{wf.name}'")
         runtime = self.runtime
         ctx = WorkflowContext(wid, wf.name, 1)
-        runtime.hold(wid, ctx)  # before the insert, so the heartbeat never mistakes it for a stray claim
+        held = runtime.hold(wid, ctx)  # before the insert, so the heartbeat never mistakes it for a stray claim
+        if held is not ctx:  # this process already runs (or is starting) that id: never a second run
+            if held.name != wf.name:
+                raise WorkflowConflictError(
+                    f"workflow id {wid!r} already belongs to workflow '{held.name}', not '{wf.name}'"
+                )
+            return WorkflowHandle(self, wid)
         try:
             created = self.backend.workflow_create(NewWorkflow(
                 workflow_id=wid, name=wf.name, inputs=inputs, app_version=self.config.app_version,

@@ -168,7 +168,9 @@ def check_url(url: str) -> str:
         raise ConfigError("database_url is empty: give a URL like postgresql://user@host:5432/dbname")
     try:
         parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
+        # Each host of a multi-host libpq URL (host1:5432,host2:5433) carries its own port.
+        for host in parts.netloc.rpartition("@")[2].split(","):
+            urlsplit("//" + host).port  # noqa: B018 - raises ValueError on a bad port
     except ValueError as exc:
         raise ConfigError(f"malformed database URL {redact_url(url)}: {exc}") from None
     scheme = parts.scheme.lower()

@@ -53,9 +53,14 @@ class Runtime:
         self.claimed_count = 0
 
     # -- leases ------------------------------------------------------------------------------------
-    def hold(self, workflow_id: str, ctx: WorkflowContext) -> None:
+    def hold(self, workflow_id: str, ctx: WorkflowContext) -> WorkflowContext:
+        """Track ``ctx``'s lease unless this process already runs ``workflow_id``; return the held one.
+
+        A second start of an id this process is running must neither evict the running execution's
+        lease nor insert again, so the caller compares the returned context with its own.
+        """
         with self._lock:
-            self._held[workflow_id] = ctx
+            return self._held.setdefault(workflow_id, ctx)
 
     def drop(self, workflow_id: str, ctx: WorkflowContext | None = None) -> None:
         with self._lock:

@@ -373,7 +373,7 @@ class PostgresBackend(Backend):
             # Our own insert whose acknowledgement was lost (only possible when an earlier attempt of this
             # call ran): same owner, epoch 1, same inputs. On the first attempt an existing row is never ours,
             # even with the same owner (one process starting the same id twice must not run it twice, G1).
-            mine = (attempts > 0 and wf.owner is not None and rec.owner == wf.owner and rec.epoch == 1
+            mine = (attempts > 1 and wf.owner is not None and rec.owner == wf.owner and rec.epoch == 1
                     and rec.inputs == wf.inputs)
             return Created(mine, rec.epoch, rec.name, rec.status)
 

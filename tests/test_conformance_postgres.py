@@ -1,0 +1,119 @@
+"""Runs the backend conformance suite against PostgreSQL (every server the ``pg_url`` fixture selects)."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+from kit.backends.postgres import PostgresBackend
+from psycopg import sql
+
+try:  # works whether or not tests/ is a package
+    from .conformance import *  # noqa: F401,F403
+    from .conformance.helpers import create, step
+except ImportError:
+    from conformance import *  # noqa: F401,F403
+    from conformance.helpers import create, step
+
+FAKE_PASSWORD = "conformance-Secret-77"
+
+
+def _with_password(url: str) -> tuple[str, str]:
+    """The URL and a password in it: the server's own, or a dummy one for trust-auth servers."""
+    parts = urlsplit(url)
+    if parts.password:
+        return url, parts.password
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:{FAKE_PASSWORD}@{host}")), FAKE_PASSWORD
+
+
+class PostgresFactory:
+    def __init__(self, url: str, schema: str) -> None:
+        self.url, self.secret = _with_password(url)
+        self.schema = schema
+        self._made: list[PostgresBackend] = []
+
+    def __call__(self, *, migrate: bool = True) -> PostgresBackend:
+        backend = PostgresBackend(self.url, schema=self.schema, pool_size=4, connect_timeout=5, retry_seconds=5)
+        backend.open()
+        self._made.append(backend)
+        if migrate:
+            backend.migrate()
+        return backend
+
+    def qualify(self, table: str) -> str:
+        return f"{sql.Identifier(self.schema).as_string(None)}.{sql.Identifier(table).as_string(None)}"
+
+    def sql(self, query: str, params: tuple = ()) -> list[tuple]:
+        with psycopg.connect(self.url, autocommit=True, connect_timeout=5) as conn:
+            cur = conn.execute(query, params)
+            return cur.fetchall() if cur.description else []
+
+    def close_all(self) -> None:
+        for backend in self._made:
+            backend.close()
+
+
+@pytest.fixture
+def backend_factory(pg_url, schema):
+    factory = PostgresFactory(pg_url, schema)
+    yield factory
+    factory.close_all()
+
+
+# -- PostgreSQL-specific checks beyond the generic suite ---------------------------------------------
+
+
+def test_concurrent_migrate_leaves_one_row_per_version(backend_factory):
+    import threading
+
+    backends = [backend_factory(migrate=False) for _ in range(4)]
+    barrier = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def run(b: PostgresBackend) -> None:
+        try:
+            barrier.wait(10)
+            b.migrate()
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(b,)) for b in backends]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    rows = backend_factory.sql(f"SELECT version, count(*) FROM {backend_factory.qualify('schema_migrations')} "
+                               "GROUP BY version ORDER BY version")
+    assert rows and all(count == 1 for _, count in rows), rows
+    assert [v for v, _ in rows] == list(range(1, len(rows) + 1))
+
+
+def test_steps_table_rejects_duplicate_checkpoints(backend_factory):
+    """The unique (workflow_id, step_id) key is the last line of defence, even against raw SQL."""
+    backend = backend_factory()
+    wid, _ = create(backend, owner="worker-a")
+    backend.step_record(step(wid, 0, 1, output="1"))
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        backend_factory.sql(
+            f"INSERT INTO {backend_factory.qualify('steps')} (workflow_id, step_id, name, epoch) "
+            "VALUES (%s, 0, 'dup', 1)", (wid,))
+
+
+def test_describe_reports_postgres(backend_factory):
+    info = backend_factory().describe()
+    assert info["backend"] == "postgres"
+    assert info["schema"] == backend_factory.schema
+    assert info["server_version"].startswith("PostgreSQL ")
+    assert backend_factory.secret not in info["url"]
+    assert "***" in info["url"]
+
+
+def test_capabilities_of_a_real_server(backend_factory):
+    caps = backend_factory().capabilities
+    assert caps.listen_notify and caps.skip_locked and caps.transactional_steps and caps.advisory_locks
+    assert not caps.retry_serialization_failures
+    assert caps.server_version.startswith("PostgreSQL ")
