@@ -1,0 +1,1 @@
+"""Kit applications used by multi-process tests (run as worker subprocesses)."""
