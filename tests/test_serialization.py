@@ -422,7 +422,7 @@ def test_register_types_from_hints():
         return f"{cls.__module__}.{cls.__qualname__}"
 
     def workflow(a: list[A], c: Optional[dict[str, C]], m: "Mode | None", missing: "Nope") -> tuple[C, ...]:  # noqa: F821, UP045
-        raise NotImplementedError
+        return ()  # never called: only its type hints are read
 
     for cls in (A, C):
         with pytest.raises(SerializationError):
