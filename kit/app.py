@@ -63,7 +63,7 @@ def load_backend(cfg: Config) -> Backend:
         name = cfg.backend or implied
     cls = _backend_class(name)
     return cls(url, schema=cfg.schema, pool_size=cfg.effective_pool_size, connect_timeout=cfg.connect_timeout,
-               retry_seconds=cfg.db_retry_seconds, notify=cfg.notify)
+               retry_seconds=cfg.db_retry_seconds, notify=cfg.notify, call_timeout=cfg.call_timeout)
 
 
 def _backend_class(name: str) -> type[Backend]:
@@ -162,6 +162,7 @@ class Kit:
         migrate: bool | None = None,
         db_retry_seconds: float | None = None,
         connect_timeout: float | None = None,
+        call_timeout: float | None = None,
         notify: bool | None = None,
         config_file: str | None = None,
     ) -> None:
@@ -360,7 +361,7 @@ class Kit:
                 )
             return WorkflowHandle(self, wid)
         ctx.confirmed_at = time.monotonic()
-        future = runtime.submit_local(ctx, wf.fn, args, kwargs)
+        future = runtime.submit_local(ctx, wf.fn, args, kwargs, dedicated=parent_id is not None)
         future.add_done_callback(lambda f: self._deliver(wid, f.result()) if not f.cancelled() else None)
         return WorkflowHandle(self, wid, future)
 
@@ -397,6 +398,18 @@ class Kit:
                 priority: int = 0, **kwargs: Any) -> WorkflowHandle:
         """Submit a workflow for any worker to run (insert a PENDING row); idempotent by id."""
         wf = self._resolve(fn)
+        parent = current_context()
+        if parent is not None and parent.step is None:
+            # Inside workflow code: a checkpointed step with an id derived from the parent, so a replay
+            # returns the same workflow instead of submitting another one.
+            child_id = workflow_id or f"{parent.workflow_id}/{parent.next_step}"
+            validate_workflow_id(child_id)
+            recorded = run_step(
+                self, f"enqueue:{wf.name}",
+                lambda: self.enqueue(wf.name, *args, workflow_id=child_id, priority=priority, **kwargs).workflow_id,
+                StepOptions(), (), {},
+            )
+            return WorkflowHandle(self, recorded)
         wid = validate_workflow_id(workflow_id) if workflow_id is not None else str(uuid.uuid4())
         inputs = ser.encode_args(args, kwargs, what=f"inputs of workflow '{wf.name}'")
         created = self.backend.workflow_create(NewWorkflow(

@@ -177,6 +177,11 @@ def load_app_object(spec: str):
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    if args.config is not None:
+        # Read by the app's own Kit(...) when the module is imported: file < env < the app's arguments.
+        if not os.path.isfile(args.config):
+            raise UsageError(f"config file {args.config} does not exist")
+        os.environ["KIT_CONFIG"] = args.config
     app = load_app_object(args.app)
     overrides = {k: getattr(args, k) for k in ("database_url", "schema", "data_dir", "backend")
                  if getattr(args, k) is not None}

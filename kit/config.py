@@ -42,6 +42,7 @@ class Config:
     migrate: bool = True  # apply schema migrations when the app opens
     db_retry_seconds: float = 60.0  # keep retrying a lost database this long before giving up
     connect_timeout: float = 5.0
+    call_timeout: float = 20.0  # a database call unanswered this long has its connection broken and retried
     notify: bool = True  # use LISTEN/NOTIFY wake-ups when the backend has them
 
     @property
@@ -143,7 +144,7 @@ def validate(cfg: Config) -> None:
             f"invalid schema name {cfg.schema!r}: use lowercase letters, digits and underscores "
             "(at most 63 characters, not starting with a digit)"
         )
-    for name in ("lease_seconds", "heartbeat_seconds", "poll_seconds", "db_retry_seconds", "connect_timeout"):
+    for name in ("lease_seconds", "heartbeat_seconds", "poll_seconds", "db_retry_seconds", "connect_timeout", "call_timeout"):
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"setting '{name}' must be positive, got {getattr(cfg, name)}")
     if cfg.heartbeat_seconds * 2 > cfg.lease_seconds:

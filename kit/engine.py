@@ -140,6 +140,16 @@ def run_step(app: Kit, name: str, fn: Callable[..., Any], opts: StepOptions, arg
     step_id, rec = replay_or_reserve(ctx, name)
     if rec is not None:
         return recorded_value(rec)
+    try:
+        return _run_new_step(app, ctx, step_id, name, fn, opts, args, kwargs)
+    except LeaseLostError:
+        ctx.lost.set()  # even if workflow code swallows it, no later step of this run may start
+        raise
+
+
+def _run_new_step(app: Kit, ctx: WorkflowContext, step_id: int, name: str, fn: Callable[..., Any],
+                  opts: StepOptions, args: tuple, kwargs: dict) -> Any:
+    """Run a step that has no checkpoint yet: attempts with backoff, then record output or error."""
     backend = app.backend
     started = _now()
     attempt = 0

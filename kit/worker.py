@@ -86,8 +86,9 @@ class Runtime:
                             ctx.workflow_id, ctx.epoch)
                 ctx.lost.set()
         for wid, epoch in unknown.items():
-            # A claim whose acknowledgement was lost: give it back so someone runs it now.
-            log.warning("releasing workflow %s: claimed by this worker without acknowledgement", wid)
+            # Held by this worker in the database but run by no thread here (a claim whose acknowledgement
+            # was lost, or a run abandoned after a storage failure): give it back so someone runs it now.
+            log.warning("releasing workflow %s: leased to this worker but not running here", wid)
             self.app.backend.workflow_release(wid, epoch)
 
     def _heartbeat_loop(self) -> None:
@@ -100,10 +101,28 @@ class Runtime:
                 log.exception("heartbeat failed")
 
     # -- running -----------------------------------------------------------------------------------
-    def submit_local(self, ctx: WorkflowContext, fn, args: tuple, kwargs: dict) -> Future[Outcome]:
-        """Run a workflow created by this process (app.start) in the local thread pool."""
+    def submit_local(self, ctx: WorkflowContext, fn, args: tuple, kwargs: dict, *,
+                     dedicated: bool = False) -> Future[Outcome]:
+        """Run a workflow created by this process (app.start) in the local thread pool.
+
+        ``dedicated`` runs it on a thread of its own: child workflows use it, because their parents
+        block in the pool waiting for them and a bounded pool would deadlock.
+        """
         self.ensure_heartbeat()
-        return self._local.submit(self._run, ctx, fn, args, kwargs)
+        if not dedicated:
+            return self._local.submit(self._run, ctx, fn, args, kwargs)
+        future: Future[Outcome] = Future()
+
+        def body() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                future.set_result(self._run(ctx, fn, args, kwargs))
+            except BaseException as exc:  # noqa: BLE001 - delivered to the waiter
+                future.set_exception(exc)
+
+        threading.Thread(target=body, name=f"kit-child-{ctx.workflow_id}", daemon=True).start()
+        return future
 
     def run_inline(self, ctx: WorkflowContext, fn, args: tuple, kwargs: dict) -> Outcome:
         self.ensure_heartbeat()
@@ -199,9 +218,12 @@ class Runtime:
         """Stop claiming, give running workflows ``grace`` seconds, then release the rest's leases."""
         self._claiming.clear()
         deadline = time.monotonic() + grace
-        with self._idle:
-            while self._running > 0 and time.monotonic() < deadline:
-                self._idle.wait(timeout=0.1)
+        while time.monotonic() < deadline:  # claimed and locally started workflows alike
+            with self._lock:
+                busy = any(c.confirmed_at > 0 for c in self._held.values())
+            if not busy:
+                break
+            time.sleep(0.05)
         with self._lock:
             remaining = list(self._held.values())
         for ctx in remaining:

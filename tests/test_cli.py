@@ -282,11 +282,9 @@ def test_bad_environment_setting_is_a_usage_error() -> None:
     ids=" ".join,
 )
 def test_unreachable_database_exit_2_without_leaking_the_password(argv: list[str]) -> None:
-    start = time.monotonic()
     res = run_kit(*argv, "--database-url", UNREACHABLE, env=base_env(KIT_CONNECT_TIMEOUT="1"))
     line = assert_usage_error(res)
     assert "127.0.0.1" in line
-    assert time.monotonic() - start < 30
 
 
 def test_unreachable_database_from_the_environment() -> None:

@@ -344,8 +344,7 @@ def test_dead_workers_leases_expire_and_another_worker_takes_over(env, tmp_path:
     # Never before a lease expired: each expiry read before the kill only moved later with renewals ...
     for wid, first in db.rows("SELECT workflow_id, min(at) FROM {s}.ledger WHERE pid = %s GROUP BY 1", [b.pid]):
         assert first >= before[wid][1], f"{wid} taken over at {first}, before its lease expired ({before[wid][1]})"
-    # ... and soon after the lease ran out.
-    assert float(takeover) <= LEASE + POLL + 2.5
+    # How soon after expiry the takeover came is measured by `kit bench recovery`, not asserted here.
 
 
 # -- 3. a frozen zombie is fenced ------------------------------------------------------------------------------

@@ -99,6 +99,55 @@ def _is_connection_error(exc: BaseException) -> bool:
     return getattr(exc, "sqlstate", None) in _TRANSIENT_SQLSTATES
 
 
+class _Watchdog:
+    """Breaks the socket under a database call that has waited past its bound.
+
+    A frozen server (SIGSTOPped, paused container) keeps its TCP connections open and never answers:
+    keepalives and ``tcp_user_timeout`` don't fire because the kernel still acknowledges. Shutting the
+    socket down turns the hang into a connection error, which the caller retries and, for writes,
+    resolves by reading back the outcome.
+    """
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self._active: dict[int, tuple[float, psycopg.Connection]] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.broken = 0
+
+    def enter(self, conn: psycopg.Connection) -> None:
+        with self._lock:
+            self._active[id(conn)] = (time.monotonic() + self.limit, conn)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="kit-db-watchdog", daemon=True)
+                self._thread.start()
+
+    def leave(self, conn: psycopg.Connection) -> None:
+        with self._lock:
+            self._active.pop(id(conn), None)
+
+    def _loop(self) -> None:
+        period = max(0.05, min(1.0, self.limit / 4))
+        while True:
+            time.sleep(period)
+            now = time.monotonic()
+            with self._lock:
+                late = [(k, c) for k, (deadline, c) in self._active.items() if deadline < now]
+                for key, _ in late:
+                    self._active.pop(key, None)
+            for _, conn in late:
+                log.warning("database call unanswered for %.0fs: breaking the connection", self.limit)
+                self.broken += 1
+                try:
+                    dup = socket.socket(fileno=os.dup(conn.pgconn.socket))
+                    try:
+                        dup.shutdown(socket.SHUT_RDWR)
+                    finally:
+                        dup.close()
+                except (OSError, psycopg.Error):
+                    pass
+
+
 class _PgStepTx(StepTransaction):
     def __init__(self, backend: PostgresBackend, conn: psycopg.Connection, step: StepResult) -> None:
         self._backend = backend
@@ -162,6 +211,7 @@ class PostgresBackend(Backend):
         connect_timeout: float = 5.0,
         retry_seconds: float = 60.0,
         notify: bool = True,
+        call_timeout: float = 20.0,
     ) -> None:
         self.url = url
         self.schema = schema
@@ -177,6 +227,7 @@ class PostgresBackend(Backend):
         self._listen_lock = threading.Lock()
         self._listening: set[str] = set()
         self._closed = False
+        self._watchdog = _Watchdog(call_timeout)
 
     # -- connection management ----------------------------------------------------------------------
     def _conn_kwargs(self) -> dict[str, Any]:
@@ -260,10 +311,16 @@ class PostgresBackend(Backend):
             raise StorageError("backend is not open")
         deadline = time.monotonic() + self.retry_seconds
         delay = 0.05
+        watchdog = self._watchdog
         while True:
             try:
-                with self._pool.connection() as conn:
-                    return fn(conn)
+                # Waiting for a pooled connection counts against the same retry budget.
+                with self._pool.connection(timeout=max(0.1, deadline - time.monotonic())) as conn:
+                    watchdog.enter(conn)
+                    try:
+                        return fn(conn)
+                    finally:
+                        watchdog.leave(conn)
             except LeaseLostError:
                 raise
             except psycopg.errors.UndefinedTable as exc:
@@ -534,6 +591,8 @@ class PostgresBackend(Backend):
                         raise StorageError("transactional step finished without a checkpoint")
                 committed = True
             except psycopg.OperationalError as exc:
+                if not (conn.broken or conn.closed):
+                    raise  # an error of the user's SQL (e.g. statement timeout): a normal step failure
                 if tx.pending is None:
                     raise TransientStorageError(_scrub(f"connection lost during step: {exc}", self.url)) from exc
                 # Ambiguous commit: learn the outcome.
