@@ -11,11 +11,10 @@ from collections import Counter
 
 import psycopg
 import pytest
+from test_engine import apps  # noqa: F401 - fixture
 
 import kit
 from kit.storage import ClaimRequest, Status
-
-from test_engine import apps  # noqa: F401 - fixture
 
 
 def _wid() -> str:
