@@ -60,6 +60,7 @@ class WorkflowContext:
     next_step: int = 0
     lost: threading.Event = field(default_factory=threading.Event)
     confirmed_at: float = 0.0  # monotonic time the lease was confirmed (0: not yet)
+    finishing: bool = False  # the terminal write is under way: the lease ends with it, not lost
     step: StepInfo | None = None  # set while a step body runs
 
     def check_lease(self) -> None:
@@ -246,6 +247,7 @@ def execute(app: Kit, ctx: WorkflowContext, fn: Callable[..., Any], args: tuple,
     if ctx.lost.is_set():
         log.warning("abandoning workflow %s: lease lost before it finished", ctx.workflow_id)
         return Outcome(None)
+    ctx.finishing = True
     try:
         done = app.backend.workflow_finish(Finish(ctx.workflow_id, ctx.epoch, status, output, error))
     except StorageError as exc:

@@ -78,7 +78,7 @@ class Runtime:
             started = time.monotonic()
             leases = self.app.backend.lease_renew(self.worker_id, self.cfg.lease_seconds, self.info)
             lost = [c for c in self._held.values()
-                    if 0 < c.confirmed_at < started and leases.get(c.workflow_id) != c.epoch]
+                    if 0 < c.confirmed_at < started and not c.finishing and leases.get(c.workflow_id) != c.epoch]
             unknown = {wid: ep for wid, ep in leases.items() if wid not in self._held}
         for ctx in lost:
             if not ctx.lost.is_set():
@@ -162,6 +162,11 @@ class Runtime:
                 with self._idle:
                     self._idle.wait(timeout=poll)
                 continue
+            if free < self.cfg.worker_concurrency // 2:
+                # Busy: let a few more slots free up so one claim round trip fetches several workflows.
+                with self._idle:
+                    self._idle.wait(timeout=0.005)
+                free = self._free_slots()
             try:
                 names = self.app.workflow_names()
                 with self._lock:

@@ -415,11 +415,15 @@ class PostgresBackend(Backend):
         }
 
         attempts = 0
+        notify = wf.owner is None and self.use_notify and self._caps.listen_notify
+        if notify:
+            params["channel"] = self.wake_channel
+        stmt = self._q["workflow_enqueue" if notify else "workflow_create"]
 
         def create(conn: psycopg.Connection) -> Created:
             nonlocal attempts
             attempts += 1
-            row = conn.execute(self._q["workflow_create"], params).fetchone()
+            row = conn.execute(stmt, params).fetchone()
             if row is not None:
                 status = Status.RUNNING if wf.owner else Status.PENDING
                 return Created(True, row[0], wf.name, status)
@@ -434,10 +438,7 @@ class PostgresBackend(Backend):
                     and rec.inputs == wf.inputs)
             return Created(mine, rec.epoch, rec.name, rec.status)
 
-        created = self._run(create)
-        if created.created and wf.owner is None and self.use_notify and self._caps.listen_notify:
-            self.notify(self.wake_channel, wf.queue or "")
-        return created
+        return self._run(create)
 
     def workflow_get(self, workflow_id: str) -> WorkflowRecord | None:
         row = self._run(lambda c: c.execute(self._q["workflow_get"], {"workflow_id": workflow_id}).fetchone())

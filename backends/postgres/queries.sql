@@ -15,6 +15,18 @@ VALUES
 ON CONFLICT (workflow_id) DO NOTHING
 RETURNING epoch
 
+-- name: workflow_enqueue
+-- Insert a PENDING workflow unless the id exists, and wake idle workers in the same round trip
+-- (the notification is delivered at commit, never before the row is visible).
+WITH ins AS (
+    INSERT INTO {schema}.workflows (workflow_id, name, status, inputs, queue, priority, app_version, parent_id)
+    VALUES (%(workflow_id)s, %(name)s, 'PENDING', %(inputs)s, %(queue)s, %(priority)s, %(app_version)s,
+            %(parent_id)s)
+    ON CONFLICT (workflow_id) DO NOTHING
+    RETURNING epoch
+)
+SELECT ins.epoch, pg_notify(%(channel)s, coalesce(%(queue)s, '')) FROM ins
+
 -- name: workflow_get
 SELECT workflow_id, name, status, inputs, output, error, queue, app_version, owner, epoch,
        lease_expires_at, created_at, started_at, finished_at, recoveries, parent_id
