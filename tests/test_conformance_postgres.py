@@ -117,3 +117,28 @@ def test_capabilities_of_a_real_server(backend_factory):
     assert caps.listen_notify and caps.skip_locked and caps.transactional_steps and caps.advisory_locks
     assert not caps.retry_serialization_failures
     assert caps.server_version.startswith("PostgreSQL ")
+
+
+def test_concurrent_checkpoints_share_round_trips(backend_factory):
+    """Group commit: checkpoints of workflows running at once go out in shared statements."""
+    import threading
+
+    backend = backend_factory()
+    wids = [create(backend, owner="worker-a")[0] for _ in range(16)]
+    barrier = threading.Barrier(len(wids))
+
+    def run(wid: str) -> None:
+        barrier.wait(10)
+        for k in range(20):
+            assert backend.step_record(step(wid, k, 1, output=str(k))).epoch == 1
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in wids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    gc = backend._steps_gc
+    assert gc.items == 16 * 20
+    assert gc.batches < gc.items  # some round trips carried several checkpoints
+    total = backend_factory.sql(f"SELECT count(*) FROM {backend_factory.qualify('steps')}")[0][0]
+    assert total == 16 * 20

@@ -28,6 +28,7 @@ from kit.errors import (
     StorageError,
     TransientStorageError,
 )
+from kit.groupcommit import GroupCommitter
 from kit.storage import (
     Backend,
     Capabilities,
@@ -182,6 +183,11 @@ def _step_params(step: StepResult) -> dict[str, Any]:
     }
 
 
+def _recorded(step: StepResult, finished_at: Any) -> StepRecord:
+    return StepRecord(step.workflow_id, step.step_id, step.name, step.output, step.error, step.epoch,
+                      step.attempts, step.started_at, finished_at)
+
+
 def _wf(row: tuple) -> WorkflowRecord:
     return WorkflowRecord(
         workflow_id=row[0], name=row[1], status=Status(row[2]), inputs=row[3], output=row[4], error=row[5],
@@ -228,6 +234,9 @@ class PostgresBackend(Backend):
         self._listening: set[str] = set()
         self._closed = False
         self._watchdog = _Watchdog(call_timeout)
+        # Checkpoints and finishes of concurrently running workflows share round trips (group commit).
+        self._steps_gc: GroupCommitter[StepResult, StepRecord] = GroupCommitter(self._flush_steps)
+        self._finish_gc: GroupCommitter[Finish, bool] = GroupCommitter(self._flush_finishes)
 
     # -- connection management ----------------------------------------------------------------------
     def _conn_kwargs(self) -> dict[str, Any]:
@@ -445,21 +454,43 @@ class PostgresBackend(Backend):
         return _wf(row) if row else None
 
     def workflow_finish(self, fin: Finish) -> bool:
-        error_type = None
-        if fin.error:
-            m = re.search(r'"type":\s*"([^"]*)"', fin.error)
-            error_type = m.group(1) if m else None
-        params = {"workflow_id": fin.workflow_id, "epoch": fin.epoch, "status": fin.status.value,
-                  "output": fin.output, "error": fin.error, "error_type": error_type}
+        return self._finish_gc.submit(fin)
 
-        def finish(conn: psycopg.Connection) -> bool:
-            if conn.execute(self._q["workflow_finish"], params).rowcount == 1:
-                return True
-            # Nothing updated: either fenced, or our earlier attempt committed and its ack was lost.
-            row = conn.execute(self._q["workflow_epoch"], {"workflow_id": fin.workflow_id}).fetchone()
-            return row is not None and row[0] == fin.epoch and row[1] == fin.status.value
+    @staticmethod
+    def _error_type(error: str | None) -> str | None:
+        if not error:
+            return None
+        m = re.search(r'"type":\s*"([^"]*)"', error)
+        return m.group(1) if m else None
 
-        return self._run(finish)
+    def _finish_resolved(self, conn: psycopg.Connection, fin: Finish) -> bool:
+        """The finish changed nothing: fenced, or our earlier attempt committed and its ack was lost."""
+        row = conn.execute(self._q["workflow_epoch"], {"workflow_id": fin.workflow_id}).fetchone()
+        return row is not None and row[0] == fin.epoch and row[1] == fin.status.value
+
+    def _flush_finishes(self, batch: Sequence[Finish]) -> list[bool | BaseException]:
+        if len(batch) == 1:
+            fin = batch[0]
+            params = {"workflow_id": fin.workflow_id, "epoch": fin.epoch, "status": fin.status.value,
+                      "output": fin.output, "error": fin.error, "error_type": self._error_type(fin.error)}
+
+            def one(conn: psycopg.Connection) -> list[bool | BaseException]:
+                if conn.execute(self._q["workflow_finish"], params).rowcount == 1:
+                    return [True]
+                return [self._finish_resolved(conn, fin)]
+
+            return self._run(one)
+        params = {
+            "workflow_ids": [f.workflow_id for f in batch], "epochs": [f.epoch for f in batch],
+            "statuses": [f.status.value for f in batch], "outputs": [f.output for f in batch],
+            "errors": [f.error for f in batch], "error_types": [self._error_type(f.error) for f in batch],
+        }
+
+        def many(conn: psycopg.Connection) -> list[bool | BaseException]:
+            done = {r[0] for r in conn.execute(self._q["workflow_finish_many"], params)}
+            return [True if f.workflow_id in done else self._finish_resolved(conn, f) for f in batch]
+
+        return self._run(many)
 
     def workflow_release(self, workflow_id: str, epoch: int) -> bool:
         params = {"workflow_id": workflow_id, "epoch": epoch}
@@ -536,16 +567,42 @@ class PostgresBackend(Backend):
 
     # -- steps ------------------------------------------------------------------------------------------
     def step_record(self, step: StepResult) -> StepRecord:
-        params = _step_params(step)
+        return self._steps_gc.submit(step)
 
-        def record(conn: psycopg.Connection) -> StepRecord:
-            row = conn.execute(self._q["step_record"], params).fetchone()
-            if row is not None:
-                return StepRecord(step.workflow_id, step.step_id, step.name, step.output, step.error,
-                                  step.epoch, step.attempts, step.started_at, row[0])
-            return self._resolve_step(conn, step)
+    def _flush_steps(self, batch: Sequence[StepResult]) -> list[StepRecord | BaseException]:
+        if len(batch) == 1:
+            step = batch[0]
+            params = _step_params(step)
 
-        return self._run(record)
+            def one(conn: psycopg.Connection) -> list[StepRecord | BaseException]:
+                row = conn.execute(self._q["step_record"], params).fetchone()
+                if row is not None:
+                    return [_recorded(step, row[0])]
+                return [self._resolve_step(conn, step)]
+
+            return self._run(one)
+        params = {
+            "workflow_ids": [s.workflow_id for s in batch], "step_ids": [s.step_id for s in batch],
+            "names": [s.name for s in batch], "outputs": [s.output for s in batch],
+            "errors": [s.error for s in batch], "epochs": [s.epoch for s in batch],
+            "attempts": [s.attempts for s in batch], "started": [s.started_at for s in batch],
+        }
+
+        def many(conn: psycopg.Connection) -> list[StepRecord | BaseException]:
+            done = {(r[0], r[1]): r[2] for r in conn.execute(self._q["step_record_many"], params)}
+            out: list[StepRecord | BaseException] = []
+            for step in batch:
+                finished = done.get((step.workflow_id, step.step_id))
+                if finished is not None:
+                    out.append(_recorded(step, finished))
+                    continue
+                try:
+                    out.append(self._resolve_step(conn, step))
+                except (LeaseLostError, TransientStorageError) as exc:
+                    out.append(exc)
+            return out
+
+        return self._run(many)
 
     def _resolve_step(self, conn: psycopg.Connection, step: StepResult) -> StepRecord:
         """The checkpoint insert changed nothing: find out why instead of guessing."""

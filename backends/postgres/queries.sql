@@ -83,22 +83,36 @@ UPDATE {schema}.workflows w
 RETURNING w.workflow_id, w.name, w.inputs, w.epoch, picked.recovery
 
 -- name: lease_renew
--- Heartbeat: record the worker and extend every lease it still holds; returns what it holds.
+-- Heartbeat: record the worker and extend every lease it still holds; returns what it holds. Rows are
+-- locked in id order, like the grouped finish, so the two never deadlock.
 WITH hb AS (
     INSERT INTO {schema}.workers (worker_id, hostname, pid)
     VALUES (%(owner)s, %(hostname)s, %(pid)s)
     ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = now()
+), mine AS (
+    SELECT workflow_id FROM {schema}.workflows
+     WHERE owner = %(owner)s AND status = 'RUNNING'
+     ORDER BY workflow_id
+       FOR NO KEY UPDATE
 )
-UPDATE {schema}.workflows
+UPDATE {schema}.workflows w
    SET lease_expires_at = now() + make_interval(secs => %(lease)s)
- WHERE owner = %(owner)s AND status = 'RUNNING'
-RETURNING workflow_id, epoch
+  FROM mine
+ WHERE w.workflow_id = mine.workflow_id AND w.owner = %(owner)s AND w.status = 'RUNNING'
+RETURNING w.workflow_id, w.epoch
 
 -- name: lease_renew_no_worker
-UPDATE {schema}.workflows
+WITH mine AS (
+    SELECT workflow_id FROM {schema}.workflows
+     WHERE owner = %(owner)s AND status = 'RUNNING'
+     ORDER BY workflow_id
+       FOR NO KEY UPDATE
+)
+UPDATE {schema}.workflows w
    SET lease_expires_at = now() + make_interval(secs => %(lease)s)
- WHERE owner = %(owner)s AND status = 'RUNNING'
-RETURNING workflow_id, epoch
+  FROM mine
+ WHERE w.workflow_id = mine.workflow_id AND w.owner = %(owner)s AND w.status = 'RUNNING'
+RETURNING w.workflow_id, w.epoch
 
 -- name: step_record
 -- One round trip per checkpoint: insert only while our epoch owns the workflow. FOR KEY SHARE holds
@@ -128,3 +142,38 @@ SELECT worker_id, hostname, pid, started_at, heartbeat_at
 
 -- name: notify
 SELECT pg_notify(%(channel)s, %(payload)s)
+
+-- name: step_record_many
+-- Group commit: checkpoints of many workflows in one statement, each fenced by its own epoch.
+INSERT INTO {schema}.steps (workflow_id, step_id, name, output, error, epoch, attempts, started_at)
+SELECT b.workflow_id, b.step_id, b.name, b.output, b.error, b.epoch, b.attempts, b.started_at
+  FROM unnest(%(workflow_ids)s::text[], %(step_ids)s::int[], %(names)s::text[], %(outputs)s::text[],
+              %(errors)s::text[], %(epochs)s::bigint[], %(attempts)s::int[], %(started)s::timestamptz[])
+       AS b(workflow_id, step_id, name, output, error, epoch, attempts, started_at)
+  JOIN {schema}.workflows w
+    ON w.workflow_id = b.workflow_id AND w.epoch = b.epoch AND w.status = 'RUNNING'
+ ORDER BY b.workflow_id
+   FOR KEY SHARE OF w
+ON CONFLICT (workflow_id, step_id) DO NOTHING
+RETURNING workflow_id, step_id, finished_at
+
+-- name: workflow_finish_many
+-- Group commit of terminal statuses, each under its own epoch; rows are locked in id order (as the
+-- heartbeat does) so concurrent multi-row updates never deadlock.
+WITH b AS (
+    SELECT * FROM unnest(%(workflow_ids)s::text[], %(epochs)s::bigint[], %(statuses)s::text[],
+                         %(outputs)s::text[], %(errors)s::text[], %(error_types)s::text[])
+             AS b(workflow_id, epoch, status, output, error, error_type)
+), locked AS (
+    SELECT w.workflow_id FROM {schema}.workflows w JOIN b ON b.workflow_id = w.workflow_id
+     WHERE w.epoch = b.epoch AND w.status = 'RUNNING'
+     ORDER BY w.workflow_id
+       FOR NO KEY UPDATE OF w
+)
+UPDATE {schema}.workflows w
+   SET status = b.status, output = b.output, error = b.error, error_type = b.error_type,
+       finished_at = now(), owner = NULL, lease_expires_at = NULL
+  FROM b, locked
+ WHERE w.workflow_id = b.workflow_id AND locked.workflow_id = w.workflow_id
+   AND w.epoch = b.epoch AND w.status = 'RUNNING'
+RETURNING w.workflow_id

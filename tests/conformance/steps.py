@@ -172,3 +172,47 @@ def test_step_transaction_fenced_epoch_rolls_back_user_writes(backend_factory):
     assert _user_rows(backend_factory, table) == []
     assert backend.step_list(wid) == []
     assert backend.workflow_get(wid).owner == "worker-b"
+
+
+def test_concurrent_checkpoints_of_many_workflows_are_fenced_one_by_one(backend_factory):
+    """Checkpoints arriving together (a backend may commit them as a group) keep per-workflow fencing."""
+    backend = backend_factory()
+    wids = [create(backend, owner="worker-a")[0] for _ in range(12)]
+    stolen = set(wids[::3])
+    for wid in stolen:
+        take_over(backend, wid, 1, "worker-b")
+
+    def record(i: int):
+        wid = wids[i]
+        out = []
+        for k in range(5):
+            try:
+                out.append(backend.step_record(step(wid, k, 1, output=str(k))).epoch)
+            except LeaseLostError:
+                out.append("fenced")
+        return out
+
+    results = run_threads(len(wids), record)
+    for wid, res in zip(wids, results, strict=True):
+        if wid in stolen:
+            assert res == ["fenced"] * 5
+            assert backend.step_list(wid) == []
+        else:
+            assert res == [1] * 5
+            assert [(s.step_id, s.epoch) for s in backend.step_list(wid)] == [(k, 1) for k in range(5)]
+
+
+def test_concurrent_finishes_of_many_workflows_are_fenced_one_by_one(backend_factory):
+    backend = backend_factory()
+    wids = [create(backend, owner="worker-a")[0] for _ in range(12)]
+    stolen = set(wids[1::4])
+    for wid in stolen:
+        take_over(backend, wid, 1, "worker-b")
+    done = run_threads(len(wids), lambda i: backend.workflow_finish(
+        Finish(wids[i], 1, Status.SUCCESS, output=f'"{i}"')))
+    for i, wid in enumerate(wids):
+        rec = backend.workflow_get(wid)
+        if wid in stolen:
+            assert done[i] is False and rec.status == Status.RUNNING and rec.epoch == 2
+        else:
+            assert done[i] is True and rec.status == Status.SUCCESS and rec.output == f'"{i}"'
