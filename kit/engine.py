@@ -158,9 +158,9 @@ def _run_new_step(app: Kit, ctx: WorkflowContext, step_id: int, name: str, fn: C
     while True:
         attempt += 1
         ctx.step = StepInfo(ctx.workflow_id, step_id, name, attempt)
-        base = StepResult(ctx.workflow_id, step_id, name, ctx.epoch, attempts=attempt, started_at=started)
         try:
             if opts.transactional:
+                base = StepResult(ctx.workflow_id, step_id, name, ctx.epoch, attempts=attempt, started_at=started)
                 with backend.step_transaction(base) as tx:
                     value = fn(tx.connection, *args, **kwargs)
                     text = ser.dumps(value, what=f"output of step '{name}'")
@@ -201,16 +201,12 @@ def _run_new_step(app: Kit, ctx: WorkflowContext, step_id: int, name: str, fn: C
         finally:
             ctx.step = None
         if record is None:
-            record = backend.step_record(replace_output(base, text))
+            record = backend.step_record(StepResult(ctx.workflow_id, step_id, name, ctx.epoch, output=text,
+                                                    attempts=attempt, started_at=started))
         if record.epoch != ctx.epoch:
             # Another run of this workflow recorded the step first: keep the recorded outcome (G2).
             return recorded_value(record)
         return value
-
-
-def replace_output(base: StepResult, text: str) -> StepResult:
-    return StepResult(base.workflow_id, base.step_id, base.name, base.epoch, output=text,
-                      attempts=base.attempts, started_at=base.started_at)
 
 
 def _pause(ctx: WorkflowContext, seconds: float) -> None:

@@ -21,7 +21,7 @@ class _Pending(Generic[T, R]):
 
     def __init__(self, item: T) -> None:
         self.item = item
-        self.event = threading.Event()
+        self.event: threading.Event | None = None  # only followers wait
         self.result: R | None = None
         self.error: BaseException | None = None
         self.done = False
@@ -51,8 +51,10 @@ class GroupCommitter(Generic[T, R]):
             if not self._busy:
                 self._busy = True
                 pending.lead = True
+            else:
+                pending.event = threading.Event()
         while not pending.lead:
-            pending.event.wait()
+            pending.event.wait()  # type: ignore[union-attr]
             if pending.done:
                 return self._outcome(pending)
         self._lead()
@@ -83,9 +85,10 @@ class GroupCommitter(Generic[T, R]):
                 successor = None
                 self._busy = False
         for p in batch:
-            p.event.set()
+            if p.event is not None:
+                p.event.set()
         if successor is not None:
-            successor.event.set()
+            successor.event.set()  # type: ignore[union-attr] - a queued caller is always a follower
 
     @staticmethod
     def _outcome(pending: _Pending[T, R]) -> R:
