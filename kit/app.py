@@ -419,6 +419,37 @@ class Kit:
             raise WorkflowConflictError(f"workflow id {wid!r} already belongs to workflow '{created.name}'")
         return WorkflowHandle(self, wid)
 
+    # -- timers, messages, events ---------------------------------------------------------------------
+    def sleep(self, seconds: float) -> None:
+        """Durable sleep: a recovered workflow sleeps only the remainder (``time.sleep`` outside one)."""
+        from kit import messaging
+
+        messaging.sleep(self, seconds)
+
+    def send(self, workflow_id: str, message: Any, topic: str | None = None) -> None:
+        """Send a message to a workflow (idempotent when called from workflow code)."""
+        from kit import messaging
+
+        messaging.send(self, workflow_id, message, topic)
+
+    def recv(self, topic: str | None = None, timeout: float = 60.0) -> Any:
+        """In workflow code: the next message of ``topic`` (exactly once), or None after ``timeout``."""
+        from kit import messaging
+
+        return messaging.recv(self, topic, timeout)
+
+    def set_event(self, key: str, value: Any) -> None:
+        """In workflow code: publish ``value`` under ``key`` for other workflows and clients to read."""
+        from kit import messaging
+
+        messaging.set_event(self, key, value)
+
+    def get_event(self, workflow_id: str, key: str, timeout: float = 60.0) -> Any:
+        """The latest value of a workflow's event, waiting up to ``timeout`` seconds; None if unset."""
+        from kit import messaging
+
+        return messaging.get_event(self, workflow_id, key, timeout)
+
 
 def _step_options(retries: int, backoff: float, initial_delay: float, max_delay: float, *,
                   transactional: bool) -> StepOptions:

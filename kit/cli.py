@@ -74,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument("--since", type=_when, help="created at or after: ISO time or age like 30m, 2h, 7d")
     lp.add_argument("--until", type=_when, help="created before: ISO time or age")
     lp.add_argument("--error", dest="error_contains", help="error text contains")
-    lp.add_argument("--oldest-first", action="store_true", help="sort oldest first")
+    lp.add_argument("--oldest-first", action="store_true", help="sort oldest first (same as --sort oldest)")
+    lp.add_argument("--sort", choices=sorted(_SORTS), help="newest (default), oldest, finished (latest finish "
+                    "first) or slowest (longest duration first)")
     lp.add_argument("--limit", type=_positive_int, default=50, help="at most this many (default 50)")
     lp.add_argument("--json", action="store_true", help="print JSON lines")
     lp.set_defaults(handler=cmd_workflows_list)
@@ -87,6 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("workflow_id", metavar="ID")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(handler=cmd_workflow_show)
+
+    p = sub.add_parser("monitor", help="live dashboard: workers, throughput, queues, latency, failures")
+    _common(p)
+    p.add_argument("--name", help="only workflows with this name")
+    p.add_argument("--queue", help="only this queue ('default': workflows without a queue)")
+    p.add_argument("--interval", type=_positive_float, default=1.0, help="seconds between refreshes (default 1)")
+    p.add_argument("--once", action="store_true", help="print one frame and exit")
+    p.set_defaults(handler=cmd_monitor)
 
     p = sub.add_parser("db", help="backend, URL (password hidden), schema version")
     _common(p)
@@ -121,6 +131,18 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}") from None
+    if not value > 0 or value > 3600:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds between 0 and 3600, got {text!r}")
+    return value
+
+
+_SORTS = {"newest": "created_desc", "oldest": "created_asc", "finished": "finished_desc",
+          "slowest": "duration_desc"}
 _AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -278,8 +300,7 @@ def cmd_workflows_list(args: argparse.Namespace) -> int:
     app = _app_from_args(args, migrate=False)
     query = WorkflowQuery(statuses=tuple(args.status or ()), name=args.name, queue=args.queue,
                           app_version=args.app_version, since=args.since, until=args.until,
-                          error_contains=args.error_contains, limit=args.limit,
-                          order="created_asc" if args.oldest_first else "created_desc")
+                          error_contains=args.error_contains, limit=args.limit, order=_order(args))
     try:
         _require_schema(app)
         rows = app.backend.workflow_list(query)
@@ -300,6 +321,14 @@ def cmd_workflows_list(args: argparse.Namespace) -> int:
                       _duration(rec.started_at, rec.finished_at), str(rec.recoveries), _short(_error_line(rec.error)))
     Console().print(table)
     return 0
+
+
+def _order(args: argparse.Namespace) -> str:
+    if args.sort and args.oldest_first and args.sort != "oldest":
+        raise UsageError(f"--oldest-first contradicts --sort {args.sort}: use one of them")
+    if args.sort:
+        return _SORTS[args.sort]
+    return "created_asc" if args.oldest_first else "created_desc"
 
 
 def _styled(status: Status) -> str:
@@ -323,10 +352,12 @@ def cmd_workflow_show(args: argparse.Namespace) -> int:
         if rec is None:
             raise UsageError(f"no workflow with id {args.workflow_id!r}")
         steps = app.backend.step_list(args.workflow_id)
+        children = app.backend.workflow_children(args.workflow_id)
     finally:
         app.close()
     if args.json:
-        print(json.dumps({"workflow": _record_json(rec), "steps": [_record_json(s) for s in steps]}))
+        print(json.dumps({"workflow": _record_json(rec), "steps": [_record_json(s) for s in steps],
+                          "children": [_record_json(c) for c in children]}))
         return 0
     from rich.console import Console
     from rich.table import Table
@@ -349,7 +380,57 @@ def cmd_workflow_show(args: argparse.Namespace) -> int:
         table.add_row(str(s.step_id), s.name, str(s.attempts), str(s.epoch), _fmt_time(s.started_at),
                       _duration(s.started_at, s.finished_at), outcome)
     console.print(table)
+    if children:
+        kids = Table(title=f"children ({len(children)})")
+        for col in ("id", "name", "status", "created (UTC)", "duration", "error"):
+            kids.add_column(col, overflow="fold")
+        for c in children:
+            kids.add_row(c.workflow_id, c.name, _styled(c.status), _fmt_time(c.created_at),
+                         _duration(c.started_at, c.finished_at), _short(_error_line(c.error)))
+        console.print(kids)
+    else:
+        console.print("children: none")
     return 0
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    """Wire a MonitorSource (storage) to the renderer: one frame with --once, else the live loop."""
+    from dataclasses import replace
+
+    from kit.app import load_backend
+    from kit.monitor import MonitorSource, render, run_live
+    from kit.storage import MonitorQuery
+
+    app = _app_from_args(args, migrate=False)
+    # A dashboard must report an outage within seconds, not wait it out like a worker does.
+    cfg = replace(app.config, db_retry_seconds=min(app.config.db_retry_seconds, 2.0),
+                  connect_timeout=min(app.config.connect_timeout, 3.0), pool_size=2)
+    first = load_backend(cfg)  # configuration errors surface here, before any screen is drawn
+    pending = [first]
+
+    def open_backend() -> Any:
+        backend = pending.pop() if pending else load_backend(cfg)
+        backend.open()
+        return backend
+
+    if not args.verbose:  # retries are reported in the frame, not as log lines over it
+        logging.getLogger("kit").setLevel(logging.CRITICAL)
+        logging.getLogger("psycopg").setLevel(logging.CRITICAL)
+    endpoint = cfg.database_url or f"embedded ({cfg.data_dir})"
+    source = MonitorSource(open_backend, backend_name=first.name, endpoint=endpoint,
+                           query=MonitorQuery(name=args.name, queue=args.queue))
+    try:
+        if args.once:
+            snap = source.poll()
+            if snap.error is not None:
+                raise UsageError(f"monitor: {snap.error}")
+            from rich.console import Console
+
+            Console().print(render(snap, datetime.now(timezone.utc)))
+            return 0
+        return run_live(source, interval=args.interval)
+    finally:
+        source.close()
 
 
 def cmd_db(args: argparse.Namespace) -> int:

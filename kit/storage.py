@@ -148,7 +148,7 @@ class WorkflowQuery:
     until: datetime | None = None
     error_contains: str | None = None
     limit: int = 100
-    order: str = "created_desc"  # created_desc | created_asc
+    order: str = "created_desc"  # created_desc | created_asc | finished_desc | duration_desc
 
 
 @dataclass(frozen=True)
@@ -183,6 +183,83 @@ class Finish:
     status: Status
     output: str | None = None
     error: str | None = None
+
+
+WORKFLOW_ORDERS = ("created_desc", "created_asc", "finished_desc", "duration_desc")
+
+
+@dataclass(frozen=True)
+class MonitorQuery:
+    """What :meth:`Backend.monitor_stats` reads: filters and the bounds of every windowed query."""
+
+    name: str | None = None  # only workflows with this name
+    queue: str | None = None  # only this queue ("default" also matches workflows without a queue)
+    window_seconds: int = 300  # throughput and finished counts cover this many seconds before now
+    bucket_seconds: int = 5  # throughput bucket width
+    latency_window_seconds: int = 300  # latency percentiles over workflows finished this recently...
+    latency_rows: int = 2000  # ...at most this many of them (newest first), and their steps
+    failures: int = 5  # most recent failures returned
+    workers: int = 20  # at most this many workers (newest heartbeat first)
+    alive_seconds: float = 7.5  # a worker is alive when it heartbeated this recently (3 x 2.5 s)
+
+
+@dataclass(frozen=True)
+class WorkerStats:
+    """A worker as the monitor sees it: heartbeat, liveness and the workflows it holds."""
+
+    worker_id: str
+    hostname: str
+    pid: int
+    started_at: datetime | None
+    heartbeat_at: datetime | None
+    alive: bool
+    claims: int
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """Active work of one queue (a NULL queue is reported as ``default``). Limits: None = none set."""
+
+    queue: str
+    depth: int  # PENDING
+    in_flight: int  # RUNNING
+    concurrency_limit: int | None = None
+    rate_limit_per_second: float | None = None
+
+
+@dataclass(frozen=True)
+class Percentiles:
+    """Latency percentiles in seconds over ``count`` samples (None when there were none)."""
+
+    count: int = 0
+    p50: float | None = None
+    p95: float | None = None
+    p99: float | None = None
+
+
+@dataclass(frozen=True)
+class FinishedBucket:
+    """Workflows that reached ``status`` during the bucket starting at ``start``."""
+
+    start: datetime
+    status: Status
+    count: int
+
+
+@dataclass(frozen=True)
+class MonitorStats:
+    """One consistent-enough reading of the system for ``kit monitor`` (every part bounded)."""
+
+    server_time: datetime
+    primary: bool | None  # False on a standby; None when the backend cannot tell
+    node: str  # the server the reading came from (address:port or socket), no credentials
+    workers: tuple[WorkerStats, ...] = ()
+    queues: tuple[QueueStats, ...] = ()
+    finished: tuple[FinishedBucket, ...] = ()  # within the query's window, by bucket and status
+    workflow_latency: Percentiles = Percentiles()
+    step_latency: Percentiles = Percentiles()
+    recent_failures: tuple[WorkflowRecord, ...] = ()
+    oldest_pending: WorkflowRecord | None = None
 
 
 class StepTransaction(abc.ABC):
@@ -309,6 +386,45 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def notify(self, channel: str, payload: str = "") -> None:
         """Send a wake-up outside any transaction (after commit)."""
+
+    # -- observability ---------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def workflow_children(self, workflow_id: str, limit: int = 1000) -> list[WorkflowRecord]:
+        """Workflows started by ``workflow_id`` (``parent_id`` = it), oldest first, at most ``limit``."""
+
+    @abc.abstractmethod
+    def monitor_stats(self, query: MonitorQuery) -> MonitorStats:
+        """One bounded, index-served reading for ``kit monitor``: workers, queues, finished counts by
+        bucket, latency percentiles, recent failures, oldest pending. Retries briefly (a monitor must
+        report an outage quickly, not wait it out)."""
+
+    # -- messages and events ---------------------------------------------------------------------------
+    @property
+    @abc.abstractmethod
+    def wake_channel(self) -> str:
+        """The notification channel of this schema. Payloads: ``q:<queue>`` (work to claim),
+        ``m:<workflow id>`` (a message for it), ``e:<workflow id>`` (it set an event)."""
+
+    @abc.abstractmethod
+    def message_send(self, workflow_id: str, topic: str, body: str, sender_key: str | None = None) -> bool:
+        """Deliver a message (JSON text) to a workflow and wake its waiters. ``sender_key`` makes the send
+        idempotent (a second send with the same key is a no-op returning True). Returns False when no
+        workflow ``workflow_id`` exists (nothing is written)."""
+
+    @abc.abstractmethod
+    def message_receive(self, step: StepResult, topic: str) -> StepRecord | None:
+        """Consume the oldest unconsumed message of ``topic`` and record it as ``step``'s output, in one
+        transaction fenced by the epoch: a message is consumed exactly once, by a committed step. None
+        when no message is waiting (nothing written). If the step is already recorded, returns it."""
+
+    @abc.abstractmethod
+    def event_set(self, step: StepResult, key: str) -> StepRecord:
+        """Set event ``key`` of the step's workflow to ``step.output`` and record the step, in one
+        transaction fenced by the epoch; wakes readers after commit."""
+
+    @abc.abstractmethod
+    def event_get(self, workflow_id: str, key: str) -> str | None:
+        """The latest value (JSON text) of an event, or None if it was never set."""
 
 
 def iter_backend_names() -> Iterator[str]:

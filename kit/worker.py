@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from kit import serialization as ser
 from kit.engine import Outcome, WorkflowContext, execute
 from kit.errors import KitError, SerializationError, StorageError
+from kit.notifier import ANY_QUEUE, Notifier
 from kit.storage import Claim, ClaimRequest, Finish, Status, WorkerInfo
 
 if TYPE_CHECKING:
@@ -51,6 +52,16 @@ class Runtime:
         self._running = 0
         self._idle = threading.Condition()
         self.claimed_count = 0
+        self._notifier: Notifier | None = None
+
+    @property
+    def notifier(self) -> Notifier:
+        """The process's notification dispatcher (started on first use)."""
+        if self._notifier is None:
+            with self._lock:
+                if self._notifier is None:
+                    self._notifier = Notifier(self.app.backend, poll=self.cfg.poll_seconds, enabled=self.cfg.notify)
+        return self._notifier
 
     # -- leases ------------------------------------------------------------------------------------
     def hold(self, workflow_id: str, ctx: WorkflowContext) -> WorkflowContext:
@@ -154,8 +165,8 @@ class Runtime:
 
     def _claim_loop(self) -> None:
         backend = self.app.backend
-        channel = getattr(backend, "wake_channel", None)
         poll = self.cfg.poll_seconds
+        wake = self.notifier.watch(ANY_QUEUE)  # taken before the first claim: no wake-up is missed
         while self._claiming.is_set() and not self._stop.is_set():
             free = self._free_slots()
             if free <= 0:
@@ -187,11 +198,8 @@ class Runtime:
                 self._claimed_pool.submit(self._run_claimed, claim, ctx)
             if claims and len(claims) >= free:
                 continue
-            # Wait for a wake-up (enqueue) or the poll period, which also finds expired leases.
-            if channel and backend.capabilities.listen_notify and self.cfg.notify:
-                backend.notify_wait([channel], poll)
-            else:
-                self._stop.wait(poll)
+            # Wait for a wake-up (enqueue, release) or the poll period, which also finds expired leases.
+            wake.wait(poll)
 
     def _run_claimed(self, claim: Claim, ctx: WorkflowContext) -> None:
         try:
@@ -240,6 +248,8 @@ class Runtime:
                     log.warning("could not release %s (it will be recovered after its lease): %s",
                                 ctx.workflow_id, exc)
         self._stop.set()
+        if self._notifier is not None:
+            self._notifier.stop()
         if self._claimer is not None:
             self._claimer.join(timeout=self.cfg.poll_seconds + 2)
         if self._heartbeat is not None:

@@ -12,9 +12,11 @@ from psycopg import sql
 try:  # works whether or not tests/ is a package
     from .conformance import *  # noqa: F401,F403
     from .conformance.helpers import create, step
+    from .conformance.observability import *  # noqa: F401,F403
 except ImportError:
     from conformance import *  # noqa: F401,F403
     from conformance.helpers import create, step
+    from conformance.observability import *  # noqa: F401,F403
 
 FAKE_PASSWORD = "conformance-Secret-77"
 

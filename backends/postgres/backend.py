@@ -36,12 +36,18 @@ from kit.storage import (
     ClaimRequest,
     Created,
     Finish,
+    FinishedBucket,
+    MonitorQuery,
+    MonitorStats,
     NewWorkflow,
+    Percentiles,
+    QueueStats,
     Status,
     StepRecord,
     StepResult,
     StepTransaction,
     WorkerInfo,
+    WorkerStats,
     WorkflowQuery,
     WorkflowRecord,
 )
@@ -49,6 +55,12 @@ from kit.storage import (
 log = logging.getLogger("kit.postgres")
 T = TypeVar("T")
 
+_ORDERS = {  # WorkflowQuery.order -> ORDER BY (the id breaks ties so pages are stable)
+    "created_desc": "created_at DESC, workflow_id",
+    "created_asc": "created_at ASC, workflow_id",
+    "finished_desc": "finished_at DESC NULLS LAST, workflow_id",
+    "duration_desc": "finished_at - started_at DESC NULLS LAST, workflow_id",
+}
 _MIGRATION_LOCK = 0x6B6974  # "kit": pg_advisory_xact_lock key serialising migrations
 _TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03", "57P01", "57P02", "57P03", "08000", "08003", "08006", "25006"}
 
@@ -493,11 +505,8 @@ class PostgresBackend(Backend):
         return self._run(many)
 
     def workflow_release(self, workflow_id: str, epoch: int) -> bool:
-        params = {"workflow_id": workflow_id, "epoch": epoch}
-        done = self._run(lambda c: c.execute(self._q["workflow_release"], params).rowcount == 1)
-        if done and self.use_notify and self._caps.listen_notify:
-            self.notify(self.wake_channel, "")
-        return done
+        params = {"workflow_id": workflow_id, "epoch": epoch, "channel": self.wake_channel}
+        return self._run(lambda c: c.execute(self._q["workflow_release"], params).rowcount == 1)
 
     def workflow_list(self, query: WorkflowQuery) -> list[WorkflowRecord]:
         cols = sql.SQL(
@@ -522,7 +531,7 @@ class PostgresBackend(Backend):
         if query.error_contains:
             where.append(sql.SQL("error ILIKE %s"))
             params.append("%" + query.error_contains.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
-        order = sql.SQL("created_at ASC" if query.order == "created_asc" else "created_at DESC")
+        order = sql.SQL(_ORDERS.get(query.order, _ORDERS["created_desc"]))
         stmt = sql.SQL("SELECT {} FROM {}.workflows {} ORDER BY {} LIMIT %s").format(
             cols,
             sql.Identifier(self.schema),
@@ -709,6 +718,117 @@ class PostgresBackend(Backend):
                 time.sleep(min(timeout, 0.5))
                 return []
 
+    # -- observability ---------------------------------------------------------------------------------
+    def workflow_children(self, workflow_id: str, limit: int = 1000) -> list[WorkflowRecord]:
+        params = {"workflow_id": workflow_id, "limit": max(1, min(int(limit), 100_000))}
+        rows = self._run(lambda c: c.execute(self._q["workflow_children"], params).fetchall())
+        return [_wf(r) for r in rows]
+
+    def monitor_stats(self, query: MonitorQuery) -> MonitorStats:
+        """Seven bounded statements sent in one pipeline (one round trip) on one pooled connection."""
+        f = {"name": query.name, "queue": query.queue}
+        plan: list[tuple[str, dict[str, Any]]] = [
+            ("monitor_node", {}),
+            ("monitor_workers", {"alive": float(query.alive_seconds), "limit": int(query.workers)}),
+            ("monitor_queues", f),
+            ("monitor_finished", {**f, "bucket": int(query.bucket_seconds), "window": int(query.window_seconds)}),
+            ("monitor_latency", {**f, "window": int(query.latency_window_seconds), "rows": int(query.latency_rows)}),
+            ("monitor_failures", {**f, "limit": int(query.failures)}),
+            ("monitor_oldest_pending", f),
+        ]
+
+        def read(conn: psycopg.Connection) -> list[list[tuple]]:
+            cursors = []
+            with conn.pipeline():
+                for name, params in plan:
+                    cur = conn.cursor()
+                    cur.execute(self._q[name], params)
+                    cursors.append(cur)
+            return [cur.fetchall() for cur in cursors]
+
+        node, workers, queues, finished, latency, failures, oldest = self._run(read)
+        now, in_recovery, addr, port = node[0]
+        where = f"{addr}:{port}" if addr else "local socket"
+
+        def pct(n: int, p: list[float] | None) -> Percentiles:
+            if not n or not p:
+                return Percentiles(count=int(n or 0))
+            return Percentiles(count=int(n), p50=p[0], p95=p[1], p99=p[2])
+
+        lat = latency[0]
+        return MonitorStats(
+            server_time=now,
+            primary=not in_recovery,
+            node=where,
+            workers=tuple(WorkerStats(worker_id=r[0], hostname=r[1], pid=r[2], started_at=r[3], heartbeat_at=r[4],
+                                      alive=bool(r[5]), claims=int(r[6])) for r in workers),
+            queues=tuple(QueueStats(queue=r[0], depth=int(r[1]), in_flight=int(r[2])) for r in queues),
+            finished=tuple(FinishedBucket(start=r[0], status=Status(r[1]), count=int(r[2])) for r in finished),
+            workflow_latency=pct(lat[0], lat[1]),
+            step_latency=pct(lat[2], lat[3]),
+            recent_failures=tuple(_wf(r) for r in failures),
+            oldest_pending=_wf(oldest[0]) if oldest else None,
+        )
+
+
+    # -- messages and events ---------------------------------------------------------------------------
+    def message_send(self, workflow_id: str, topic: str, body: str, sender_key: str | None = None) -> bool:
+        params = {"workflow_id": workflow_id, "topic": topic, "body": body, "sender_key": sender_key,
+                  "channel": self.wake_channel}
+        exists, _inserted, _ = self._run(lambda c: c.execute(self._q["message_send"], params).fetchone())
+        return bool(exists)
+
+    def _fenced_transaction(self, step: StepResult,
+                            body: Callable[[psycopg.Connection], StepRecord | None]) -> StepRecord | None:
+        """Run ``body`` in one transaction holding the workflow row under our epoch (FOR KEY SHARE). If
+        the step is already recorded (an earlier attempt whose COMMIT acknowledgement was lost), return
+        that record instead; a COMMIT lost this time is resolved by the retry reading it back."""
+        key = {"workflow_id": step.workflow_id, "step_id": step.step_id}
+
+        def run(conn: psycopg.Connection) -> StepRecord | None:
+            try:
+                with conn.transaction():
+                    if conn.execute(self._q["workflow_fence"], {"workflow_id": step.workflow_id,
+                                                                "epoch": step.epoch}).fetchone() is None:
+                        raise LeaseLostError(
+                            f"workflow {step.workflow_id}: lease lost (epoch {step.epoch} superseded)")
+                    existing = conn.execute(self._q["step_get"], key).fetchone()
+                    if existing is not None:
+                        return _step(existing)
+                    return body(conn)
+            except psycopg.errors.UniqueViolation:
+                # The same step committed concurrently (the unique key caught it; ours rolled back).
+                return _step(conn.execute(self._q["step_get"], key).fetchone())
+
+        return self._run(run)
+
+    def message_receive(self, step: StepResult, topic: str) -> StepRecord | None:
+        def take(conn: psycopg.Connection) -> StepRecord | None:
+            row = conn.execute(self._q["message_take"], {"workflow_id": step.workflow_id, "topic": topic,
+                                                         "step_id": step.step_id}).fetchone()
+            if row is None:
+                return None
+            recorded = replace(step, output=row[0])
+            finished = conn.execute(self._q["step_insert"], _step_params(recorded)).fetchone()[0]
+            return _recorded(recorded, finished)
+
+        return self._fenced_transaction(step, take)
+
+    def event_set(self, step: StepResult, key: str) -> StepRecord:
+        def upsert(conn: psycopg.Connection) -> StepRecord:
+            conn.execute(self._q["event_upsert"], {"workflow_id": step.workflow_id, "key": key,
+                                                   "value": step.output, "step_id": step.step_id})
+            finished = conn.execute(self._q["step_insert"], _step_params(step)).fetchone()[0]
+            conn.execute(self._q["notify"], {"channel": self.wake_channel, "payload": "e:" + step.workflow_id})
+            return _recorded(step, finished)
+
+        record = self._fenced_transaction(step, upsert)
+        assert record is not None
+        return record
+
+    def event_get(self, workflow_id: str, key: str) -> str | None:
+        row = self._run(lambda c: c.execute(self._q["event_get"], {"workflow_id": workflow_id, "key": key}).fetchone())
+        return row[0] if row else None
 
 def _scrub(text: str, url: str) -> str:
     """Remove any password that appears in ``url`` from ``text``."""

@@ -25,7 +25,7 @@ WITH ins AS (
     ON CONFLICT (workflow_id) DO NOTHING
     RETURNING epoch
 )
-SELECT ins.epoch, pg_notify(%(channel)s, coalesce(%(queue)s, '')) FROM ins
+SELECT ins.epoch, pg_notify(%(channel)s, 'q:' || coalesce(%(queue)s, '')) FROM ins
 
 -- name: workflow_get
 SELECT workflow_id, name, status, inputs, output, error, queue, app_version, owner, epoch,
@@ -49,6 +49,7 @@ UPDATE {schema}.workflows
 UPDATE {schema}.workflows
    SET status = 'PENDING', owner = NULL, lease_expires_at = NULL
  WHERE workflow_id = %(workflow_id)s AND epoch = %(epoch)s AND status = 'RUNNING'
+RETURNING pg_notify(%(channel)s, 'q:' || coalesce(queue, ''))
 
 -- name: workflow_claim
 -- Claim ready work (PENDING) and orphaned work (RUNNING with an expired lease) in one statement.
@@ -177,3 +178,142 @@ UPDATE {schema}.workflows w
  WHERE w.workflow_id = b.workflow_id AND locked.workflow_id = w.workflow_id
    AND w.epoch = b.epoch AND w.status = 'RUNNING'
 RETURNING w.workflow_id
+
+-- name: workflow_children
+-- Workflows started by a parent (served by workflows_parent_idx).
+SELECT workflow_id, name, status, inputs, output, error, queue, app_version, owner, epoch,
+       lease_expires_at, created_at, started_at, finished_at, recoveries, parent_id
+  FROM {schema}.workflows WHERE parent_id = %(workflow_id)s
+ ORDER BY created_at, workflow_id
+ LIMIT %(limit)s
+
+-- Monitor queries (`kit monitor`): each one bounded (LIMIT, a time window, or the active set) and
+-- index-served; tests/test_observability.py checks their plans on 100k workflows. Filters: %(name)s and
+-- %(queue)s are NULL for "any"; queue 'default' also matches workflows without a queue.
+
+-- name: monitor_node
+SELECT now(), pg_is_in_recovery(), host(inet_server_addr()), inet_server_port()
+
+-- name: monitor_workers
+SELECT k.worker_id, k.hostname, k.pid, k.started_at, k.heartbeat_at,
+       k.heartbeat_at > now() - make_interval(secs => %(alive)s) AS alive,
+       (SELECT count(*) FROM {schema}.workflows w
+         WHERE w.owner = k.worker_id AND w.status = 'RUNNING') AS claims
+  FROM {schema}.workers k
+ ORDER BY k.heartbeat_at DESC
+ LIMIT %(limit)s
+
+-- name: monitor_queues
+-- Depth and in-flight per queue, from workflows_active_queue_idx alone (index-only scan).
+SELECT coalesce(queue, 'default') AS queue,
+       count(*) FILTER (WHERE status = 'PENDING') AS depth,
+       count(*) FILTER (WHERE status = 'RUNNING') AS in_flight
+  FROM {schema}.workflows
+ WHERE status IN ('PENDING', 'RUNNING')
+   AND (%(name)s::text IS NULL OR name = %(name)s)
+   AND (%(queue)s::text IS NULL OR queue = %(queue)s OR (%(queue)s = 'default' AND queue IS NULL))
+ GROUP BY 1
+ ORDER BY 1
+ LIMIT 100
+
+-- name: monitor_finished
+-- Finished workflows per time bucket and status over the window (workflows_finished_idx).
+SELECT to_timestamp(floor(extract(epoch FROM finished_at) / %(bucket)s) * %(bucket)s) AS bucket,
+       status, count(*)
+  FROM {schema}.workflows
+ WHERE finished_at >= now() - make_interval(secs => %(window)s)
+   AND (%(name)s::text IS NULL OR name = %(name)s)
+   AND (%(queue)s::text IS NULL OR queue = %(queue)s OR (%(queue)s = 'default' AND queue IS NULL))
+ GROUP BY 1, 2
+
+-- name: monitor_latency
+-- p50/p95/p99 (seconds) of the newest finished workflows in the window, and of their steps
+-- (steps reached through the primary key, so no steps index is needed).
+WITH recent AS (
+    SELECT workflow_id, started_at, finished_at
+      FROM {schema}.workflows
+     WHERE finished_at >= now() - make_interval(secs => %(window)s)
+       AND started_at IS NOT NULL
+       AND (%(name)s::text IS NULL OR name = %(name)s)
+       AND (%(queue)s::text IS NULL OR queue = %(queue)s OR (%(queue)s = 'default' AND queue IS NULL))
+     ORDER BY finished_at DESC
+     LIMIT %(rows)s
+), wf AS (
+    SELECT count(*) AS n,
+           percentile_cont(ARRAY[0.5, 0.95, 0.99]::float8[])
+               WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - started_at)::float8) AS p
+      FROM recent
+), st AS (
+    SELECT count(*) AS n,
+           percentile_cont(ARRAY[0.5, 0.95, 0.99]::float8[])
+               WITHIN GROUP (ORDER BY extract(epoch FROM s.finished_at - s.started_at)::float8) AS p
+      FROM recent r JOIN {schema}.steps s ON s.workflow_id = r.workflow_id
+     WHERE s.started_at IS NOT NULL
+)
+SELECT wf.n, wf.p, st.n, st.p FROM wf, st
+
+-- name: monitor_failures
+-- The newest failures of the last 24 hours (workflows_error_finished_idx, read backwards).
+SELECT workflow_id, name, status, inputs, output, error, queue, app_version, owner, epoch,
+       lease_expires_at, created_at, started_at, finished_at, recoveries, parent_id
+  FROM {schema}.workflows
+ WHERE status = 'ERROR' AND finished_at >= now() - interval '24 hours'
+   AND (%(name)s::text IS NULL OR name = %(name)s)
+   AND (%(queue)s::text IS NULL OR queue = %(queue)s OR (%(queue)s = 'default' AND queue IS NULL))
+ ORDER BY finished_at DESC
+ LIMIT %(limit)s
+
+-- name: monitor_oldest_pending
+-- The longest-waiting PENDING workflow (workflows_status_created_idx).
+SELECT workflow_id, name, status, inputs, output, error, queue, app_version, owner, epoch,
+       lease_expires_at, created_at, started_at, finished_at, recoveries, parent_id
+  FROM {schema}.workflows
+ WHERE status = 'PENDING'
+   AND (%(name)s::text IS NULL OR name = %(name)s)
+   AND (%(queue)s::text IS NULL OR queue = %(queue)s OR (%(queue)s = 'default' AND queue IS NULL))
+ ORDER BY created_at
+ LIMIT 1
+
+-- name: message_send
+-- Deliver a message to an existing workflow (idempotent by sender key) and wake its waiters at commit.
+WITH ins AS (
+    INSERT INTO {schema}.messages (workflow_id, topic, body, sender_key)
+    SELECT %(workflow_id)s, %(topic)s, %(body)s, %(sender_key)s
+     WHERE EXISTS (SELECT 1 FROM {schema}.workflows WHERE workflow_id = %(workflow_id)s)
+    ON CONFLICT (workflow_id, sender_key) WHERE sender_key IS NOT NULL DO NOTHING
+    RETURNING message_id
+)
+SELECT EXISTS (SELECT 1 FROM {schema}.workflows WHERE workflow_id = %(workflow_id)s),
+       (SELECT count(*) FROM ins), pg_notify(%(channel)s, 'm:' || %(workflow_id)s)
+
+-- name: workflow_fence
+-- Inside a transaction: hold the workflow row against a concurrent claim while our epoch owns it.
+SELECT 1 FROM {schema}.workflows
+ WHERE workflow_id = %(workflow_id)s AND epoch = %(epoch)s AND status = 'RUNNING'
+   FOR KEY SHARE
+
+-- name: message_take
+-- Inside the receive transaction: consume the oldest unconsumed message of a topic.
+UPDATE {schema}.messages m
+   SET consumed_at = now(), consumed_step = %(step_id)s
+  FROM (SELECT workflow_id, message_id FROM {schema}.messages
+         WHERE workflow_id = %(workflow_id)s AND topic = %(topic)s AND consumed_at IS NULL
+         ORDER BY message_id LIMIT 1
+           FOR UPDATE SKIP LOCKED) pick
+ WHERE m.workflow_id = pick.workflow_id AND m.message_id = pick.message_id
+RETURNING m.body
+
+-- name: step_insert
+-- Inside a fenced transaction: record the checkpoint.
+INSERT INTO {schema}.steps (workflow_id, step_id, name, output, error, epoch, attempts, started_at)
+VALUES (%(workflow_id)s, %(step_id)s, %(name)s, %(output)s, %(error)s, %(epoch)s, %(attempts)s, %(started_at)s)
+RETURNING finished_at
+
+-- name: event_upsert
+INSERT INTO {schema}.events (workflow_id, key, value, step_id)
+VALUES (%(workflow_id)s, %(key)s, %(value)s, %(step_id)s)
+ON CONFLICT (workflow_id, key) DO UPDATE
+   SET value = excluded.value, step_id = excluded.step_id, updated_at = now()
+
+-- name: event_get
+SELECT value FROM {schema}.events WHERE workflow_id = %(workflow_id)s AND key = %(key)s

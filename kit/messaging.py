@@ -1,0 +1,179 @@
+"""Durable timers, messages and events: workflow operations recorded as steps.
+
+Each operation takes step positions like any step, so replay returns what the first run saw:
+``sleep`` records its wake time before sleeping (a recovered workflow sleeps only the remainder);
+``recv`` records its deadline, then consumes a message and records it in one fenced transaction
+(exactly once, even across crashes); ``set_event`` writes the event and its checkpoint together.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from kit import serialization as ser
+from kit.engine import StepOptions, current_context, replay_or_reserve, run_step
+from kit.errors import LeaseLostError, UsageError, WorkflowNotFoundError
+from kit.storage import StepResult
+
+if TYPE_CHECKING:
+    from kit.app import Kit
+    from kit.engine import WorkflowContext
+
+_MAX_TOPIC = 200
+
+
+def _check_timeout(name: str, value: float | None) -> float:
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise UsageError(f"{name} must be a number of seconds >= 0, got {value!r}")
+    return float(value)
+
+
+def _check_topic(topic: str | None) -> str:
+    if topic is None:
+        return ""
+    if not isinstance(topic, str) or len(topic) > _MAX_TOPIC:
+        raise UsageError(f"topic must be a string of at most {_MAX_TOPIC} characters, got {topic!r}")
+    return topic
+
+
+def _workflow_ctx(operation: str) -> WorkflowContext:
+    ctx = current_context()
+    if ctx is None or ctx.step is not None:
+        raise UsageError(f"{operation} can only be called in workflow code (not outside a workflow, not in a step)")
+    return ctx
+
+
+def _recorded_deadline(app: Kit, ctx: WorkflowContext, name: str, seconds: float) -> float:
+    """Record (or replay) an absolute deadline as a step; returns it as a UNIX time."""
+    return run_step(app, name, lambda: time.time() + seconds, StepOptions(), (), {})
+
+
+def _pause(ctx: WorkflowContext, seconds: float) -> None:
+    if seconds > 0 and ctx.lost.wait(seconds):
+        ctx.check_lease()
+
+
+def sleep(app: Kit, seconds: float) -> None:
+    """Durable sleep: in a workflow the wake time is checkpointed first, so after a crash and recovery the
+    workflow sleeps only what remains. Outside a workflow it is ``time.sleep``."""
+    seconds = _check_timeout("sleep seconds", seconds)
+    ctx = current_context()
+    if ctx is None or ctx.step is not None:
+        time.sleep(seconds)
+        return
+    wake_at = _recorded_deadline(app, ctx, "sleep", seconds)
+    _pause(ctx, wake_at - time.time())
+
+
+def send(app: Kit, workflow_id: str, message: Any, topic: str | None = None) -> None:
+    """Send ``message`` (JSON-serializable, not None) to a workflow. From workflow code the send is a
+    step with an idempotency key, so a replay or a re-run after a crash never sends twice."""
+    from kit.app import validate_workflow_id
+
+    validate_workflow_id(workflow_id)
+    topic_ = _check_topic(topic)
+    if message is None:
+        raise UsageError("a message must not be None (recv returns None for 'no message')")
+    body = ser.dumps(message, what=f"message to workflow {workflow_id}")
+    ctx = current_context()
+
+    def deliver(sender_key: str | None) -> None:
+        if not app.backend.message_send(workflow_id, topic_, body, sender_key):
+            raise WorkflowNotFoundError(f"cannot send to workflow {workflow_id!r}: no such workflow")
+
+    if ctx is None or ctx.step is not None:
+        deliver(None)
+        return
+
+    def step() -> None:
+        info = ctx.step
+        deliver(info.idempotency_key if info else None)
+
+    run_step(app, "send", step, StepOptions(), (), {})
+
+
+def recv(app: Kit, topic: str | None = None, timeout: float = 60.0) -> Any:
+    """Receive the next message of ``topic`` sent to this workflow, waiting up to ``timeout`` seconds;
+    None when none came. Each message is received at most once; the timeout itself is durable."""
+    timeout = _check_timeout("recv timeout", timeout)
+    topic_ = _check_topic(topic)
+    ctx = _workflow_ctx("recv()")
+    deadline = _recorded_deadline(app, ctx, "recv.deadline", timeout)
+    step_id, rec = replay_or_reserve(ctx, "recv")
+    if rec is not None:
+        return ser.loads(rec.output, what="received message")
+    started = _started()
+    backend = app.backend
+    with app.runtime.notifier.watch("m:" + ctx.workflow_id) as watch:
+        while True:
+            step = StepResult(ctx.workflow_id, step_id, "recv", ctx.epoch, started_at=started)
+            try:
+                got = backend.message_receive(step, topic_)
+            except LeaseLostError:
+                ctx.lost.set()
+                raise
+            if got is not None:
+                return ser.loads(got.output, what="received message")
+            left = deadline - time.time()
+            if left <= 0:
+                break
+            watch.wait(left)
+            ctx.check_lease()
+    try:
+        record = backend.step_record(StepResult(ctx.workflow_id, step_id, "recv", ctx.epoch, output="null",
+                                                started_at=started))
+    except LeaseLostError:
+        ctx.lost.set()
+        raise
+    return ser.loads(record.output, what="received message")
+
+
+def set_event(app: Kit, key: str, value: Any) -> None:
+    """Publish ``value`` under ``key`` for this workflow; readers see the latest value set by a
+    committed step."""
+    if not isinstance(key, str) or not key or len(key) > _MAX_TOPIC:
+        raise UsageError(f"event key must be a non-empty string of at most {_MAX_TOPIC} characters, got {key!r}")
+    text = ser.dumps(value, what=f"event {key!r}")
+    ctx = _workflow_ctx("set_event()")
+    step_id, rec = replay_or_reserve(ctx, f"set_event:{key}")
+    if rec is not None:
+        return
+    try:
+        app.backend.event_set(StepResult(ctx.workflow_id, step_id, f"set_event:{key}", ctx.epoch, output=text,
+                                         started_at=_started()), key)
+    except LeaseLostError:
+        ctx.lost.set()
+        raise
+
+
+def get_event(app: Kit, workflow_id: str, key: str, timeout: float = 60.0) -> Any:
+    """The latest value of another workflow's event ``key``, waiting up to ``timeout`` seconds for it to
+    be set; None if it is not set by then. In workflow code the value read is checkpointed."""
+    from kit.app import validate_workflow_id
+
+    validate_workflow_id(workflow_id)
+    timeout = _check_timeout("get_event timeout", timeout)
+
+    def read() -> Any:
+        deadline = time.monotonic() + timeout
+        with app.runtime.notifier.watch("e:" + workflow_id) as watch:
+            while True:
+                text = app.backend.event_get(workflow_id, key)
+                if text is not None:
+                    return ser.loads(text, what=f"event {key!r} of workflow {workflow_id}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                watch.wait(left)
+
+    ctx = current_context()
+    if ctx is None or ctx.step is not None:
+        return read()
+    return run_step(app, f"get_event:{key}", read, StepOptions(), (), {})
+
+
+def _started():
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc)
