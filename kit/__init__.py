@@ -5,6 +5,7 @@ work of a dead one from those checkpoints. No orchestrator server, no broker.
 """
 
 from kit.app import Kit, WorkflowHandle
+from kit.client import Client
 from kit.engine import StepInfo, step_info
 from kit.errors import (
     ConfigError,
@@ -13,8 +14,10 @@ from kit.errors import (
     NonDeterminismError,
     SerializationError,
     StepFailedError,
+    UnknownQueueError,
     UsageError,
     WorkflowConflictError,
+    WorkflowDuplicateError,
     WorkflowError,
     WorkflowNotFoundError,
     WorkflowTimeoutError,
@@ -25,6 +28,7 @@ from kit.storage import Status
 __version__ = "0.1.0"
 
 __all__ = [
+    "Client",
     "ConfigError",
     "Kit",
     "KitError",
@@ -35,7 +39,9 @@ __all__ = [
     "StepFailedError",
     "StepInfo",
     "UsageError",
+    "UnknownQueueError",
     "WorkflowConflictError",
+    "WorkflowDuplicateError",
     "WorkflowError",
     "WorkflowHandle",
     "WorkflowNotFoundError",

@@ -8,11 +8,11 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeoutError  # not the builtin before Python 3.11
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from kit import serialization as ser
 from kit.config import Config, check_url, load_config, redact_url
@@ -28,6 +28,9 @@ from kit.errors import (
 )
 from kit.storage import Backend, NewWorkflow, Status, WorkflowRecord
 from kit.worker import Runtime
+
+if TYPE_CHECKING:
+    from kit.queues import Queue
 
 log = logging.getLogger("kit")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -173,6 +176,8 @@ class Kit:
         self._open_lock = threading.Lock()
         self._runtime: Runtime | None = None
         self._outcomes: dict[str, Outcome] = {}
+        self._queues: dict[str, Queue] = {}
+        self._queues_defined = False
 
     # -- lifecycle -------------------------------------------------------------------------------
     @property
@@ -207,6 +212,7 @@ class Kit:
     def launch(self) -> Kit:
         """Open the database and start claiming ready and orphaned workflows in the background."""
         self.backend  # noqa: B018 - open and migrate now, so errors surface here
+        self._ensure_queues()
         self.runtime.start_worker()
         return self
 
@@ -396,28 +402,41 @@ class Kit:
 
     def enqueue(self, fn: Callable[..., Any] | str, *args: Any, workflow_id: str | None = None,
                 priority: int = 0, **kwargs: Any) -> WorkflowHandle:
-        """Submit a workflow for any worker to run (insert a PENDING row); idempotent by id."""
-        wf = self._resolve(fn)
-        parent = current_context()
-        if parent is not None and parent.step is None:
-            # Inside workflow code: a checkpointed step with an id derived from the parent, so a replay
-            # returns the same workflow instead of submitting another one.
-            child_id = workflow_id or f"{parent.workflow_id}/{parent.next_step}"
-            validate_workflow_id(child_id)
-            recorded = run_step(
-                self, f"enqueue:{wf.name}",
-                lambda: self.enqueue(wf.name, *args, workflow_id=child_id, priority=priority, **kwargs).workflow_id,
-                StepOptions(), (), {},
-            )
-            return WorkflowHandle(self, recorded)
-        wid = validate_workflow_id(workflow_id) if workflow_id is not None else str(uuid.uuid4())
-        inputs = ser.encode_args(args, kwargs, what=f"inputs of workflow '{wf.name}'")
-        created = self.backend.workflow_create(NewWorkflow(
-            workflow_id=wid, name=wf.name, inputs=inputs, app_version=self.config.app_version, priority=priority,
-        ))
-        if not created.created and created.name != wf.name:
-            raise WorkflowConflictError(f"workflow id {wid!r} already belongs to workflow '{created.name}'")
-        return WorkflowHandle(self, wid)
+        """Submit a workflow to the default queue for any worker to run; idempotent by id."""
+        from kit.queues import submit
+
+        return submit(self, fn, args, kwargs, queue=None, workflow_id=workflow_id, priority=priority)
+
+    def queue(self, name: str, *, concurrency: int | None = None, worker_concurrency: int | None = None,
+              rate_limit: tuple[int, float] | None = None, priority: bool = False, partitioned: bool = False,
+              partition_concurrency: int | None = None) -> Queue:
+        """Declare a flow-controlled queue. Limits hold across every worker process: ``concurrency``
+        (running at once, all workers), ``worker_concurrency`` (per worker process), ``rate_limit``
+        ``(count, per_seconds)`` (starts per window), ``partition_concurrency`` (per partition key of a
+        ``partitioned`` queue, whose tenants are served in turn)."""
+        from kit.queues import Queue, make_spec
+
+        spec = make_spec(name, concurrency=concurrency, worker_concurrency=worker_concurrency,
+                         partition_concurrency=partition_concurrency, rate_limit=rate_limit, priority=priority,
+                         partitioned=partitioned)
+        existing = self._queues.get(name)
+        if existing is not None and existing.spec != spec:
+            raise ConfigError(f"queue {name!r} is declared twice with different settings")
+        queue = existing or Queue(self, spec)
+        self._queues[name] = queue
+        self._queues_defined = False
+        return queue
+
+    def queues(self) -> list[Queue]:
+        return list(self._queues.values())
+
+    def _ensure_queues(self) -> None:
+        """Store this app's queue declarations (once per process, and after new declarations)."""
+        if self._queues_defined:
+            return
+        for queue in list(self._queues.values()):
+            self.backend.queue_define(queue.spec)
+        self._queues_defined = True
 
     # -- timers, messages, events ---------------------------------------------------------------------
     def sleep(self, seconds: float) -> None:
@@ -449,6 +468,25 @@ class Kit:
         from kit import messaging
 
         return messaging.get_event(self, workflow_id, key, timeout)
+
+    def write_stream(self, key: str, value: Any) -> None:
+        """In workflow code: append ``value`` to this workflow's stream ``key`` (once, even across crashes)."""
+        from kit import streams
+
+        streams.write_stream(self, key, value)
+
+    def close_stream(self, key: str) -> None:
+        """In workflow code: close this workflow's stream ``key``; readers end after its last value."""
+        from kit import streams
+
+        streams.close_stream(self, key)
+
+    def read_stream(self, workflow_id: str, key: str, *, timeout: float | None = 60.0) -> Iterator[Any]:
+        """Iterate a workflow's stream in order until it is closed (or the workflow finished without
+        closing it); WorkflowTimeoutError when nothing arrives for ``timeout`` seconds (None: no limit)."""
+        from kit import streams
+
+        return streams.read_stream(self, workflow_id, key, timeout)
 
 
 def _step_options(retries: int, backoff: float, initial_delay: float, max_delay: float, *,

@@ -46,6 +46,8 @@ if TYPE_CHECKING:
     from kit.app import Kit
 
 WORKLOADS = ("seq", "par", "queue-drain", "recovery")
+LIMITED_QUEUE = "bench.limited"
+LATENCY_SAMPLES = 200
 CHOICES = (*WORKLOADS, "all")
 DEFAULT_SCHEMA = "kit_bench"
 FLOOR_TABLE = "bench_floor"  # also marks a schema as created by kit bench (safe to drop)
@@ -77,6 +79,8 @@ def build_app(**settings: Any) -> Kit:
     from kit.app import Kit
 
     app = Kit(**settings)
+    # queue-drain --queue-limit L: a queue whose global concurrency limit every worker enforces.
+    app.queue(LIMITED_QUEUE, concurrency=int(os.environ.get("KIT_BENCH_QUEUE_LIMIT", "8")))
 
     @app.step(name="bench.noop")
     def noop(i: int) -> int:
@@ -142,6 +146,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"par: threads starting workflows; queue-drain/recovery: worker concurrency "
                              f"(default {DEFAULT_CONCURRENCY}; recovery: all workflows at once)")
     parser.add_argument("--workers", metavar="W", help=f"queue-drain: worker processes (default {DEFAULT_WORKERS})")
+    parser.add_argument("--queue-limit", metavar="L",
+                        help="queue-drain: drain a queue with a global concurrency limit of L (default: no limit)")
     parser.add_argument("--lease-seconds", metavar="S",
                         help=f"recovery: lease of the bench workers (default {DEFAULT_LEASE:g})")
     parser.add_argument("--step-seconds", metavar="S",
@@ -162,6 +168,7 @@ class Params:
     steps: int | None
     concurrency: int | None
     workers: int
+    queue_limit: int | None
     lease_seconds: float
     step_seconds: float
     floor_iterations: int
@@ -195,6 +202,7 @@ def parse_params(args: argparse.Namespace) -> Params:
     steps = _number("--steps", args.steps, int, 1, 100_000)
     concurrency = _number("--concurrency", args.concurrency, int, 1, 256)
     workers = _number("--workers", args.workers, int, 1, 64) or DEFAULT_WORKERS
+    queue_limit = _number("--queue-limit", getattr(args, "queue_limit", None), int, 1, 10_000)
     lease = _number("--lease-seconds", args.lease_seconds, float, 0.5, 3600) or DEFAULT_LEASE
     step_seconds = _number("--step-seconds", args.step_seconds, float, 0.01, 60) or DEFAULT_STEP_SECONDS
     floor_iterations = _number("--floor-iterations", args.floor_iterations, int, 10, 10_000_000) \
@@ -210,7 +218,7 @@ def parse_params(args: argparse.Namespace) -> Params:
     else:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         json_path = Path("bench-results") / f"{workload}-{stamp}.json"
-    return Params(workload, workflows, steps, concurrency, workers, lease, step_seconds, floor_iterations,
+    return Params(workload, workflows, steps, concurrency, workers, queue_limit, lease, step_seconds, floor_iterations,
                   args.profile, json_path)
 
 
@@ -794,17 +802,43 @@ def _one_line(text: str) -> str:
     return " | ".join(ln.strip() for ln in text.splitlines() if ln.strip())[-600:] or "(no output)"
 
 
-def _enqueue(env: BenchEnv, prefix: str, n: int, name: str, args: tuple) -> float:
-    """Enqueue ``n`` workflows with app.enqueue (PENDING rows); returns the seconds it took."""
+def _enqueue(env: BenchEnv, prefix: str, n: int, name: str, args: tuple, *, queue_limit: int | None = None,
+             gap: float = 0.0) -> float:
+    """Enqueue ``n`` workflows (PENDING rows) to the default queue, or to the limited bench queue;
+    returns the seconds it took. ``gap``: pause between enqueues (latency sampling)."""
+    if queue_limit is not None:
+        os.environ["KIT_BENCH_QUEUE_LIMIT"] = str(queue_limit)
     app = env.app()
     try:
         app.backend  # noqa: B018 - open and migrate first
+        target = next(q for q in app.queues() if q.name == LIMITED_QUEUE) if queue_limit is not None else app
         t0 = time.perf_counter()
         for i in range(n):
-            app.enqueue(name, *args, workflow_id=f"{prefix}-{i}")
+            target.enqueue(name, *args, workflow_id=f"{prefix}-{i}")
+            if gap:
+                time.sleep(gap)
         return time.perf_counter() - t0
     finally:
         app.close()
+
+
+def _latency(env: BenchEnv, conn: psycopg.Connection, prefix: str, workers: list[Worker], p: Params) -> dict[str, Any]:
+    """Enqueue-to-start latency with the workers idle: enqueue one at a time, 5 ms apart, and read
+    started_at - created_at (both the server's clock) of each."""
+    _enqueue(env, prefix, LATENCY_SAMPLES, WF_STEPS, (1,), queue_limit=p.queue_limit, gap=0.005)
+    deadline = time.monotonic() + 60
+    while _status_counts(env, conn, prefix)[0] < LATENCY_SAMPLES:
+        _check_alive(workers)
+        if time.monotonic() > deadline:
+            raise UsageError("queue-drain: latency samples did not finish within 60 s")
+        time.sleep(0.02)
+    row = conn.execute(
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY s), percentile_cont(0.99) WITHIN GROUP (ORDER BY s), "
+        f"max(s) FROM (SELECT extract(epoch FROM started_at - created_at) * 1000 AS s FROM {env.qualified('workflows')} "
+        "WHERE workflow_id LIKE %s) x", (prefix + "-%",)).fetchone()
+    return {"samples": LATENCY_SAMPLES, "p50_ms": round(float(row[0]), 2), "p99_ms": round(float(row[1]), 2),
+            "max_ms": round(float(row[2]), 2), "how": "enqueued one at a time 5 ms apart to idle workers; "
+            "started_at - created_at on the server's clock"}
 
 
 def _status_counts(env: BenchEnv, conn: psycopg.Connection, prefix: str) -> tuple[int, int]:
@@ -825,8 +859,9 @@ def run_queue_drain(env: BenchEnv, p: Params, floor: dict[str, Any]) -> dict[str
     n, k = p.size("queue-drain")
     w_count = p.workers
     conc = p.concurrency or DEFAULT_CONCURRENCY
-    env.log.print(f"[dim]queue-drain: enqueueing {n} workflows of {k} step(s)[/dim]")
-    enqueue_s = _enqueue(env, "drain", n, WF_STEPS, (k,))
+    limit_note = f" to a queue limited to {p.queue_limit} at once" if p.queue_limit else ""
+    env.log.print(f"[dim]queue-drain: enqueueing {n} workflows of {k} step(s){limit_note}[/dim]")
+    enqueue_s = _enqueue(env, "drain", n, WF_STEPS, (k,), queue_limit=p.queue_limit)
     timeout = 60.0 + n * k / 100.0
     workers: list[Worker] = []
     with env.connect() as conn:
@@ -852,6 +887,8 @@ def run_queue_drain(env: BenchEnv, p: Params, floor: dict[str, Any]) -> dict[str
             wall_from_spawn = time.perf_counter() - t_spawn
             cpu_end = [_proc_cpu(w.proc.pid) for w in workers]
             s1 = server.seconds()
+            env.log.print(f"[dim]queue-drain: sampling enqueue-to-start latency ({LATENCY_SAMPLES} workflows)[/dim]")
+            latency = _latency(env, conn, "lat", workers, p)
         finally:
             stop_workers(workers)
         # A claim statement stamps every row it claims with the same started_at (its transaction time),
@@ -871,6 +908,7 @@ def run_queue_drain(env: BenchEnv, p: Params, floor: dict[str, Any]) -> dict[str
     ms_wf_per_worker = _ms(drain_s * w_count, n)
     return {
         "workload": "queue-drain", "workflows": n, "steps_per_workflow": k, "workers": w_count,
+        "queue_limit": p.queue_limit, "enqueue_to_start_latency": latency,
         "worker_concurrency": conc, "completed": completed, "checkpoints": checkpoints,
         "claim_transactions": claims, "mean_claim_batch": round(n / claims, 2) if claims else None,
         "enqueue_s": round(enqueue_s, 4), "enqueue_per_s": _rate(n, enqueue_s),
@@ -1122,7 +1160,10 @@ def render(report: dict[str, Any]) -> None:
             f"queue drain (target: {TARGET_DRAIN_PER_WORKER:,.0f}/s per worker; peer {PEER_DRAIN_PER_S:g}/s)", [
                 ("workflows x steps", f"{r['workflows']} x {r['steps_per_workflow']}"),
                 ("workers x concurrency", f"{r['workers']} x {r['worker_concurrency']}"),
+                ("queue's global limit", str(r["queue_limit"]) if r["queue_limit"] else "none"),
                 ("enqueue (app.enqueue) per s", _fmt(r["enqueue_per_s"])),
+                ("enqueue -> start ms p50 / p99", f"{_fmt(r['enqueue_to_start_latency']['p50_ms'], 2)} / "
+                                                 f"{_fmt(r['enqueue_to_start_latency']['p99_ms'], 2)}"),
                 ("drain s (first start -> last finish)", _fmt(r["drain_s"])),
                 ("workflows/s", _fmt(r["workflows_per_s"])),
                 ("workflows/s per worker", _fmt(r["workflows_per_s_per_worker"])),

@@ -98,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="print one frame and exit")
     p.set_defaults(handler=cmd_monitor)
 
+    p = sub.add_parser("queues", help="each queue's depth, in-flight count and limits")
+    _common(p)
+    p.add_argument("--json", action="store_true", help="print JSON lines")
+    p.set_defaults(handler=cmd_queues)
+
     p = sub.add_parser("db", help="backend, URL (password hidden), schema version")
     _common(p)
     p.add_argument("--json", action="store_true")
@@ -353,11 +358,17 @@ def cmd_workflow_show(args: argparse.Namespace) -> int:
             raise UsageError(f"no workflow with id {args.workflow_id!r}")
         steps = app.backend.step_list(args.workflow_id)
         children = app.backend.workflow_children(args.workflow_id)
+        messages = app.backend.message_list(args.workflow_id)
+        events = app.backend.event_list(args.workflow_id)
+        streams = app.backend.stream_list(args.workflow_id)
     finally:
         app.close()
     if args.json:
         print(json.dumps({"workflow": _record_json(rec), "steps": [_record_json(s) for s in steps],
-                          "children": [_record_json(c) for c in children]}))
+                          "children": [_record_json(c) for c in children],
+                          "messages": [_record_json(m) for m in messages],
+                          "events": [_record_json(e) for e in events],
+                          "streams": [_record_json(s) for s in streams]}))
         return 0
     from rich.console import Console
     from rich.table import Table
@@ -390,7 +401,44 @@ def cmd_workflow_show(args: argparse.Namespace) -> int:
         console.print(kids)
     else:
         console.print("children: none")
+    _print_messages_events_streams(console, messages, events, streams)
     return 0
+
+
+def _print_messages_events_streams(console: Any, messages: list, events: list, streams: list) -> None:
+    from rich.table import Table
+    from rich.text import Text  # user data is never read as markup
+
+    if messages:
+        waiting = sum(1 for m in messages if m.consumed_at is None)
+        table = Table(title=f"messages received ({len(messages)}, {waiting} still waiting)")
+        for col in ("#", "topic", "created (UTC)", "consumed by step", "body"):
+            table.add_column(col, overflow="fold")
+        for m in messages:
+            consumed = str(m.consumed_step) if m.consumed_at is not None else "waiting"
+            table.add_row(str(m.message_id), Text(m.topic or "(none)"), _fmt_time(m.created_at), consumed,
+                          Text(_short(m.body, 70)))
+        console.print(table)
+    else:
+        console.print("messages: none")
+    if events:
+        table = Table(title=f"events ({len(events)})")
+        for col in ("key", "value", "set by step", "updated (UTC)"):
+            table.add_column(col, overflow="fold")
+        for e in events:
+            table.add_row(Text(e.key), Text(_short(e.value, 70)), str(e.step_id), _fmt_time(e.updated_at))
+        console.print(table)
+    else:
+        console.print("events: none")
+    if streams:
+        table = Table(title=f"streams ({len(streams)})")
+        for col in ("key", "elements", "closed", "last write (UTC)"):
+            table.add_column(col, overflow="fold")
+        for s in streams:
+            table.add_row(Text(s.key), str(s.count), "closed" if s.closed else "open", _fmt_time(s.last_write_at))
+        console.print(table)
+    else:
+        console.print("streams: none")
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
@@ -431,6 +479,34 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         return run_live(source, interval=args.interval)
     finally:
         source.close()
+
+
+def cmd_queues(args: argparse.Namespace) -> int:
+    app = _app_from_args(args, migrate=False)
+    try:
+        _require_schema(app)
+        rows = app.backend.queue_list()
+    finally:
+        app.close()
+    if args.json:
+        for q in rows:
+            print(json.dumps(q.__dict__))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    def limit(value: object) -> str:
+        return "—" if value is None else (f"{value:g}/s" if isinstance(value, float) else str(value))
+
+    table = Table(title=f"{len(rows)} queue(s)")
+    for col in ("queue", "depth", "in flight", "concurrency", "per worker", "per partition", "rate"):
+        table.add_column(col, justify="left" if col == "queue" else "right")
+    for q in rows:
+        table.add_row(q.queue + (" (partitioned)" if q.partitioned else ""), str(q.depth), str(q.in_flight),
+                      limit(q.concurrency_limit), limit(q.worker_concurrency_limit),
+                      limit(q.partition_concurrency_limit), limit(q.rate_limit_per_second))
+    Console().print(table)
+    return 0
 
 
 def cmd_db(args: argparse.Namespace) -> int:

@@ -62,6 +62,7 @@ class WorkflowContext:
     confirmed_at: float = 0.0  # monotonic time the lease was confirmed (0: not yet)
     finishing: bool = False  # the terminal write is under way: the lease ends with it, not lost
     step: StepInfo | None = None  # set while a step body runs
+    queue: str | None = None  # the limited queue it was claimed from (its finish frees capacity)
 
     def check_lease(self) -> None:
         if self.lost.is_set():
@@ -104,7 +105,8 @@ class Outcome:
     error: str | None = None
 
 
-def _now() -> datetime:
+def utc_now() -> datetime:
+    """The client clock in UTC: step start times."""
     return datetime.now(timezone.utc)
 
 
@@ -152,7 +154,7 @@ def _run_new_step(app: Kit, ctx: WorkflowContext, step_id: int, name: str, fn: C
                   opts: StepOptions, args: tuple, kwargs: dict) -> Any:
     """Run a step that has no checkpoint yet: attempts with backoff, then record output or error."""
     backend = app.backend
-    started = _now()
+    started = utc_now()
     attempt = 0
     storage_retries = 0
     while True:

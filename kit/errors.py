@@ -36,6 +36,18 @@ class WorkflowConflictError(UsageError):
     """A workflow id is already used by a different workflow function."""
 
 
+class WorkflowDuplicateError(UsageError):
+    """A live workflow already holds that deduplication id in that queue."""
+
+    def __init__(self, message: str, existing_id: str) -> None:
+        super().__init__(message)
+        self.existing_id = existing_id
+
+
+class UnknownQueueError(UsageError):
+    """No application declared a queue of that name."""
+
+
 class UnknownWorkflowError(UsageError):
     """A workflow name is not registered in this application."""
 

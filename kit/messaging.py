@@ -12,7 +12,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from kit import serialization as ser
-from kit.engine import StepOptions, current_context, replay_or_reserve, run_step
+from kit.engine import StepOptions, current_context, replay_or_reserve, run_step, utc_now
 from kit.errors import LeaseLostError, UsageError, WorkflowNotFoundError
 from kit.storage import StepResult
 
@@ -103,7 +103,7 @@ def recv(app: Kit, topic: str | None = None, timeout: float = 60.0) -> Any:
     step_id, rec = replay_or_reserve(ctx, "recv")
     if rec is not None:
         return ser.loads(rec.output, what="received message")
-    started = _started()
+    started = utc_now()
     backend = app.backend
     with app.runtime.notifier.watch("m:" + ctx.workflow_id) as watch:
         while True:
@@ -141,7 +141,7 @@ def set_event(app: Kit, key: str, value: Any) -> None:
         return
     try:
         app.backend.event_set(StepResult(ctx.workflow_id, step_id, f"set_event:{key}", ctx.epoch, output=text,
-                                         started_at=_started()), key)
+                                         started_at=utc_now()), key)
     except LeaseLostError:
         ctx.lost.set()
         raise
@@ -171,9 +171,3 @@ def get_event(app: Kit, workflow_id: str, key: str, timeout: float = 60.0) -> An
     if ctx is None or ctx.step is not None:
         return read()
     return run_step(app, f"get_event:{key}", read, StepOptions(), (), {})
-
-
-def _started():
-    from datetime import datetime, timezone
-
-    return datetime.now(timezone.utc)

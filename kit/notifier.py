@@ -1,7 +1,7 @@
 """One listener per process, many waiters: database notifications dispatched to whoever waits.
 
 The claim loop waits for ``q:`` (work was enqueued or released), ``recv`` for ``m:<workflow id>``,
-``get_event`` for ``e:<workflow id>``. A waiter takes a :class:`Watch` *before* it checks the database and
+``get_event`` for ``e:<workflow id>``, ``read_stream`` for ``s:<workflow id>``. A waiter takes a :class:`Watch` *before* it checks the database and
 waits on it after, so a notification sent between the check and the wait is never missed. Without
 notifications (or while the listener reconnects) a wait simply ends after ``poll`` seconds and the
 caller checks again: notifications only make things faster, never correct.
@@ -39,6 +39,14 @@ class Watch:
             got = n._cond.wait_for(lambda: n._gen[self.key] != self._seen, timeout=max(0.0, min(timeout, n.poll)))
             self._seen = n._gen[self.key]
             return got
+
+    def fired(self) -> bool:
+        """Non-blocking: did a notification for the key arrive since the last wait/fired call?"""
+        n = self._n
+        with n._cond:
+            changed = n._gen[self.key] != self._seen
+            self._seen = n._gen[self.key]
+            return changed
 
     def close(self) -> None:
         n = self._n
@@ -80,6 +88,13 @@ class Notifier:
     def watch(self, key: str) -> Watch:
         self.start()
         return Watch(self, key)
+
+    def poke(self, key: str) -> None:
+        """Wake the watchers of ``key`` from inside this process (e.g. a slot was freed)."""
+        with self._cond:
+            if key in self._watchers:
+                self._gen[key] += 1
+                self._cond.notify_all()
 
     def stop(self) -> None:
         self._stop.set()

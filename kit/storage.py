@@ -60,6 +60,28 @@ class NewWorkflow:
     lease_seconds: float = 10.0
     parent_id: str | None = None
     priority: int = 0
+    dedup_id: str | None = None  # one live (PENDING/RUNNING) workflow per (queue, dedup_id)
+    delay_seconds: float = 0.0  # not claimable before now + delay (database clock)
+    partition_key: str | None = None  # tenant of a partitioned queue
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    """A queue's definition and limits (None: no limit). ``rate_count`` starts per ``rate_period`` s."""
+
+    name: str
+    concurrency: int | None = None
+    worker_concurrency: int | None = None
+    partition_concurrency: int | None = None
+    rate_count: int | None = None
+    rate_period: float | None = None
+    priority: bool = False
+    partitioned: bool = False
+
+    @property
+    def limited(self) -> bool:
+        return any(v is not None for v in (self.concurrency, self.worker_concurrency,
+                                           self.partition_concurrency, self.rate_count)) or self.partitioned
 
 
 @dataclass(frozen=True)
@@ -83,6 +105,7 @@ class Claim:
     recovery: bool  # True when it was taken from an expired lease (it ran somewhere before)
     steps: tuple[StepRecord, ...] = ()  # recorded checkpoints, when the backend loads them with the claim
     steps_loaded: bool = False
+    queue: str | None = None
 
 
 @dataclass(frozen=True)
@@ -171,7 +194,7 @@ class ClaimRequest:
     names: Sequence[str]
     limit: int
     lease_seconds: float
-    queues: Sequence[str] | None = None  # None: any queue (including none)
+    queues: Sequence[str] | None = None  # None: any queue; "" stands for the default (no) queue
 
 
 @dataclass(frozen=True)
@@ -225,6 +248,9 @@ class QueueStats:
     in_flight: int  # RUNNING
     concurrency_limit: int | None = None
     rate_limit_per_second: float | None = None
+    worker_concurrency_limit: int | None = None
+    partition_concurrency_limit: int | None = None
+    partitioned: bool = False
 
 
 @dataclass(frozen=True)
@@ -403,7 +429,8 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def wake_channel(self) -> str:
         """The notification channel of this schema. Payloads: ``q:<queue>`` (work to claim),
-        ``m:<workflow id>`` (a message for it), ``e:<workflow id>`` (it set an event)."""
+        ``m:<workflow id>`` (a message for it), ``e:<workflow id>`` (it set an event), ``s:<workflow id>`` (it
+        wrote to or closed a stream)."""
 
     @abc.abstractmethod
     def message_send(self, workflow_id: str, topic: str, body: str, sender_key: str | None = None) -> bool:
@@ -426,6 +453,106 @@ class Backend(abc.ABC):
     def event_get(self, workflow_id: str, key: str) -> str | None:
         """The latest value (JSON text) of an event, or None if it was never set."""
 
+    # -- queues ----------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def workflow_enqueue_in(self, connection: Any, wf: NewWorkflow) -> Created:
+        """Insert a PENDING workflow through the caller's own driver connection, inside the caller's open
+        transaction (a savepoint keeps a duplicate from aborting it): the workflow exists if and only if
+        that transaction commits. Raises WorkflowDuplicateError for a live dedup id."""
+
+    @abc.abstractmethod
+    def queue_define(self, spec: QueueSpec) -> None:
+        """Create or update a queue's definition (the declaring application's limits win)."""
+
+    @abc.abstractmethod
+    def queue_get(self, name: str) -> QueueSpec | None:
+        """A queue's definition, or None when no application declared it."""
+
+    @abc.abstractmethod
+    def queue_claim(self, req: ClaimRequest, queue: str) -> list[Claim]:
+        """Claim ready workflows of one limited queue without exceeding its limits across all workers:
+        global and per-worker concurrency, per-partition concurrency, starts per rate window; partitioned
+        queues take the head of each tenant's backlog in turn (fairness)."""
+
+    @abc.abstractmethod
+    def queue_list(self) -> list[QueueStats]:
+        """Every declared or active queue with its depth, in-flight count and limits."""
+
+    # -- streams ---------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def stream_write(self, step: StepResult, key: str, value: str) -> StepRecord:
+        """Append ``value`` (JSON text) to stream ``key`` of the step's workflow at the next position and
+        record the step (output: the element's position, JSON) in one transaction fenced by the epoch;
+        wakes readers (``s:<workflow id>``) after commit. If the step is already recorded, returns it and
+        writes nothing. Raises :class:`~kit.errors.UsageError` (nothing written) when the stream is closed."""
+
+    @abc.abstractmethod
+    def stream_close(self, step: StepResult, key: str) -> StepRecord:
+        """Close stream ``key`` (a final marker after the last element) and record the step (output: the
+        number of elements, JSON) in one fenced transaction; wakes readers after commit. Closing a closed
+        stream only records the step. If the step is already recorded, returns it."""
+
+    @abc.abstractmethod
+    def stream_read(self, workflow_id: str, key: str, after_seq: int, limit: int) -> StreamChunk:
+        """Up to ``limit`` elements of a stream with position > ``after_seq`` (start with -1), in order,
+        whether the stream is closed right after them, and the writing workflow's status, all read in one
+        snapshot (a terminal status therefore means every element it wrote is in this or a later chunk)."""
+
+    # -- observability of messages, events, streams (read-only) --------------------------------------------
+    @abc.abstractmethod
+    def message_list(self, workflow_id: str, limit: int = 1000) -> list[MessageInfo]:
+        """Messages sent to a workflow, oldest first (consumed ones and those still waiting)."""
+
+    @abc.abstractmethod
+    def event_list(self, workflow_id: str, limit: int = 1000) -> list[EventInfo]:
+        """A workflow's events with their latest values, by key."""
+
+    @abc.abstractmethod
+    def stream_list(self, workflow_id: str, limit: int = 1000) -> list[StreamInfo]:
+        """A workflow's streams: element count and whether closed, by key."""
+
+
+@dataclass(frozen=True)
+class StreamChunk:
+    """Result of :meth:`Backend.stream_read`. ``closed``: the close marker follows the last element
+    returned (nothing more will come). ``workflow_status``: None when no such workflow exists."""
+
+    elements: tuple[tuple[int, str], ...]  # (position, JSON text), ascending
+    closed: bool
+    workflow_status: Status | None
+
+
+@dataclass(frozen=True)
+class MessageInfo:
+    """A message sent to a workflow as observed (``consumed_at`` None: still waiting for a ``recv``)."""
+
+    message_id: int
+    topic: str
+    body: str
+    sender_key: str | None = None
+    created_at: datetime | None = None
+    consumed_at: datetime | None = None
+    consumed_step: int | None = None
+
+
+@dataclass(frozen=True)
+class EventInfo:
+    """An event of a workflow: its latest value and the step that set it."""
+
+    key: str
+    value: str | None
+    step_id: int
+    updated_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """A stream of a workflow: how many elements it has, whether it is closed, its last write."""
+
+    key: str
+    count: int
+    closed: bool
+    last_write_at: datetime | None = None
 
 def iter_backend_names() -> Iterator[str]:
     """Names of installed backends (entry-point group ``kit.backends``)."""

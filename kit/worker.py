@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from kit import serialization as ser
 from kit.engine import Outcome, WorkflowContext, execute
 from kit.errors import KitError, SerializationError, StorageError
-from kit.notifier import ANY_QUEUE, Notifier
+from kit.notifier import ANY_QUEUE, Notifier, Watch
 from kit.storage import Claim, ClaimRequest, Finish, Status, WorkerInfo
 
 if TYPE_CHECKING:
@@ -53,6 +53,7 @@ class Runtime:
         self._idle = threading.Condition()
         self.claimed_count = 0
         self._notifier: Notifier | None = None
+        self._limited_dirty: set[str] = set()
 
     @property
     def notifier(self) -> Notifier:
@@ -167,6 +168,11 @@ class Runtime:
         backend = self.app.backend
         poll = self.cfg.poll_seconds
         wake = self.notifier.watch(ANY_QUEUE)  # taken before the first claim: no wake-up is missed
+        # Limited queues are claimed only when they may have work: a notification for the queue, a
+        # workflow of it finished here, or a poll period passed (capacity freed on another worker).
+        queue_watches: dict[str, Watch] = {}
+        self._limited_dirty: set[str] = set()
+        last_full = 0.0
         while self._claiming.is_set() and not self._stop.is_set():
             free = self._free_slots()
             if free <= 0:
@@ -180,10 +186,38 @@ class Runtime:
                 free = self._free_slots()
             try:
                 names = self.app.workflow_names()
+                queues = self.app.queues()
+                open_queues = [""] + [q.name for q in queues if not q.spec.limited]
+                limited = [q.name for q in queues if q.spec.limited]
+                for name in limited:
+                    if name not in queue_watches:
+                        queue_watches[name] = self.notifier.watch("q:" + name)
+                        self._limited_dirty.add(name)
+                if time.monotonic() - last_full >= poll:
+                    last_full = time.monotonic()
+                    self._limited_dirty.update(limited)
+                self._limited_dirty.update(n for n in limited if queue_watches[n].fired())
+                due = [n for n in limited if n in self._limited_dirty]
+                if due:  # start each round at a different limited queue
+                    turn = self.claimed_count % len(due)
+                    due = due[turn:] + due[:turn]
                 with self._lock:
-                    claims = backend.workflow_claim(ClaimRequest(self.worker_id, names, free, self.cfg.lease_seconds))
+                    claims = backend.workflow_claim(ClaimRequest(self.worker_id, names, free, self.cfg.lease_seconds,
+                                                                 queues=open_queues))
+                    from_limited: set[str] = set()
+                    for queue in due:
+                        room = free - len(claims)
+                        if room <= 0:
+                            break
+                        got = backend.queue_claim(ClaimRequest(self.worker_id, names, room, self.cfg.lease_seconds),
+                                                  queue)
+                        if len(got) < room:
+                            self._limited_dirty.discard(queue)  # drained or at its limits for now
+                        from_limited.update(c.workflow_id for c in got)
+                        claims += got
                     now = time.monotonic()
-                    ctxs = [WorkflowContext(c.workflow_id, c.name, c.epoch, confirmed_at=now) for c in claims]
+                    ctxs = [WorkflowContext(c.workflow_id, c.name, c.epoch, confirmed_at=now,
+                                            queue=self._queue_of(c, from_limited)) for c in claims]
                     for ctx in ctxs:
                         self._held[ctx.workflow_id] = ctx
             except KitError as exc:
@@ -201,6 +235,10 @@ class Runtime:
             # Wait for a wake-up (enqueue, release) or the poll period, which also finds expired leases.
             wake.wait(poll)
 
+    @staticmethod
+    def _queue_of(claim: Claim, from_limited: set[str]) -> str | None:
+        return claim.queue if claim.workflow_id in from_limited else None
+
     def _run_claimed(self, claim: Claim, ctx: WorkflowContext) -> None:
         try:
             if claim.recovery:
@@ -216,6 +254,10 @@ class Runtime:
                 return
             outcome = execute(self.app, ctx, wf.fn, tuple(args), kwargs)
             self.app._deliver(claim.workflow_id, outcome)
+            if ctx.queue is not None and self._notifier is not None:
+                # Capacity of a limited queue was freed here: claim from it again now.
+                self._limited_dirty.add(ctx.queue)
+                self._notifier.poke(ANY_QUEUE)
         except StorageError as exc:
             log.error("workflow %s: %s; leaving it to be recovered", claim.workflow_id, exc)
         except Exception:  # pragma: no cover - never let a worker thread die silently

@@ -237,6 +237,48 @@ def test_listing_a_schema_that_was_never_migrated_says_so(pg_url: str, schema: s
     assert_usage_error(run_kit("workflow", "show", "x", *db_args), "kit migrate")
 
 
+def test_workflow_show_lists_messages_events_and_streams(pg_url: str, schema: str, db_args: list[str]) -> None:
+    app = kit.Kit(database_url=pg_url, schema=schema)
+
+    @app.workflow(name="cli_chatty")
+    def chatty() -> str:
+        app.set_event("state", "streaming")
+        for word in ("a", "b", "c"):
+            app.write_stream("tokens", word)
+        app.close_stream("tokens")
+        app.write_stream("log", "one line")  # left open
+        app.set_event("flags", [True, None])  # not rich markup, printed as is
+        return app.recv("orders", timeout=30)
+
+    try:
+        handle = app.start(chatty, workflow_id="chatty-1")
+        app.send("chatty-1", {"n": 1}, topic="orders")
+        assert handle.result(timeout=30) == {"n": 1}
+        app.send("chatty-1", "too late", topic="orders")  # never received: still waiting
+    finally:
+        app.close()
+
+    shown = json.loads(assert_ok(run_kit("workflow", "show", "chatty-1", "--json", *db_args)))
+    assert shown["workflow"]["status"] == "SUCCESS" and shown["children"] == []
+    recv_step = next(s["step_id"] for s in shown["steps"] if s["name"] == "recv")
+    messages = shown["messages"]
+    assert [(m["topic"], json.loads(m["body"]), m["consumed_step"]) for m in messages] == [
+        ("orders", {"n": 1}, recv_step), ("orders", "too late", None)]
+    assert messages[0]["consumed_at"] and messages[1]["consumed_at"] is None and messages[0]["created_at"]
+    assert [(e["key"], json.loads(e["value"])) for e in shown["events"]] == [("flags", [True, None]),
+                                                                             ("state", "streaming")]
+    assert shown["events"][0]["updated_at"]
+    assert [(s["key"], s["count"], s["closed"]) for s in shown["streams"]] == [("log", 1, False), ("tokens", 3, True)]
+
+    text = assert_ok(run_kit("workflow", "show", "chatty-1", *db_args))
+    for fragment in ("messages received (2, 1 still waiting)", "waiting", "too late", "events (2)", "streaming",
+                     "streams (2)", "tokens", "closed", "open", "[true,null]"):
+        assert fragment in text, fragment
+
+    quiet = assert_ok(run_kit("workflow", "show", "chatty-1", "--json", *db_args))
+    assert set(json.loads(quiet)) == {"workflow", "steps", "children", "messages", "events", "streams"}
+
+
 # -- errors -----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("argv", "fragment"),

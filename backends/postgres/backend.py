@@ -27,6 +27,8 @@ from kit.errors import (
     SchemaError,
     StorageError,
     TransientStorageError,
+    UsageError,
+    WorkflowDuplicateError,
 )
 from kit.groupcommit import GroupCommitter
 from kit.storage import (
@@ -41,6 +43,7 @@ from kit.storage import (
     MonitorStats,
     NewWorkflow,
     Percentiles,
+    QueueSpec,
     QueueStats,
     Status,
     StepRecord,
@@ -432,19 +435,29 @@ class PostgresBackend(Backend):
         params = {
             "workflow_id": wf.workflow_id, "name": wf.name, "inputs": wf.inputs, "queue": wf.queue,
             "priority": wf.priority, "app_version": wf.app_version, "parent_id": wf.parent_id,
-            "owner": wf.owner, "lease": wf.lease_seconds,
+            "owner": wf.owner, "lease": wf.lease_seconds, "dedup_id": wf.dedup_id,
+            "delay": float(wf.delay_seconds), "partition_key": wf.partition_key, "channel": self.wake_channel,
         }
 
         attempts = 0
-        notify = wf.owner is None and self.use_notify and self._caps.listen_notify
-        if notify:
-            params["channel"] = self.wake_channel
-        stmt = self._q["workflow_enqueue" if notify else "workflow_create"]
+        # Submitted work (no owner) goes through workflow_enqueue, which also wakes idle workers.
+        stmt = self._q["workflow_create" if wf.owner is not None else "workflow_enqueue"]
 
         def create(conn: psycopg.Connection) -> Created:
             nonlocal attempts
             attempts += 1
-            row = conn.execute(stmt, params).fetchone()
+            try:
+                row = conn.execute(stmt, params).fetchone()
+            except psycopg.errors.UniqueViolation as exc:
+                if wf.dedup_id is None:
+                    raise
+                live = conn.execute(self._q["workflow_by_dedup"], {"queue": wf.queue,
+                                                                    "dedup_id": wf.dedup_id}).fetchone()
+                if live is None:  # the holder finished in between: try again
+                    raise psycopg.errors.SerializationFailure("dedup holder finished during enqueue") from exc
+                raise WorkflowDuplicateError(
+                    f"queue {wf.queue or 'default'!r} already has a live workflow {live[0]!r} with dedup id "
+                    f"{wf.dedup_id!r}", live[0]) from None
             if row is not None:
                 status = Status.RUNNING if wf.owner else Status.PENDING
                 return Created(True, row[0], wf.name, status)
@@ -762,7 +775,8 @@ class PostgresBackend(Backend):
             node=where,
             workers=tuple(WorkerStats(worker_id=r[0], hostname=r[1], pid=r[2], started_at=r[3], heartbeat_at=r[4],
                                       alive=bool(r[5]), claims=int(r[6])) for r in workers),
-            queues=tuple(QueueStats(queue=r[0], depth=int(r[1]), in_flight=int(r[2])) for r in queues),
+            queues=tuple(QueueStats(queue=r[0], depth=int(r[1]), in_flight=int(r[2]), concurrency_limit=r[3],
+                                    rate_limit_per_second=r[4]) for r in queues),
             finished=tuple(FinishedBucket(start=r[0], status=Status(r[1]), count=int(r[2])) for r in finished),
             workflow_latency=pct(lat[0], lat[1]),
             step_latency=pct(lat[2], lat[3]),
@@ -829,6 +843,147 @@ class PostgresBackend(Backend):
     def event_get(self, workflow_id: str, key: str) -> str | None:
         row = self._run(lambda c: c.execute(self._q["event_get"], {"workflow_id": workflow_id, "key": key}).fetchone())
         return row[0] if row else None
+
+    # -- queues ------------------------------------------------------------------------------------------
+    def workflow_enqueue_in(self, connection: Any, wf: NewWorkflow) -> Created:
+        if not isinstance(connection, psycopg.Connection):
+            raise UsageError(f"connection= must be a psycopg Connection for the PostgreSQL backend, got "
+                             f"{type(connection).__name__}")
+        params = {
+            "workflow_id": wf.workflow_id, "name": wf.name, "inputs": wf.inputs, "queue": wf.queue,
+            "priority": wf.priority, "app_version": wf.app_version, "parent_id": wf.parent_id,
+            "dedup_id": wf.dedup_id, "delay": float(wf.delay_seconds), "partition_key": wf.partition_key,
+            "channel": self.wake_channel,
+        }
+        try:
+            with connection.transaction():  # a savepoint when the caller's transaction is open
+                row = connection.execute(self._q["workflow_enqueue"], params).fetchone()
+        except psycopg.errors.UniqueViolation:
+            live = connection.execute(self._q["workflow_by_dedup"], {"queue": wf.queue, "dedup_id": wf.dedup_id}
+                                      ).fetchone() if wf.dedup_id else None
+            if live is None:
+                raise
+            raise WorkflowDuplicateError(f"queue {wf.queue or 'default'!r} already has a live workflow {live[0]!r} "
+                                         f"with dedup id {wf.dedup_id!r}", live[0]) from None
+        except psycopg.Error as exc:
+            raise StorageError(_scrub(f"{type(exc).__name__}: {exc}", self.url)) from exc
+        if row is not None:
+            return Created(True, row[0], wf.name, Status.PENDING)
+        existing = connection.execute(self._q["workflow_get"], {"workflow_id": wf.workflow_id}).fetchone()
+        rec = _wf(existing)
+        return Created(False, rec.epoch, rec.name, rec.status)
+
+    def queue_define(self, spec: QueueSpec) -> None:
+        params = {"name": spec.name, "concurrency": spec.concurrency, "worker_concurrency": spec.worker_concurrency,
+                  "partition_concurrency": spec.partition_concurrency, "rate_count": spec.rate_count,
+                  "rate_period": spec.rate_period, "priority": spec.priority, "partitioned": spec.partitioned}
+        self._run(lambda c: c.execute(self._q["queue_define"], params))
+
+    def queue_get(self, name: str) -> QueueSpec | None:
+        row = self._run(lambda c: c.execute(self._q["queue_get"], {"name": name}).fetchone())
+        if row is None:
+            return None
+        return QueueSpec(name=row[0], concurrency=row[1], worker_concurrency=row[2], partition_concurrency=row[3],
+                         rate_count=row[4], rate_period=row[5], priority=row[6], partitioned=row[7])
+
+    def queue_claim(self, req: ClaimRequest, queue: str) -> list[Claim]:
+        if not req.names or req.limit <= 0:
+            return []
+
+        def claim(conn: psycopg.Connection) -> list[Claim]:
+            with conn.transaction():
+                lock = conn.execute(self._q["queue_lock"], {"queue": queue}).fetchone()
+                if lock is None:  # another worker is claiming from this queue right now (or no such queue)
+                    return []
+                concurrency, worker_conc, partition_conc, rate_count, rate_period, partitioned = lock
+                params = {
+                    "queue": queue, "owner": req.owner, "names": list(req.names), "limit": req.limit,
+                    "lease": req.lease_seconds, "concurrency": concurrency, "worker_concurrency": worker_conc,
+                    "partition_concurrency": partition_conc, "rate_count": rate_count,
+                    "rate_period": rate_period if rate_period is not None else 1.0, "max_partitions": 1000,
+                }
+                stmt = self._q["queue_claim_partitioned" if partitioned else "queue_claim"]
+                rows = conn.execute(stmt, params).fetchall()
+            return [Claim(workflow_id=r[0], name=r[1], inputs=r[2], epoch=r[3], recovery=r[4], queue=queue)
+                    for r in rows]
+
+        return self._run(claim)
+
+    def queue_list(self) -> list[QueueStats]:
+        rows = self._run(lambda c: c.execute(self._q["queue_list"]).fetchall())
+        return [QueueStats(queue=r[0] or "default", depth=int(r[1]), in_flight=int(r[2]), concurrency_limit=r[3],
+                           worker_concurrency_limit=r[4], partition_concurrency_limit=r[5],
+                           rate_limit_per_second=(r[6] / r[7]) if r[6] is not None and r[7] else None,
+                           partitioned=bool(r[8]))
+                for r in rows]
+
+    # -- streams ---------------------------------------------------------------------------------------
+    def _stream_append(self, step: StepResult, key: str, value: str | None, closed: bool) -> StepRecord:
+        """Append an element (or the close row) and its checkpoint in one fenced transaction; the wake-up
+        (``s:<id>``) is sent by ``pg_notify`` inside it, so it is delivered at commit, never before."""
+        from kit.errors import UsageError
+
+        notify = self.use_notify and self._caps.listen_notify
+        where = {"workflow_id": step.workflow_id, "key": key}
+
+        def append(conn: psycopg.Connection) -> StepRecord:
+            row = conn.execute(self._q["stream_append"], {**where, "value": value, "closed": closed,
+                                                          "step_id": step.step_id}).fetchone()
+            if row is None:  # the stream is closed
+                if not closed:
+                    raise UsageError(f"stream {key!r} of workflow {step.workflow_id} is closed: "
+                                     "write_stream after close_stream")
+                row = conn.execute(self._q["stream_closed_at"], where).fetchone()
+            recorded = replace(step, output=str(int(row[0])))
+            finished = conn.execute(self._q["step_insert"], _step_params(recorded)).fetchone()[0]
+            if notify:
+                conn.execute(self._q["notify"], {"channel": self.wake_channel, "payload": "s:" + step.workflow_id})
+            return _recorded(recorded, finished)
+
+        record = self._fenced_transaction(step, append)
+        assert record is not None
+        return record
+
+    def stream_write(self, step: StepResult, key: str, value: str) -> StepRecord:
+        return self._stream_append(step, key, value, False)
+
+    def stream_close(self, step: StepResult, key: str) -> StepRecord:
+        return self._stream_append(step, key, None, True)
+
+    def stream_read(self, workflow_id: str, key: str, after_seq: int, limit: int) -> Any:
+        from kit.storage import StreamChunk
+
+        limit = max(1, min(int(limit), 100_000))
+        params = {"workflow_id": workflow_id, "key": key, "after_seq": int(after_seq), "limit": limit}
+        rows = self._run(lambda c: c.execute(self._q["stream_read"], params).fetchall())
+        status = Status(rows[0][0]) if rows[0][0] is not None else None
+        elements = tuple((r[1], r[2]) for r in rows if r[1] is not None and not r[3])
+        closed = rows[-1][1] is not None and bool(rows[-1][3])  # the close row is always the last one
+        return StreamChunk(elements[:limit], closed, status)
+
+    # -- observability of messages, events, streams ----------------------------------------------------
+    def message_list(self, workflow_id: str, limit: int = 1000) -> list[Any]:
+        from kit.storage import MessageInfo
+
+        params = {"workflow_id": workflow_id, "limit": max(1, min(int(limit), 100_000))}
+        rows = self._run(lambda c: c.execute(self._q["message_list"], params).fetchall())
+        return [MessageInfo(message_id=r[0], topic=r[1], body=r[2], sender_key=r[3], created_at=r[4],
+                            consumed_at=r[5], consumed_step=r[6]) for r in rows]
+
+    def event_list(self, workflow_id: str, limit: int = 1000) -> list[Any]:
+        from kit.storage import EventInfo
+
+        params = {"workflow_id": workflow_id, "limit": max(1, min(int(limit), 100_000))}
+        rows = self._run(lambda c: c.execute(self._q["event_list"], params).fetchall())
+        return [EventInfo(key=r[0], value=r[1], step_id=r[2], updated_at=r[3]) for r in rows]
+
+    def stream_list(self, workflow_id: str, limit: int = 1000) -> list[Any]:
+        from kit.storage import StreamInfo
+
+        params = {"workflow_id": workflow_id, "limit": max(1, min(int(limit), 100_000))}
+        rows = self._run(lambda c: c.execute(self._q["stream_list"], params).fetchall())
+        return [StreamInfo(key=r[0], count=int(r[1]), closed=bool(r[2]), last_write_at=r[3]) for r in rows]
+
 
 def _scrub(text: str, url: str) -> str:
     """Remove any password that appears in ``url`` from ``text``."""

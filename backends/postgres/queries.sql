@@ -17,15 +17,23 @@ RETURNING epoch
 
 -- name: workflow_enqueue
 -- Insert a PENDING workflow unless the id exists, and wake idle workers in the same round trip
--- (the notification is delivered at commit, never before the row is visible).
+-- (the notification is delivered at commit, never before the row is visible). A live duplicate of
+-- (queue, dedup_id) fails on workflows_dedup_idx.
 WITH ins AS (
-    INSERT INTO {schema}.workflows (workflow_id, name, status, inputs, queue, priority, app_version, parent_id)
+    INSERT INTO {schema}.workflows (workflow_id, name, status, inputs, queue, priority, app_version, parent_id,
+                                    dedup_id, run_at, partition_key)
     VALUES (%(workflow_id)s, %(name)s, 'PENDING', %(inputs)s, %(queue)s, %(priority)s, %(app_version)s,
-            %(parent_id)s)
+            %(parent_id)s, %(dedup_id)s,
+            CASE WHEN %(delay)s > 0 THEN now() + make_interval(secs => %(delay)s) END, %(partition_key)s)
     ON CONFLICT (workflow_id) DO NOTHING
     RETURNING epoch
 )
 SELECT ins.epoch, pg_notify(%(channel)s, 'q:' || coalesce(%(queue)s, '')) FROM ins
+
+-- name: workflow_by_dedup
+SELECT workflow_id FROM {schema}.workflows
+ WHERE coalesce(queue, '') = coalesce(%(queue)s, '') AND dedup_id = %(dedup_id)s
+   AND status IN ('PENDING', 'RUNNING')
 
 -- name: workflow_get
 SELECT workflow_id, name, status, inputs, output, error, queue, app_version, owner, epoch,
@@ -57,7 +65,8 @@ RETURNING pg_notify(%(channel)s, 'q:' || coalesce(queue, ''))
 WITH ready AS (
     SELECT workflow_id FROM {schema}.workflows
      WHERE status = 'PENDING' AND name = ANY(%(names)s)
-       AND (%(any_queue)s OR queue = ANY(%(queues)s))
+       AND (%(any_queue)s OR coalesce(queue, '') = ANY(%(queues)s))
+       AND (run_at IS NULL OR run_at <= now())
      ORDER BY priority, created_at
      LIMIT %(limit)s
        FOR UPDATE SKIP LOCKED
@@ -204,17 +213,21 @@ SELECT k.worker_id, k.hostname, k.pid, k.started_at, k.heartbeat_at,
  LIMIT %(limit)s
 
 -- name: monitor_queues
--- Depth and in-flight per queue, from workflows_active_queue_idx alone (index-only scan).
-SELECT coalesce(queue, 'default') AS queue,
-       count(*) FILTER (WHERE status = 'PENDING') AS depth,
-       count(*) FILTER (WHERE status = 'RUNNING') AS in_flight
-  FROM {schema}.workflows
- WHERE status IN ('PENDING', 'RUNNING')
-   AND (%(name)s::text IS NULL OR name = %(name)s)
-   AND (%(queue)s::text IS NULL OR queue = %(queue)s OR (%(queue)s = 'default' AND queue IS NULL))
- GROUP BY 1
+-- Depth and in-flight per queue (workflows_active_queue_idx), with the declared limits.
+SELECT a.queue, a.depth, a.in_flight, q.concurrency,
+       CASE WHEN q.rate_count IS NOT NULL AND q.rate_period > 0 THEN q.rate_count / q.rate_period END
+  FROM (SELECT coalesce(queue, 'default') AS queue,
+               count(*) FILTER (WHERE status = 'PENDING') AS depth,
+               count(*) FILTER (WHERE status = 'RUNNING') AS in_flight
+          FROM {schema}.workflows
+         WHERE status IN ('PENDING', 'RUNNING')
+           AND (%(name)s::text IS NULL OR name = %(name)s)
+           AND (%(queue)s::text IS NULL OR queue = %(queue)s OR (%(queue)s = 'default' AND queue IS NULL))
+         GROUP BY 1
+         ORDER BY 1
+         LIMIT 100) a
+  LEFT JOIN {schema}.queues q ON q.name = a.queue
  ORDER BY 1
- LIMIT 100
 
 -- name: monitor_finished
 -- Finished workflows per time bucket and status over the window (workflows_finished_idx).
@@ -317,3 +330,179 @@ ON CONFLICT (workflow_id, key) DO UPDATE
 
 -- name: event_get
 SELECT value FROM {schema}.events WHERE workflow_id = %(workflow_id)s AND key = %(key)s
+
+-- name: queue_define
+INSERT INTO {schema}.queues (name, concurrency, worker_concurrency, partition_concurrency, rate_count,
+                             rate_period, priority, partitioned)
+VALUES (%(name)s, %(concurrency)s, %(worker_concurrency)s, %(partition_concurrency)s, %(rate_count)s,
+        %(rate_period)s, %(priority)s, %(partitioned)s)
+ON CONFLICT (name) DO UPDATE
+   SET concurrency = excluded.concurrency, worker_concurrency = excluded.worker_concurrency,
+       partition_concurrency = excluded.partition_concurrency, rate_count = excluded.rate_count,
+       rate_period = excluded.rate_period, priority = excluded.priority, partitioned = excluded.partitioned,
+       updated_at = now()
+ WHERE (queues.concurrency, queues.worker_concurrency, queues.partition_concurrency, queues.rate_count,
+        queues.rate_period, queues.priority, queues.partitioned)
+       IS DISTINCT FROM
+       (excluded.concurrency, excluded.worker_concurrency, excluded.partition_concurrency, excluded.rate_count,
+        excluded.rate_period, excluded.priority, excluded.partitioned)
+
+-- name: queue_get
+SELECT name, concurrency, worker_concurrency, partition_concurrency, rate_count, rate_period, priority, partitioned
+  FROM {schema}.queues WHERE name = %(name)s
+
+-- name: queue_lock
+-- First statement of a limited claim's transaction: one claimer per queue at a time; others skip the
+-- queue this round instead of queueing up behind the head of it (low lock contention).
+SELECT concurrency, worker_concurrency, partition_concurrency, rate_count, rate_period, partitioned
+  FROM {schema}.queues WHERE name = %(queue)s
+   FOR UPDATE SKIP LOCKED
+
+-- name: queue_claim
+-- Second statement (a fresh snapshot taken after the queue lock, so every earlier claim is counted):
+-- how many may start now under the limits, then the oldest ready work (unpartitioned queues).
+WITH cap AS (
+    SELECT greatest(0, least(
+        %(limit)s,
+        coalesce(%(concurrency)s - (SELECT count(*) FROM {schema}.workflows
+                                      WHERE queue = %(queue)s AND status = 'RUNNING'), %(limit)s),
+        coalesce(%(worker_concurrency)s - (SELECT count(*) FROM {schema}.workflows
+                                             WHERE queue = %(queue)s AND status = 'RUNNING'
+                                               AND owner = %(owner)s), %(limit)s),
+        coalesce(%(rate_count)s - (SELECT count(*) FROM {schema}.workflows
+                                     WHERE queue = %(queue)s AND started_at IS NOT NULL
+                                       AND started_at > now() - make_interval(secs => %(rate_period)s)),
+                 %(limit)s)
+    )) AS n
+), picked AS (
+    SELECT workflow_id FROM {schema}.workflows
+     WHERE status = 'PENDING' AND queue = %(queue)s AND name = ANY(%(names)s)
+       AND (run_at IS NULL OR run_at <= now())
+     ORDER BY priority, created_at
+     LIMIT (SELECT n FROM cap)
+       FOR UPDATE SKIP LOCKED
+)
+UPDATE {schema}.workflows w
+   SET status = 'RUNNING', owner = %(owner)s, epoch = w.epoch + 1,
+       lease_expires_at = now() + make_interval(secs => %(lease)s), started_at = coalesce(w.started_at, now())
+  FROM picked
+ WHERE w.workflow_id = picked.workflow_id
+RETURNING w.workflow_id, w.name, w.inputs, w.epoch, false
+
+-- name: queue_claim_partitioned
+-- Partitioned queues: walk the distinct tenants with a loose index scan, take the head of each
+-- tenant's backlog (up to its per-partition room), then interleave tenants: every tenant's first
+-- item before anyone's second. A tenant with a huge backlog cannot starve the others.
+WITH RECURSIVE cap AS (
+    SELECT greatest(0, least(
+        %(limit)s,
+        coalesce(%(concurrency)s - (SELECT count(*) FROM {schema}.workflows
+                                      WHERE queue = %(queue)s AND status = 'RUNNING'), %(limit)s),
+        coalesce(%(worker_concurrency)s - (SELECT count(*) FROM {schema}.workflows
+                                             WHERE queue = %(queue)s AND status = 'RUNNING'
+                                               AND owner = %(owner)s), %(limit)s),
+        coalesce(%(rate_count)s - (SELECT count(*) FROM {schema}.workflows
+                                     WHERE queue = %(queue)s AND started_at IS NOT NULL
+                                       AND started_at > now() - make_interval(secs => %(rate_period)s)),
+                 %(limit)s)
+    )) AS n
+), keys(k, depth) AS (
+    (SELECT partition_key, 1 FROM {schema}.workflows
+      WHERE status = 'PENDING' AND queue = %(queue)s AND partition_key IS NOT NULL
+      ORDER BY partition_key LIMIT 1)
+    UNION ALL
+    SELECT (SELECT w.partition_key FROM {schema}.workflows w
+             WHERE w.status = 'PENDING' AND w.queue = %(queue)s AND w.partition_key IS NOT NULL
+               AND w.partition_key > keys.k
+             ORDER BY w.partition_key LIMIT 1), keys.depth + 1
+      FROM keys WHERE keys.k IS NOT NULL AND keys.depth < %(max_partitions)s
+), heads AS (
+    SELECT h.workflow_id, h.priority, h.created_at,
+           row_number() OVER (PARTITION BY h.partition_key ORDER BY h.priority, h.created_at) AS turn
+      FROM keys CROSS JOIN LATERAL (
+            SELECT w.workflow_id, w.partition_key, w.priority, w.created_at FROM {schema}.workflows w
+             WHERE w.status = 'PENDING' AND w.queue = %(queue)s AND w.partition_key = keys.k
+               AND w.name = ANY(%(names)s) AND (w.run_at IS NULL OR w.run_at <= now())
+             ORDER BY w.priority, w.created_at
+             LIMIT greatest(0, least(
+                    (SELECT n FROM cap),
+                    coalesce(%(partition_concurrency)s - (SELECT count(*) FROM {schema}.workflows r
+                                                           WHERE r.queue = %(queue)s AND r.partition_key = keys.k
+                                                             AND r.status = 'RUNNING'),
+                             (SELECT n FROM cap))))
+               FOR UPDATE SKIP LOCKED
+           ) h
+     WHERE keys.k IS NOT NULL
+), picked AS (
+    SELECT workflow_id FROM heads ORDER BY turn, priority, created_at LIMIT (SELECT n FROM cap)
+)
+UPDATE {schema}.workflows w
+   SET status = 'RUNNING', owner = %(owner)s, epoch = w.epoch + 1,
+       lease_expires_at = now() + make_interval(secs => %(lease)s), started_at = coalesce(w.started_at, now())
+  FROM picked
+ WHERE w.workflow_id = picked.workflow_id
+RETURNING w.workflow_id, w.name, w.inputs, w.epoch, false
+
+-- name: queue_list
+-- Declared queues and queues with active work: depth, in-flight and limits.
+SELECT coalesce(a.queue, q.name, '') AS queue, coalesce(a.depth, 0), coalesce(a.in_flight, 0),
+       q.concurrency, q.worker_concurrency, q.partition_concurrency, q.rate_count, q.rate_period,
+       coalesce(q.partitioned, false)
+  FROM (SELECT coalesce(queue, '') AS queue,
+               count(*) FILTER (WHERE status = 'PENDING') AS depth,
+               count(*) FILTER (WHERE status = 'RUNNING') AS in_flight
+          FROM {schema}.workflows WHERE status IN ('PENDING', 'RUNNING')
+         GROUP BY 1) a
+  FULL JOIN {schema}.queues q ON q.name = a.queue
+ ORDER BY 1
+ LIMIT 1000
+
+-- name: stream_append
+-- Inside a fenced transaction: append an element (or the close row) at the next position of a stream,
+-- unless the stream is closed (then no row: the caller tells a write to a closed stream from a re-close).
+INSERT INTO {schema}.streams (workflow_id, key, seq, value, closed, step_id)
+SELECT %(workflow_id)s, %(key)s, coalesce(max(seq) + 1, 0), %(value)s, %(closed)s, %(step_id)s
+  FROM {schema}.streams
+ WHERE workflow_id = %(workflow_id)s AND key = %(key)s
+HAVING NOT coalesce(bool_or(closed), false)
+RETURNING seq
+
+-- name: stream_closed_at
+-- The position of a stream's close row (NULL/no row when open).
+SELECT seq FROM {schema}.streams WHERE workflow_id = %(workflow_id)s AND key = %(key)s AND closed
+
+-- name: stream_read
+-- One snapshot: the workflow's status and up to limit + 1 rows of the stream after a position (the
+-- extra row tells "closed right after the last element" from "more elements follow"). Always one row
+-- at least (status NULL: no such workflow; seq NULL: no rows after the position).
+SELECT w.status, s.seq, s.value, s.closed
+  FROM (SELECT %(workflow_id)s::text AS workflow_id) q
+  LEFT JOIN {schema}.workflows w ON w.workflow_id = q.workflow_id
+  LEFT JOIN LATERAL (
+        SELECT seq, value, closed FROM {schema}.streams
+         WHERE workflow_id = q.workflow_id AND key = %(key)s AND seq > %(after_seq)s
+         ORDER BY seq
+         LIMIT %(limit)s + 1) s ON true
+ ORDER BY s.seq
+
+-- name: message_list
+-- Observability: a workflow's messages, oldest first (consumed and still waiting).
+SELECT message_id, topic, body, sender_key, created_at, consumed_at, consumed_step
+  FROM {schema}.messages WHERE workflow_id = %(workflow_id)s
+ ORDER BY message_id
+ LIMIT %(limit)s
+
+-- name: event_list
+-- Observability: a workflow's events with their latest values.
+SELECT key, value, step_id, updated_at
+  FROM {schema}.events WHERE workflow_id = %(workflow_id)s
+ ORDER BY key
+ LIMIT %(limit)s
+
+-- name: stream_list
+-- Observability: a workflow's streams: element count, closed, last write (primary-key range scan).
+SELECT key, count(*) FILTER (WHERE NOT closed), bool_or(closed), max(created_at)
+  FROM {schema}.streams WHERE workflow_id = %(workflow_id)s
+ GROUP BY key
+ ORDER BY key
+ LIMIT %(limit)s

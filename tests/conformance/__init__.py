@@ -8,16 +8,16 @@ and imports the tests::
 Areas: :mod:`.lifecycle` (open/close, migrations, describe, capabilities), :mod:`.workflows` (create,
 get, list, finish, release, wait), :mod:`.leases` (claims, lease renewal, heartbeats), :mod:`.steps`
 (fenced checkpoints, transactional steps), :mod:`.notifications` (wake-ups), :mod:`.messaging`
-(messages and events).
+(messages and events), :mod:`.streams` (streams; listings of messages, events, streams).
 """
 
 from __future__ import annotations
 
-from . import leases, lifecycle, messaging, notifications, steps, workflows
+from . import leases, lifecycle, messaging, notifications, steps, streams, workflows
 
 __all__: list[str] = []
 
-for _module in (lifecycle, workflows, leases, steps, notifications, messaging):
+for _module in (lifecycle, workflows, leases, steps, notifications, messaging, streams):
     for _name in dir(_module):
         if _name.startswith("test_"):
             if _name in globals():

@@ -1,0 +1,151 @@
+"""Flow-controlled queues: declared by the application, enforced by the database across all workers.
+
+``q = app.queue("emails", concurrency=10, rate_limit=(100, 60))`` declares a queue (stored in the
+``queues`` table when the app opens, so every worker and ``kit queues`` see the same limits);
+``q.enqueue(fn, ...)`` submits work to it. Claims of a limited queue run one worker at a time per queue
+(the others skip it that round rather than wait), count what is running and what started inside the rate
+window in a snapshot taken after that lock, and never start more than the limits allow.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from kit import serialization as ser
+from kit.errors import ConfigError, UsageError, WorkflowConflictError, WorkflowDuplicateError
+from kit.storage import NewWorkflow, QueueSpec
+
+if TYPE_CHECKING:
+    from kit.app import Kit, WorkflowHandle
+
+_QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
+DEFAULT_QUEUE = "default"
+
+
+def validate_queue_name(name: object) -> str:
+    if not isinstance(name, str) or not _QUEUE_NAME.match(name):
+        raise ConfigError(f"invalid queue name {name!r}: use 1-100 letters, digits, '_', '.', ':' or '-'")
+    return name
+
+
+def _positive_int(what: str, value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{what} must be a positive integer or None, got {value!r}")
+    return value
+
+
+def make_spec(name: str, *, concurrency: int | None, worker_concurrency: int | None,
+              partition_concurrency: int | None, rate_limit: tuple[int, float] | None, priority: bool,
+              partitioned: bool) -> QueueSpec:
+    """Validate a queue declaration; every mistake is a ConfigError naming the parameter."""
+    validate_queue_name(name)
+    if name == DEFAULT_QUEUE:
+        raise ConfigError("the queue name 'default' is reserved for app.enqueue without a queue")
+    rate_count = rate_period = None
+    if rate_limit is not None:
+        if not isinstance(rate_limit, (tuple, list)) or len(rate_limit) != 2:
+            raise ConfigError(f"rate_limit must be (count, per_seconds), got {rate_limit!r}")
+        rate_count = _positive_int("rate_limit count", rate_limit[0])
+        period = rate_limit[1]
+        if isinstance(period, bool) or not isinstance(period, (int, float)) or period <= 0:
+            raise ConfigError(f"rate_limit period must be a positive number of seconds, got {period!r}")
+        rate_period = float(period)
+    if partition_concurrency is not None and not partitioned:
+        raise ConfigError("partition_concurrency needs partitioned=True")
+    return QueueSpec(
+        name=name,
+        concurrency=_positive_int("concurrency", concurrency),
+        worker_concurrency=_positive_int("worker_concurrency", worker_concurrency),
+        partition_concurrency=_positive_int("partition_concurrency", partition_concurrency),
+        rate_count=rate_count, rate_period=rate_period, priority=bool(priority), partitioned=bool(partitioned),
+    )
+
+
+class Queue:
+    """A declared queue; ``enqueue`` submits workflows to it."""
+
+    def __init__(self, app: Kit, spec: QueueSpec) -> None:
+        self.app = app
+        self.spec = spec
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def __repr__(self) -> str:
+        return f"Queue({self.spec!r})"
+
+    def enqueue(self, fn: Callable[..., Any] | str, *args: Any, workflow_id: str | None = None,
+                dedup_id: str | None = None, priority: int | None = None, delay: float | None = None,
+                partition_key: str | None = None, if_duplicate: str = "error", **kwargs: Any) -> WorkflowHandle:
+        """Submit a workflow to this queue and return its handle.
+
+        ``dedup_id``: while a workflow with that id is PENDING or RUNNING in this queue, a second enqueue
+        raises :class:`~kit.errors.WorkflowDuplicateError` (``if_duplicate="existing"``: returns the live
+        workflow's handle instead). ``priority``: lower runs first (queues declared with priority=True).
+        ``delay``: seconds before it may start. ``partition_key``: the tenant (partitioned queues only).
+        """
+        spec = self.spec
+        if priority is not None and not spec.priority:
+            raise UsageError(f"queue {spec.name!r} was declared without priority=True; it takes no priority")
+        if spec.partitioned and (not isinstance(partition_key, str) or not partition_key or len(partition_key) > 200):
+            raise UsageError(f"queue {spec.name!r} is partitioned: give partition_key= (a non-empty string)")
+        if not spec.partitioned and partition_key is not None:
+            raise UsageError(f"queue {spec.name!r} is not partitioned: partition_key= is not accepted")
+        return submit(self.app, fn, args, kwargs, queue=spec.name, workflow_id=workflow_id, dedup_id=dedup_id,
+                      priority=priority or 0, delay=delay, partition_key=partition_key, if_duplicate=if_duplicate)
+
+
+def submit(app: Kit, fn: Callable[..., Any] | str, args: tuple, kwargs: dict, *, queue: str | None,
+           workflow_id: str | None, dedup_id: str | None = None, priority: int = 0, delay: float | None = None,
+           partition_key: str | None = None, if_duplicate: str = "error") -> WorkflowHandle:
+    """Insert a PENDING workflow (one statement, which also wakes idle workers). Validates everything
+    and serializes the inputs before writing anything."""
+    from kit.app import WorkflowHandle, validate_workflow_id
+    from kit.engine import StepOptions, current_context, run_step
+
+    wf = app._resolve(fn)
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise UsageError(f"priority must be an integer, got {priority!r}")
+    if delay is not None and (isinstance(delay, bool) or not isinstance(delay, (int, float)) or delay < 0):
+        raise UsageError(f"delay must be a number of seconds >= 0, got {delay!r}")
+    if dedup_id is not None and (not isinstance(dedup_id, str) or not 0 < len(dedup_id) <= 200):
+        raise UsageError(f"dedup_id must be a non-empty string of at most 200 characters, got {dedup_id!r}")
+    if if_duplicate not in ("error", "existing"):
+        raise UsageError(f"if_duplicate must be 'error' or 'existing', got {if_duplicate!r}")
+    parent = current_context()
+    if parent is not None and parent.step is None:
+        # In workflow code: a checkpointed step with an id derived from the parent, so a replay returns
+        # the same workflow instead of submitting another one.
+        child_id = workflow_id or f"{parent.workflow_id}/{parent.next_step}"
+        validate_workflow_id(child_id)
+        recorded = run_step(
+            app, f"enqueue:{wf.name}",
+            lambda: submit(app, wf.name, args, kwargs, queue=queue, workflow_id=child_id, dedup_id=dedup_id,
+                           priority=priority, delay=delay, partition_key=partition_key,
+                           if_duplicate=if_duplicate).workflow_id,
+            StepOptions(), (), {},
+        )
+        return WorkflowHandle(app, recorded)
+    wid = validate_workflow_id(workflow_id) if workflow_id is not None else str(uuid.uuid4())
+    inputs = ser.encode_args(args, kwargs, what=f"inputs of workflow '{wf.name}'")
+    if queue is not None:
+        app._ensure_queues()
+    try:
+        created = app.backend.workflow_create(NewWorkflow(
+            workflow_id=wid, name=wf.name, inputs=inputs, queue=queue, app_version=app.config.app_version,
+            priority=priority, dedup_id=dedup_id, delay_seconds=float(delay or 0.0), partition_key=partition_key,
+            parent_id=parent.workflow_id if parent is not None else None,
+        ))
+    except WorkflowDuplicateError as exc:
+        if if_duplicate == "existing":
+            return WorkflowHandle(app, exc.existing_id)
+        raise
+    if not created.created and created.name != wf.name:
+        raise WorkflowConflictError(f"workflow id {wid!r} already belongs to workflow '{created.name}'")
+    return WorkflowHandle(app, wid)

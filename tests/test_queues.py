@@ -1,0 +1,271 @@
+"""Flow-controlled queues against real PostgreSQL: limits across worker processes (counted from the
+database, never from wall-clock assertions), fairness across tenants, priority, delay, deduplication,
+bad input, and `kit queues`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+from test_engine import apps  # noqa: F401 - fixture
+
+import kit
+from kit.errors import ConfigError, UsageError, WorkflowDuplicateError
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = {"lease_seconds": 5.0, "heartbeat_seconds": 0.5, "poll_seconds": 0.1}
+
+
+def _wait(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Workers:
+    """Real `kit worker tests.apps.queue_app:app` processes on the test's schema."""
+
+    def __init__(self, url: str, schema: str, tmp: Path) -> None:
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("KIT_")}
+        self.env.update(KIT_DATABASE_URL=url, KIT_SCHEMA=schema, KIT_LEASE_SECONDS="5", KIT_HEARTBEAT_SECONDS="0.5",
+                        KIT_POLL_SECONDS="0.1")
+        self.tmp = tmp
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, n: int, concurrency: int = 8) -> None:
+        for i in range(n):
+            log = open(self.tmp / f"worker-{len(self.procs)}-{i}.log", "w")  # noqa: SIM115 - child's stderr
+            self.procs.append(subprocess.Popen(
+                [sys.executable, "-m", "kit.cli", "worker", "tests.apps.queue_app:app", "--concurrency",
+                 str(concurrency)], cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT))
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+@pytest.fixture
+def workers(pg_url, schema, tmp_path):
+    from tests.apps.queue_app import ensure_table
+
+    ensure_table(pg_url, schema)
+    w = Workers(pg_url, schema, tmp_path)
+    yield w
+    w.stop()
+
+
+def _client(pg_url: str, schema: str) -> kit.Kit:
+    """The test's own instance of the queue app, used only to enqueue and to read results."""
+    os.environ.pop("KIT_CONFIG", None)
+    import tests.apps.queue_app as qa
+
+    client = kit.Kit(database_url=pg_url, schema=schema, **FAST)
+    client._workflows = dict(qa.app._workflows)
+    for q in qa.app.queues():
+        client.queue(q.name, concurrency=q.spec.concurrency, worker_concurrency=q.spec.worker_concurrency,
+                     rate_limit=(q.spec.rate_count, q.spec.rate_period) if q.spec.rate_count else None)
+    return client
+
+
+def _max_overlap(pg_url: str, schema: str, per_pid: bool = False) -> int:
+    same = "AND j.pid = i.pid" if per_pid else ""
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        return conn.execute(
+            f'SELECT max((SELECT count(*) FROM "{schema}".intervals j WHERE j.started <= i.started '
+            f"AND j.ended > i.started {same})) FROM \"{schema}\".intervals i").fetchone()[0]
+
+
+@pytest.mark.slow
+def test_global_concurrency_holds_across_worker_processes(pg_url, schema, workers):
+    client = _client(pg_url, schema)
+    try:
+        q = next(q for q in client.queues() if q.name == "limited")
+        # Four processes of one slot each: 4 slots against a limit of 3, so reaching 3 at once takes
+        # three processes and exceeding it would take a fourth.
+        workers.start(4, concurrency=1)
+        _wait(lambda: len([w for w in client.backend.worker_list()]) >= 4, 60, "four workers to heartbeat")
+        handles = [q.enqueue("queue_app.job", 0.15) for _ in range(24)]
+        pids = {h.result(timeout=120) for h in handles}
+    finally:
+        client.close()
+    peak = _max_overlap(pg_url, schema)
+    assert peak <= 3, f"{peak} ran at once under concurrency=3"
+    assert peak == 3, f"the limit was never reached ({peak}): the test proved nothing"
+    assert len(pids) >= 3
+
+
+@pytest.mark.slow
+def test_per_worker_concurrency_holds_in_each_process(pg_url, schema, workers):
+    client = _client(pg_url, schema)
+    try:
+        q = next(q for q in client.queues() if q.name == "per_worker")
+        handles = [q.enqueue("queue_app.job", 0.1) for _ in range(12)]
+        workers.start(2, concurrency=8)
+        pids = [h.result(timeout=120) for h in handles]
+    finally:
+        client.close()
+    assert _max_overlap(pg_url, schema, per_pid=True) == 1
+    assert len(set(pids)) == 2
+
+
+@pytest.mark.slow
+def test_rate_limit_holds_in_every_window(pg_url, schema, workers):
+    client = _client(pg_url, schema)
+    try:
+        q = next(q for q in client.queues() if q.name == "rated")
+        handles = [q.enqueue("queue_app.job", 0.0) for _ in range(12)]
+        workers.start(2, concurrency=8)
+        for h in handles:
+            h.result(timeout=120)
+    finally:
+        client.close()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        worst = conn.execute(
+            f'SELECT max((SELECT count(*) FROM "{schema}".workflows j WHERE j.queue = \'rated\' '
+            "AND j.started_at >= i.started_at AND j.started_at < i.started_at + interval '1 second')) "
+            f'FROM "{schema}".workflows i WHERE i.queue = \'rated\'').fetchone()[0]
+    assert worst <= 4, f"{worst} starts inside one 1 s window under rate_limit=(4, 1.0)"
+
+
+@pytest.mark.slow
+def test_a_huge_tenant_backlog_does_not_starve_a_small_tenant(apps):  # noqa: F811
+    app = apps(**FAST, worker_concurrency=8)
+    q = app.queue("tenants", partitioned=True)
+
+    @app.workflow(name="fair.job")
+    def job(tenant, i):
+        return i
+
+    with psycopg.connect(apps.url, autocommit=True) as conn:
+        app.backend  # noqa: B018 - migrate
+        app._ensure_queues()
+        # 10,000 queued for the big tenant (one statement), then 10 for the small one, all PENDING.
+        conn.execute(
+            f'INSERT INTO "{apps.schema}".workflows (workflow_id, name, status, inputs, queue, partition_key, '
+            "created_at) SELECT 'big-' || g, 'fair.job', 'PENDING', '{\"args\":[\"big\",' || g || '],\"kwargs\":{}}', "
+            "'tenants', 'big', now() - interval '1 hour' + g * interval '1 ms' FROM generate_series(1, 10000) g")
+    small = [q.enqueue(job, "small", i, partition_key="small") for i in range(10)]
+    app.launch()
+    assert [h.result(timeout=60) for h in small] == list(range(10))
+    app.close(grace=1)
+    with psycopg.connect(apps.url, autocommit=True) as conn:
+        big_started = conn.execute(
+            f'SELECT count(*) FROM "{apps.schema}".workflows WHERE partition_key = %s AND started_at IS NOT NULL',
+            ("big",)).fetchone()[0]
+    # The small tenant's 10 ran after at most a few claims' worth of the big tenant's 10,000.
+    assert big_started < 200, f"{big_started} big-tenant workflows started before the small tenant's 10 finished"
+
+
+def test_priority_then_fifo_and_delayed_start(apps):  # noqa: F811
+    app = apps(**FAST, worker_concurrency=1)
+    q = app.queue("prio", priority=True, concurrency=1)
+
+    @app.workflow(name="prio.job")
+    def job(label):
+        return label
+
+    handles = [q.enqueue(job, f"low{i}", priority=5) for i in range(3)]
+    handles += [q.enqueue(job, "urgent", priority=0)]
+    later = q.enqueue(job, "later", priority=0, delay=0.5)
+    app.launch()
+    for h in handles + [later]:
+        h.result(timeout=60)
+    order = apps.sql(f'SELECT inputs, started_at, created_at FROM "{apps.schema}".workflows '
+                     "WHERE queue = 'prio' ORDER BY started_at")
+    labels = [json.loads(r[0])["args"][0] for r in order]
+    assert labels[:4] == ["urgent", "low0", "low1", "low2"]
+    delayed = next(r for r in order if json.loads(r[0])["args"][0] == "later")
+    assert (delayed[1] - delayed[2]).total_seconds() >= 0.5  # never started before its delay
+
+
+def test_deduplication_rejects_or_returns_the_live_workflow(apps):  # noqa: F811
+    app = apps(**FAST)
+    q = app.queue("dedup")
+
+    @app.workflow(name="dedup.job")
+    def job(x):
+        return x
+
+    first = q.enqueue(job, 1, dedup_id="order-7")
+    with pytest.raises(WorkflowDuplicateError) as info:
+        q.enqueue(job, 2, dedup_id="order-7")
+    assert info.value.existing_id == first.workflow_id
+    assert q.enqueue(job, 3, dedup_id="order-7", if_duplicate="existing").workflow_id == first.workflow_id
+    app.launch()
+    assert first.result(timeout=30) == 1
+    again = q.enqueue(job, 4, dedup_id="order-7")  # the first one finished: the id is free again
+    assert again.workflow_id != first.workflow_id and again.result(timeout=30) == 4
+    assert apps.sql(f'SELECT count(*) FROM "{apps.schema}".workflows')[0][0] == 2
+
+
+def test_bad_queue_input_is_a_clear_error_and_writes_nothing(apps):  # noqa: F811
+    app = apps(**FAST)
+
+    @app.workflow(name="bad.job")
+    def job():
+        return 1
+
+    app.backend  # noqa: B018 - the schema exists, so "nothing written" below is a real check
+    for kwargs in ({"concurrency": 0}, {"concurrency": -1}, {"worker_concurrency": 1.5},
+                   {"rate_limit": (0, 1)}, {"rate_limit": (5, 0)}, {"rate_limit": (5, -2)}, {"rate_limit": 5},
+                   {"partition_concurrency": 2}):
+        with pytest.raises(ConfigError):
+            app.queue(f"q{uuid.uuid4().hex[:6]}", **kwargs)
+    for name in ("", "has space", "x" * 101, "default", None):
+        with pytest.raises(ConfigError):
+            app.queue(name)
+    plain = app.queue("plain")
+    parted = app.queue("parted", partitioned=True)
+    with pytest.raises(UsageError):
+        plain.enqueue(job, priority=1)  # declared without priority
+    with pytest.raises(UsageError):
+        plain.enqueue(job, partition_key="t")
+    with pytest.raises(UsageError):
+        parted.enqueue(job)  # partitioned: needs a key
+    with pytest.raises(UsageError):
+        plain.enqueue(job, delay=-1)
+    with pytest.raises(UsageError):
+        plain.enqueue(job, dedup_id="")
+    with pytest.raises(kit.SerializationError):
+        plain.enqueue(job, object())
+    with pytest.raises(ConfigError):
+        app.queue("plain", concurrency=2)  # redeclared differently
+    assert apps.sql(f'SELECT count(*) FROM "{apps.schema}".workflows')[0][0] == 0
+
+
+def test_kit_queues_shows_depth_in_flight_and_limits(apps):  # noqa: F811
+    app = apps(**FAST)
+    q = app.queue("emails", concurrency=5, rate_limit=(10, 2))
+
+    @app.workflow(name="emails.job")
+    def job():
+        return 1
+
+    for _ in range(3):
+        q.enqueue(job)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KIT_")}
+    res = subprocess.run([sys.executable, "-m", "kit.cli", "queues", "--database-url", apps.url, "--schema",
+                          apps.schema, "--json"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    rows = {r["queue"]: r for r in map(json.loads, res.stdout.splitlines())}
+    assert rows["emails"]["depth"] == 3 and rows["emails"]["in_flight"] == 0
+    assert rows["emails"]["concurrency_limit"] == 5 and rows["emails"]["rate_limit_per_second"] == 5.0
+    table = subprocess.run([sys.executable, "-m", "kit.cli", "queues", "--database-url", apps.url, "--schema",
+                            apps.schema], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert table.returncode == 0 and "emails" in table.stdout and "5/s" in table.stdout
