@@ -269,3 +269,35 @@ def test_kit_queues_shows_depth_in_flight_and_limits(apps):  # noqa: F811
     table = subprocess.run([sys.executable, "-m", "kit.cli", "queues", "--database-url", apps.url, "--schema",
                             apps.schema], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert table.returncode == 0 and "emails" in table.stdout and "5/s" in table.stdout
+
+
+def test_partition_concurrency_holds_per_tenant(apps):  # noqa: F811
+    app = apps(**FAST, worker_concurrency=8)
+    q = app.queue("per_tenant", partitioned=True, partition_concurrency=1)
+    import threading
+
+    lock = threading.Lock()
+    running: dict[str, int] = {}
+    peak: dict[str, int] = {}
+    together = {"max": 0}
+
+    @app.step(name="tenant.work")
+    def work(tenant):
+        with lock:
+            running[tenant] = running.get(tenant, 0) + 1
+            peak[tenant] = max(peak.get(tenant, 0), running[tenant])
+            together["max"] = max(together["max"], sum(running.values()))
+        time.sleep(0.05)
+        with lock:
+            running[tenant] -= 1
+        return tenant
+
+    @app.workflow(name="tenant.job")
+    def job(tenant):
+        return work(tenant)
+
+    handles = [q.enqueue(job, t, partition_key=t) for t in ("a", "b", "c") for _ in range(5)]
+    app.launch()
+    assert sorted(h.result(timeout=60) for h in handles) == sorted(["a", "b", "c"] * 5)
+    assert peak == {"a": 1, "b": 1, "c": 1}  # never two of one tenant at once
+    assert together["max"] >= 2  # while tenants ran side by side
