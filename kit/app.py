@@ -435,7 +435,12 @@ class Kit:
         if self._queues_defined:
             return
         for queue in list(self._queues.values()):
-            self.backend.queue_define(queue.spec)
+            stored = self.backend.queue_get(queue.name)
+            if stored is not None and stored != queue.spec:
+                log.warning("queue %r: replacing the stored declaration %s with this application's %s; every "
+                            "worker enforces the stored limits from now on", queue.name, stored, queue.spec)
+            if stored != queue.spec:
+                self.backend.queue_define(queue.spec)
         self._queues_defined = True
 
     # -- timers, messages, events ---------------------------------------------------------------------

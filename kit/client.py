@@ -53,7 +53,7 @@ class Client(Kit):
             if spec is None:
                 raise UnknownQueueError(f"unknown queue {queue!r}: no application has declared it with app.queue()")
             target = Queue(self, spec)
-            if priority is not None and not spec.priority:
+            if priority not in (None, 0) and not spec.priority:
                 raise UsageError(f"queue {queue!r} was declared without priority=True; it takes no priority")
             if spec.partitioned and not partition_key:
                 raise UsageError(f"queue {queue!r} is partitioned: give partition_key=")
@@ -61,6 +61,8 @@ class Client(Kit):
                 raise UsageError(f"queue {queue!r} is not partitioned: partition_key= is not accepted")
         else:
             target = None
+            if partition_key is not None:
+                raise UsageError("the default queue is not partitioned: partition_key= is not accepted")
         if connection is None:
             return submit(self, workflow_name, args, kwargs, queue=target.name if target else None,
                           workflow_id=workflow_id, dedup_id=dedup_id, priority=priority or 0, delay=delay,
@@ -76,10 +78,11 @@ class Client(Kit):
 
         from kit import serialization as ser
         from kit.app import validate_workflow_id
+        from kit.queues import check_submit_options
         from kit.storage import NewWorkflow
 
-        if delay is not None and (isinstance(delay, bool) or not isinstance(delay, (int, float)) or delay < 0):
-            raise UsageError(f"delay must be a number of seconds >= 0, got {delay!r}")
+        check_submit_options(priority=priority, delay=delay, dedup_id=dedup_id, partition_key=partition_key,
+                             if_duplicate=if_duplicate)
         wid = validate_workflow_id(workflow_id) if workflow_id is not None else str(uuid.uuid4())
         inputs = ser.encode_args(args, kwargs, what=f"inputs of workflow '{name}'")
         try:

@@ -22,7 +22,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-_IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+# 58 characters at most: the notification channel "<schema>_wake" must fit PostgreSQL's 63-byte names.
+_IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,57}$")
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ def validate(cfg: Config) -> None:
     if not _IDENT.match(cfg.schema):
         raise ConfigError(
             f"invalid schema name {cfg.schema!r}: use lowercase letters, digits and underscores "
-            "(at most 63 characters, not starting with a digit)"
+            "(at most 58 characters, not starting with a digit)"
         )
     for name in ("lease_seconds", "heartbeat_seconds", "poll_seconds", "db_retry_seconds", "connect_timeout", "call_timeout"):
         if getattr(cfg, name) <= 0:

@@ -91,7 +91,7 @@ class Queue:
         ``delay``: seconds before it may start. ``partition_key``: the tenant (partitioned queues only).
         """
         spec = self.spec
-        if priority is not None and not spec.priority:
+        if priority not in (None, 0) and not spec.priority:
             raise UsageError(f"queue {spec.name!r} was declared without priority=True; it takes no priority")
         if spec.partitioned and (not isinstance(partition_key, str) or not partition_key or len(partition_key) > 200):
             raise UsageError(f"queue {spec.name!r} is partitioned: give partition_key= (a non-empty string)")
@@ -99,6 +99,24 @@ class Queue:
             raise UsageError(f"queue {spec.name!r} is not partitioned: partition_key= is not accepted")
         return submit(self.app, fn, args, kwargs, queue=spec.name, workflow_id=workflow_id, dedup_id=dedup_id,
                       priority=priority or 0, delay=delay, partition_key=partition_key, if_duplicate=if_duplicate)
+
+
+def check_submit_options(*, priority: int, delay: float | None, dedup_id: str | None, partition_key: str | None,
+                         if_duplicate: str) -> None:
+    """Validate enqueue options (shared by every way of submitting); UsageError names the option."""
+    import math
+
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise UsageError(f"priority must be an integer, got {priority!r}")
+    if delay is not None and (isinstance(delay, bool) or not isinstance(delay, (int, float))
+                              or not math.isfinite(delay) or delay < 0):
+        raise UsageError(f"delay must be a finite number of seconds >= 0, got {delay!r}")
+    if dedup_id is not None and (not isinstance(dedup_id, str) or not 0 < len(dedup_id) <= 200):
+        raise UsageError(f"dedup_id must be a non-empty string of at most 200 characters, got {dedup_id!r}")
+    if partition_key is not None and (not isinstance(partition_key, str) or not 0 < len(partition_key) <= 200):
+        raise UsageError(f"partition_key must be a non-empty string of at most 200 characters, got {partition_key!r}")
+    if if_duplicate not in ("error", "existing"):
+        raise UsageError(f"if_duplicate must be 'error' or 'existing', got {if_duplicate!r}")
 
 
 def submit(app: Kit, fn: Callable[..., Any] | str, args: tuple, kwargs: dict, *, queue: str | None,
@@ -110,14 +128,8 @@ def submit(app: Kit, fn: Callable[..., Any] | str, args: tuple, kwargs: dict, *,
     from kit.engine import StepOptions, current_context, run_step
 
     wf = app._resolve(fn)
-    if isinstance(priority, bool) or not isinstance(priority, int):
-        raise UsageError(f"priority must be an integer, got {priority!r}")
-    if delay is not None and (isinstance(delay, bool) or not isinstance(delay, (int, float)) or delay < 0):
-        raise UsageError(f"delay must be a number of seconds >= 0, got {delay!r}")
-    if dedup_id is not None and (not isinstance(dedup_id, str) or not 0 < len(dedup_id) <= 200):
-        raise UsageError(f"dedup_id must be a non-empty string of at most 200 characters, got {dedup_id!r}")
-    if if_duplicate not in ("error", "existing"):
-        raise UsageError(f"if_duplicate must be 'error' or 'existing', got {if_duplicate!r}")
+    check_submit_options(priority=priority, delay=delay, dedup_id=dedup_id, partition_key=partition_key,
+                         if_duplicate=if_duplicate)
     parent = current_context()
     if parent is not None and parent.step is None:
         # In workflow code: a checkpointed step with an id derived from the parent, so a replay returns

@@ -469,10 +469,15 @@ class Backend(abc.ABC):
         """A queue's definition, or None when no application declared it."""
 
     @abc.abstractmethod
-    def queue_claim(self, req: ClaimRequest, queue: str) -> list[Claim]:
+    def queue_claim(self, req: ClaimRequest, queue: str) -> list[Claim] | None:
         """Claim ready workflows of one limited queue without exceeding its limits across all workers:
-        global and per-worker concurrency, per-partition concurrency, starts per rate window; partitioned
-        queues take the head of each tenant's backlog in turn (fairness)."""
+        global and per-worker concurrency, per-partition concurrency, claims per rate window; partitioned
+        queues take the head of each tenant's backlog in turn (fairness). Expired leases of the queue are
+        taken over within this worker's room. None: another worker is claiming from it right now."""
+
+    @abc.abstractmethod
+    def queue_limited_names(self) -> set[str]:
+        """Names of the queues the database knows to have limits (whatever any one app declares)."""
 
     @abc.abstractmethod
     def queue_list(self) -> list[QueueStats]:

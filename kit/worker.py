@@ -173,6 +173,7 @@ class Runtime:
         queue_watches: dict[str, Watch] = {}
         self._limited_dirty: set[str] = set()
         last_full = 0.0
+        db_limited: set[str] = set()
         while self._claiming.is_set() and not self._stop.is_set():
             free = self._free_slots()
             if free <= 0:
@@ -186,38 +187,42 @@ class Runtime:
                 free = self._free_slots()
             try:
                 names = self.app.workflow_names()
-                queues = self.app.queues()
-                open_queues = [""] + [q.name for q in queues if not q.spec.limited]
-                limited = [q.name for q in queues if q.spec.limited]
+                mine = [q.name for q in self.app.queues()]
+                if time.monotonic() - last_full >= poll:
+                    # The database decides which queues are limited (another app may have declared limits).
+                    last_full = time.monotonic()
+                    db_limited = backend.queue_limited_names()
+                    self._limited_dirty.update(n for n in mine if n in db_limited)
+                limited = [n for n in mine if n in db_limited]
+                open_queues = [""] + [n for n in mine if n not in db_limited]
                 for name in limited:
                     if name not in queue_watches:
                         queue_watches[name] = self.notifier.watch("q:" + name)
                         self._limited_dirty.add(name)
-                if time.monotonic() - last_full >= poll:
-                    last_full = time.monotonic()
-                    self._limited_dirty.update(limited)
                 self._limited_dirty.update(n for n in limited if queue_watches[n].fired())
                 due = [n for n in limited if n in self._limited_dirty]
                 if due:  # start each round at a different limited queue
                     turn = self.claimed_count % len(due)
                     due = due[turn:] + due[:turn]
                 with self._lock:
-                    claims = backend.workflow_claim(ClaimRequest(self.worker_id, names, free, self.cfg.lease_seconds,
-                                                                 queues=open_queues))
-                    from_limited: set[str] = set()
+                    # Limited queues first: a backlog on an unlimited queue must not starve them.
+                    claims: list[Claim] = []
                     for queue in due:
                         room = free - len(claims)
                         if room <= 0:
                             break
+                        self._limited_dirty.discard(queue)  # a finish or notification from now on re-marks it
                         got = backend.queue_claim(ClaimRequest(self.worker_id, names, room, self.cfg.lease_seconds),
                                                   queue)
-                        if len(got) < room:
-                            self._limited_dirty.discard(queue)  # drained or at its limits for now
-                        from_limited.update(c.workflow_id for c in got)
-                        claims += got
+                        if got is None or len(got) >= room:
+                            self._limited_dirty.add(queue)  # busy elsewhere, or maybe more: try again soon
+                        claims += got or []
+                    if free - len(claims) > 0:
+                        claims += backend.workflow_claim(ClaimRequest(self.worker_id, names, free - len(claims),
+                                                                      self.cfg.lease_seconds, queues=open_queues))
                     now = time.monotonic()
-                    ctxs = [WorkflowContext(c.workflow_id, c.name, c.epoch, confirmed_at=now,
-                                            queue=self._queue_of(c, from_limited)) for c in claims]
+                    ctxs = [WorkflowContext(c.workflow_id, c.name, c.epoch, confirmed_at=now, queue=c.queue)
+                            for c in claims]
                     for ctx in ctxs:
                         self._held[ctx.workflow_id] = ctx
             except KitError as exc:
@@ -234,10 +239,6 @@ class Runtime:
                 continue
             # Wait for a wake-up (enqueue, release) or the poll period, which also finds expired leases.
             wake.wait(poll)
-
-    @staticmethod
-    def _queue_of(claim: Claim, from_limited: set[str]) -> str | None:
-        return claim.queue if claim.workflow_id in from_limited else None
 
     def _run_claimed(self, claim: Claim, ctx: WorkflowContext) -> None:
         try:
@@ -257,6 +258,7 @@ class Runtime:
             if ctx.queue is not None and self._notifier is not None:
                 # Capacity of a limited queue was freed here: claim from it again now.
                 self._limited_dirty.add(ctx.queue)
+                self._notifier.poke("q:" + ctx.queue)
                 self._notifier.poke(ANY_QUEUE)
         except StorageError as exc:
             log.error("workflow %s: %s; leaving it to be recovered", claim.workflow_id, exc)

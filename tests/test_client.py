@@ -126,3 +126,14 @@ def test_documented_psql_example_works(apps):  # noqa: F811
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == wid
     assert client.retrieve(wid).result(timeout=30) == 15
+
+
+def test_connection_without_an_open_transaction_still_joins_it(apps):  # noqa: F811
+    _worker_app(apps)
+    client = _client(apps)
+    wid = f"idle-{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(apps.url) as conn:  # nothing executed yet: no transaction open
+        client.enqueue("client.total", [1], workflow_id=wid, connection=conn)
+        conn.rollback()
+    with pytest.raises(kit.WorkflowNotFoundError):
+        client.retrieve(wid)

@@ -138,7 +138,7 @@ def test_rate_limit_holds_in_every_window(pg_url, schema, workers):
     with psycopg.connect(pg_url, autocommit=True) as conn:
         worst = conn.execute(
             f'SELECT max((SELECT count(*) FROM "{schema}".workflows j WHERE j.queue = \'rated\' '
-            "AND j.started_at >= i.started_at AND j.started_at < i.started_at + interval '1 second')) "
+            "AND j.claimed_at >= i.claimed_at AND j.claimed_at < i.claimed_at + interval '1 second')) "
             f'FROM "{schema}".workflows i WHERE i.queue = \'rated\'').fetchone()[0]
     assert worst <= 4, f"{worst} starts inside one 1 s window under rate_limit=(4, 1.0)"
 
@@ -301,3 +301,67 @@ def test_partition_concurrency_holds_per_tenant(apps):  # noqa: F811
     assert sorted(h.result(timeout=60) for h in handles) == sorted(["a", "b", "c"] * 5)
     assert peak == {"a": 1, "b": 1, "c": 1}  # never two of one tenant at once
     assert together["max"] >= 2  # while tenants ran side by side
+
+
+def test_expired_leases_of_a_limited_queue_are_taken_over_within_worker_concurrency(apps):  # noqa: F811
+    from kit.storage import ClaimRequest
+
+    app = apps(**FAST)
+    app.queue("limq", worker_concurrency=1)
+
+    @app.workflow(name="limq.job")
+    def job():
+        return 1
+
+    q = next(q for q in app.queues() if q.name == "limq")
+    for _ in range(3):
+        q.enqueue(job)
+    backend = app.backend
+    for dead in ("w1", "w2", "w3"):  # three workers each claim one, with a lease that expires at once
+        assert len(backend.queue_claim(ClaimRequest(dead, ["limq.job"], 5, 0.01), "limq")) == 1
+    time.sleep(0.05)
+    assert backend.workflow_claim(ClaimRequest("w4", ["limq.job"], 5, 30, queues=["", "limq"])) == []
+    got = backend.queue_claim(ClaimRequest("w4", ["limq.job"], 5, 30), "limq")
+    assert len(got) == 1 and got[0].recovery  # one takeover: w4 may hold only one of this queue's runs
+
+
+def test_limited_queue_is_not_starved_by_an_unlimited_backlog(apps):  # noqa: F811
+    app = apps(**FAST, worker_concurrency=2)
+    lim = app.queue("lim1", concurrency=1)
+
+    @app.workflow(name="starve.job")
+    def job(x):
+        time.sleep(0.01)
+        return x
+
+    backlog = [app.enqueue(job, i) for i in range(150)]
+    special = lim.enqueue(job, "limited")
+    app.launch()
+    assert special.result(timeout=60) == "limited"
+    pending = apps.sql(f'SELECT count(*) FROM "{apps.schema}".workflows WHERE status = %s', ("PENDING",))[0][0]
+    assert pending > 50, "the limited queue's work waited for most of the unlimited backlog"
+    for h in backlog:
+        h.result(timeout=120)
+
+
+def test_stored_limits_bind_workers_whose_app_declares_none(apps):  # noqa: F811
+    strict = apps(**FAST)
+    strict.queue("mail", concurrency=1)
+    strict._ensure_queues()  # the stored declaration: concurrency=1
+    loose = apps(**FAST, worker_concurrency=8)
+    loose.queue("mail")  # this app's own declaration has no limits ...
+
+    @loose.workflow(name="mail.job")
+    def job():
+        return 1
+
+    # ... and it started first, so the stored declaration is strict's; loose must still obey it.
+    loose._queues_defined = True
+    q = next(q for q in loose.queues() if q.name == "mail")
+    handles = [q.enqueue(job) for _ in range(6)]
+    loose.launch()
+    for h in handles:
+        h.result(timeout=60)
+    rows = apps.sql(f'SELECT started_at, finished_at FROM "{apps.schema}".workflows ORDER BY started_at')
+    overlap = max(sum(1 for s2, f2 in rows if s2 <= s1 < f2) for s1, _ in rows)
+    assert overlap == 1

@@ -855,8 +855,12 @@ class PostgresBackend(Backend):
             "dedup_id": wf.dedup_id, "delay": float(wf.delay_seconds), "partition_key": wf.partition_key,
             "channel": self.wake_channel,
         }
+        if not connection.autocommit and connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            # No transaction open yet: open the caller's, so their commit or rollback decides (a bare
+            # connection.transaction() here would commit the insert on its own).
+            connection.execute("BEGIN")
         try:
-            with connection.transaction():  # a savepoint when the caller's transaction is open
+            with connection.transaction():  # a savepoint inside the caller's transaction
                 row = connection.execute(self._q["workflow_enqueue"], params).fetchone()
         except psycopg.errors.UniqueViolation:
             live = connection.execute(self._q["workflow_by_dedup"], {"queue": wf.queue, "dedup_id": wf.dedup_id}
@@ -886,28 +890,40 @@ class PostgresBackend(Backend):
         return QueueSpec(name=row[0], concurrency=row[1], worker_concurrency=row[2], partition_concurrency=row[3],
                          rate_count=row[4], rate_period=row[5], priority=row[6], partitioned=row[7])
 
-    def queue_claim(self, req: ClaimRequest, queue: str) -> list[Claim]:
+    def queue_claim(self, req: ClaimRequest, queue: str) -> list[Claim] | None:
         if not req.names or req.limit <= 0:
             return []
 
-        def claim(conn: psycopg.Connection) -> list[Claim]:
+        def claim(conn: psycopg.Connection) -> list[Claim] | None:
             with conn.transaction():
                 lock = conn.execute(self._q["queue_lock"], {"queue": queue}).fetchone()
                 if lock is None:  # another worker is claiming from this queue right now (or no such queue)
-                    return []
-                concurrency, worker_conc, partition_conc, rate_count, rate_period, partitioned = lock
-                params = {
-                    "queue": queue, "owner": req.owner, "names": list(req.names), "limit": req.limit,
-                    "lease": req.lease_seconds, "concurrency": concurrency, "worker_concurrency": worker_conc,
-                    "partition_concurrency": partition_conc, "rate_count": rate_count,
-                    "rate_period": rate_period if rate_period is not None else 1.0, "max_partitions": 1000,
-                }
-                stmt = self._q["queue_claim_partitioned" if partitioned else "queue_claim"]
-                rows = conn.execute(stmt, params).fetchall()
+                    return None
+                concurrency, worker_conc, partition_conc, rate_count, rate_period, partitioned, cursor = lock
+                base = {"queue": queue, "owner": req.owner, "names": list(req.names), "limit": req.limit,
+                        "lease": req.lease_seconds}
+                n_new, n_reclaim = conn.execute(self._q["queue_room"], {
+                    **base, "concurrency": concurrency, "worker_concurrency": worker_conc, "rate_count": rate_count,
+                    "rate_period": rate_period if rate_period is not None else 1.0}).fetchone()
+                rows = conn.execute(self._q["queue_reclaim"], {**base, "n": n_reclaim}).fetchall() if n_reclaim else []
+                n_new = min(n_new, max(0, (worker_conc - len(rows)) if worker_conc is not None else n_new),
+                            req.limit - len(rows))
+                if n_new > 0 and partitioned:
+                    got = conn.execute(self._q["queue_claim_partitioned"], {
+                        **base, "n": n_new, "partition_concurrency": partition_conc, "cursor": cursor,
+                        "max_partitions": 1000}).fetchall()
+                    if got:  # continue after the last tenant served, next time
+                        conn.execute(self._q["queue_cursor"], {"queue": queue, "cursor": max(r[5] for r in got)})
+                    rows += [r[:5] for r in got]
+                elif n_new > 0:
+                    rows += conn.execute(self._q["queue_claim"], {**base, "n": n_new}).fetchall()
             return [Claim(workflow_id=r[0], name=r[1], inputs=r[2], epoch=r[3], recovery=r[4], queue=queue)
                     for r in rows]
 
         return self._run(claim)
+
+    def queue_limited_names(self) -> set[str]:
+        return {r[0] for r in self._run(lambda c: c.execute(self._q["queue_limited_names"]).fetchall())}
 
     def queue_list(self) -> list[QueueStats]:
         rows = self._run(lambda c: c.execute(self._q["queue_list"]).fetchall())

@@ -60,19 +60,38 @@ UPDATE {schema}.workflows
 RETURNING pg_notify(%(channel)s, 'q:' || coalesce(queue, ''))
 
 -- name: workflow_claim
--- Claim ready work (PENDING) and orphaned work (RUNNING with an expired lease) in one statement.
+-- Claim ready work (PENDING) and orphaned work (RUNNING with an expired lease) of the default queue and
+-- of queues without limits, in one statement. Queues the database knows as limited are never claimed
+-- here (whatever this worker's own declaration says): they go through queue_claim.
 -- SKIP LOCKED keeps claimers off each other's rows and off rows a checkpoint is being fenced against.
-WITH ready AS (
+WITH ready_default AS (
     SELECT workflow_id FROM {schema}.workflows
-     WHERE status = 'PENDING' AND name = ANY(%(names)s)
-       AND (%(any_queue)s OR coalesce(queue, '') = ANY(%(queues)s))
+     WHERE status = 'PENDING' AND queue IS NULL AND name = ANY(%(names)s)
+       AND (%(any_queue)s OR '' = ANY(%(queues)s))
        AND (run_at IS NULL OR run_at <= now())
      ORDER BY priority, created_at
      LIMIT %(limit)s
        FOR UPDATE SKIP LOCKED
+), ready_named AS (
+    SELECT workflow_id FROM {schema}.workflows w
+     WHERE status = 'PENDING' AND queue IS NOT NULL AND name = ANY(%(names)s)
+       AND (%(any_queue)s OR queue = ANY(%(queues)s))
+       AND (run_at IS NULL OR run_at <= now())
+       AND NOT EXISTS (SELECT 1 FROM {schema}.queues q WHERE q.name = w.queue
+                          AND (q.concurrency IS NOT NULL OR q.worker_concurrency IS NOT NULL
+                               OR q.partition_concurrency IS NOT NULL OR q.rate_count IS NOT NULL
+                               OR q.partitioned))
+     ORDER BY priority, created_at
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
 ), expired AS (
-    SELECT workflow_id FROM {schema}.workflows
+    SELECT workflow_id FROM {schema}.workflows w
      WHERE status = 'RUNNING' AND lease_expires_at < now() AND name = ANY(%(names)s)
+       AND (%(any_queue)s OR coalesce(queue, '') = ANY(%(queues)s))
+       AND NOT EXISTS (SELECT 1 FROM {schema}.queues q WHERE q.name = w.queue
+                          AND (q.concurrency IS NOT NULL OR q.worker_concurrency IS NOT NULL
+                               OR q.partition_concurrency IS NOT NULL OR q.rate_count IS NOT NULL
+                               OR q.partitioned))
      ORDER BY lease_expires_at
      LIMIT %(limit)s
        FOR UPDATE SKIP LOCKED
@@ -80,13 +99,16 @@ WITH ready AS (
     SELECT workflow_id, recovery FROM (
         SELECT workflow_id, true AS recovery, 0 AS o FROM expired
         UNION ALL
-        SELECT workflow_id, false AS recovery, 1 AS o FROM ready
+        SELECT workflow_id, false AS recovery, 1 AS o FROM ready_default
+        UNION ALL
+        SELECT workflow_id, false AS recovery, 1 AS o FROM ready_named
     ) u ORDER BY o LIMIT %(limit)s
 )
 UPDATE {schema}.workflows w
    SET status = 'RUNNING', owner = %(owner)s, epoch = w.epoch + 1,
        lease_expires_at = now() + make_interval(secs => %(lease)s),
        started_at = coalesce(w.started_at, now()),
+       claimed_at = CASE WHEN picked.recovery THEN w.claimed_at ELSE now() END,
        recoveries = w.recoveries + picked.recovery::int
   FROM picked
  WHERE w.workflow_id = picked.workflow_id
@@ -354,94 +376,143 @@ SELECT name, concurrency, worker_concurrency, partition_concurrency, rate_count,
 -- name: queue_lock
 -- First statement of a limited claim's transaction: one claimer per queue at a time; others skip the
 -- queue this round instead of queueing up behind the head of it (low lock contention).
-SELECT concurrency, worker_concurrency, partition_concurrency, rate_count, rate_period, partitioned
+SELECT concurrency, worker_concurrency, partition_concurrency, rate_count, rate_period, partitioned,
+       last_partition
   FROM {schema}.queues WHERE name = %(queue)s
    FOR UPDATE SKIP LOCKED
 
+-- name: queue_room
+-- Second statement, in a fresh snapshot taken after the queue lock (so every earlier claim is counted):
+-- how many new starts the limits allow now, and how many expired leases this worker may take over
+-- (a takeover does not add to the queue's running count, only to this worker's).
+WITH mine AS (
+    SELECT count(*) AS n FROM {schema}.workflows
+     WHERE queue = %(queue)s AND status = 'RUNNING' AND owner = %(owner)s
+), worker_room AS (
+    SELECT coalesce(%(worker_concurrency)s - (SELECT n FROM mine), %(limit)s) AS n
+)
+SELECT greatest(0, least(
+           %(limit)s,
+           (SELECT n FROM worker_room),
+           coalesce(%(concurrency)s - (SELECT count(*) FROM {schema}.workflows
+                                         WHERE queue = %(queue)s AND status = 'RUNNING'), %(limit)s),
+           coalesce(%(rate_count)s - (SELECT count(*) FROM {schema}.workflows
+                                        WHERE queue = %(queue)s AND claimed_at IS NOT NULL
+                                          AND claimed_at > now() - make_interval(secs => %(rate_period)s)),
+                    %(limit)s))),
+       greatest(0, least(%(limit)s, (SELECT n FROM worker_room)))
+
+-- name: queue_reclaim
+-- Take over expired leases of a limited queue (recovery), within this worker's room.
+WITH picked AS (
+    SELECT workflow_id FROM {schema}.workflows
+     WHERE queue = %(queue)s AND status = 'RUNNING' AND lease_expires_at < now() AND name = ANY(%(names)s)
+     ORDER BY lease_expires_at
+     LIMIT %(n)s
+       FOR UPDATE SKIP LOCKED
+)
+UPDATE {schema}.workflows w
+   SET owner = %(owner)s, epoch = w.epoch + 1, lease_expires_at = now() + make_interval(secs => %(lease)s),
+       recoveries = w.recoveries + 1
+  FROM picked
+ WHERE w.workflow_id = picked.workflow_id
+RETURNING w.workflow_id, w.name, w.inputs, w.epoch, true
+
 -- name: queue_claim
--- Second statement (a fresh snapshot taken after the queue lock, so every earlier claim is counted):
--- how many may start now under the limits, then the oldest ready work (unpartitioned queues).
-WITH cap AS (
-    SELECT greatest(0, least(
-        %(limit)s,
-        coalesce(%(concurrency)s - (SELECT count(*) FROM {schema}.workflows
-                                      WHERE queue = %(queue)s AND status = 'RUNNING'), %(limit)s),
-        coalesce(%(worker_concurrency)s - (SELECT count(*) FROM {schema}.workflows
-                                             WHERE queue = %(queue)s AND status = 'RUNNING'
-                                               AND owner = %(owner)s), %(limit)s),
-        coalesce(%(rate_count)s - (SELECT count(*) FROM {schema}.workflows
-                                     WHERE queue = %(queue)s AND started_at IS NOT NULL
-                                       AND started_at > now() - make_interval(secs => %(rate_period)s)),
-                 %(limit)s)
-    )) AS n
-), picked AS (
+-- Start up to %(n)s of the oldest ready workflows (unpartitioned queues), n computed by queue_room.
+WITH picked AS (
     SELECT workflow_id FROM {schema}.workflows
      WHERE status = 'PENDING' AND queue = %(queue)s AND name = ANY(%(names)s)
        AND (run_at IS NULL OR run_at <= now())
      ORDER BY priority, created_at
-     LIMIT (SELECT n FROM cap)
+     LIMIT %(n)s
        FOR UPDATE SKIP LOCKED
 )
 UPDATE {schema}.workflows w
    SET status = 'RUNNING', owner = %(owner)s, epoch = w.epoch + 1,
-       lease_expires_at = now() + make_interval(secs => %(lease)s), started_at = coalesce(w.started_at, now())
+       lease_expires_at = now() + make_interval(secs => %(lease)s), started_at = coalesce(w.started_at, now()),
+       claimed_at = now()
   FROM picked
  WHERE w.workflow_id = picked.workflow_id
 RETURNING w.workflow_id, w.name, w.inputs, w.epoch, false
 
 -- name: queue_claim_partitioned
--- Partitioned queues: walk the distinct tenants with a loose index scan, take the head of each
--- tenant's backlog (up to its per-partition room), then interleave tenants: every tenant's first
--- item before anyone's second. A tenant with a huge backlog cannot starve the others.
-WITH RECURSIVE cap AS (
-    SELECT greatest(0, least(
-        %(limit)s,
-        coalesce(%(concurrency)s - (SELECT count(*) FROM {schema}.workflows
-                                      WHERE queue = %(queue)s AND status = 'RUNNING'), %(limit)s),
-        coalesce(%(worker_concurrency)s - (SELECT count(*) FROM {schema}.workflows
-                                             WHERE queue = %(queue)s AND status = 'RUNNING'
-                                               AND owner = %(owner)s), %(limit)s),
-        coalesce(%(rate_count)s - (SELECT count(*) FROM {schema}.workflows
-                                     WHERE queue = %(queue)s AND started_at IS NOT NULL
-                                       AND started_at > now() - make_interval(secs => %(rate_period)s)),
-                 %(limit)s)
-    )) AS n
-), keys(k, depth) AS (
-    (SELECT partition_key, 1 FROM {schema}.workflows
-      WHERE status = 'PENDING' AND queue = %(queue)s AND partition_key IS NOT NULL
-      ORDER BY partition_key LIMIT 1)
+-- Partitioned queues: walk the tenants with ready work (a loose index scan) starting after the tenant
+-- where the last claim stopped and wrapping around once, take the head of each tenant's backlog (up to
+-- its per-partition room), then interleave tenants: every tenant's first item before anyone's second.
+WITH RECURSIVE keys(k, depth, wrapped) AS (
+    (SELECT k, 1, wrapped FROM (
+        (SELECT partition_key AS k, false AS wrapped FROM {schema}.workflows
+          WHERE status = 'PENDING' AND queue = %(queue)s AND partition_key IS NOT NULL
+            AND partition_key > coalesce(%(cursor)s, '') AND (run_at IS NULL OR run_at <= now())
+          ORDER BY partition_key LIMIT 1)
+        UNION ALL
+        (SELECT partition_key, true FROM {schema}.workflows
+          WHERE status = 'PENDING' AND queue = %(queue)s AND partition_key IS NOT NULL
+            AND partition_key <= coalesce(%(cursor)s, '') AND (run_at IS NULL OR run_at <= now())
+          ORDER BY partition_key LIMIT 1)
+     ) first_key ORDER BY wrapped LIMIT 1)
     UNION ALL
-    SELECT (SELECT w.partition_key FROM {schema}.workflows w
-             WHERE w.status = 'PENDING' AND w.queue = %(queue)s AND w.partition_key IS NOT NULL
-               AND w.partition_key > keys.k
-             ORDER BY w.partition_key LIMIT 1), keys.depth + 1
-      FROM keys WHERE keys.k IS NOT NULL AND keys.depth < %(max_partitions)s
-), heads AS (
-    SELECT h.workflow_id, h.priority, h.created_at,
-           row_number() OVER (PARTITION BY h.partition_key ORDER BY h.priority, h.created_at) AS turn
+    SELECT nxt.k, keys.depth + 1, nxt.wrapped
       FROM keys CROSS JOIN LATERAL (
+            SELECT coalesce(
+                       (SELECT w.partition_key FROM {schema}.workflows w
+                         WHERE w.status = 'PENDING' AND w.queue = %(queue)s AND w.partition_key IS NOT NULL
+                           AND w.partition_key > keys.k AND (w.run_at IS NULL OR w.run_at <= now())
+                           AND (NOT keys.wrapped OR w.partition_key <= coalesce(%(cursor)s, ''))
+                         ORDER BY w.partition_key LIMIT 1),
+                       CASE WHEN NOT keys.wrapped THEN
+                           (SELECT w.partition_key FROM {schema}.workflows w
+                             WHERE w.status = 'PENDING' AND w.queue = %(queue)s AND w.partition_key IS NOT NULL
+                               AND w.partition_key <= coalesce(%(cursor)s, '')
+                               AND (w.run_at IS NULL OR w.run_at <= now())
+                             ORDER BY w.partition_key LIMIT 1) END) AS k,
+                   keys.wrapped OR NOT EXISTS (
+                       SELECT 1 FROM {schema}.workflows w
+                        WHERE w.status = 'PENDING' AND w.queue = %(queue)s AND w.partition_key IS NOT NULL
+                          AND w.partition_key > keys.k AND (w.run_at IS NULL OR w.run_at <= now())) AS wrapped
+           ) nxt
+     WHERE keys.k IS NOT NULL AND keys.depth < %(max_partitions)s
+       AND NOT (keys.wrapped AND nxt.k IS NULL)
+), walk AS (
+    SELECT DISTINCT k FROM keys WHERE k IS NOT NULL
+), heads AS (
+    SELECT h.workflow_id, h.partition_key, h.priority, h.created_at,
+           row_number() OVER (PARTITION BY h.partition_key ORDER BY h.priority, h.created_at) AS turn
+      FROM walk CROSS JOIN LATERAL (
             SELECT w.workflow_id, w.partition_key, w.priority, w.created_at FROM {schema}.workflows w
-             WHERE w.status = 'PENDING' AND w.queue = %(queue)s AND w.partition_key = keys.k
+             WHERE w.status = 'PENDING' AND w.queue = %(queue)s AND w.partition_key = walk.k
                AND w.name = ANY(%(names)s) AND (w.run_at IS NULL OR w.run_at <= now())
              ORDER BY w.priority, w.created_at
              LIMIT greatest(0, least(
-                    (SELECT n FROM cap),
+                    %(n)s,
                     coalesce(%(partition_concurrency)s - (SELECT count(*) FROM {schema}.workflows r
-                                                           WHERE r.queue = %(queue)s AND r.partition_key = keys.k
+                                                           WHERE r.queue = %(queue)s AND r.partition_key = walk.k
                                                              AND r.status = 'RUNNING'),
-                             (SELECT n FROM cap))))
-               FOR UPDATE SKIP LOCKED
+                             %(n)s)))
            ) h
-     WHERE keys.k IS NOT NULL
+), chosen AS (
+    SELECT workflow_id FROM heads ORDER BY turn, priority, created_at LIMIT %(n)s
 ), picked AS (
-    SELECT workflow_id FROM heads ORDER BY turn, priority, created_at LIMIT (SELECT n FROM cap)
+    SELECT w.workflow_id, w.partition_key FROM {schema}.workflows w JOIN chosen USING (workflow_id)
+     WHERE w.status = 'PENDING'
+       FOR UPDATE OF w SKIP LOCKED
 )
 UPDATE {schema}.workflows w
    SET status = 'RUNNING', owner = %(owner)s, epoch = w.epoch + 1,
-       lease_expires_at = now() + make_interval(secs => %(lease)s), started_at = coalesce(w.started_at, now())
+       lease_expires_at = now() + make_interval(secs => %(lease)s), started_at = coalesce(w.started_at, now()),
+       claimed_at = now()
   FROM picked
  WHERE w.workflow_id = picked.workflow_id
-RETURNING w.workflow_id, w.name, w.inputs, w.epoch, false
+RETURNING w.workflow_id, w.name, w.inputs, w.epoch, false, w.partition_key
+
+-- name: queue_cursor
+UPDATE {schema}.queues SET last_partition = %(cursor)s WHERE name = %(queue)s
+
+-- name: queue_limited_names
+SELECT name FROM {schema}.queues
+ WHERE concurrency IS NOT NULL OR worker_concurrency IS NOT NULL OR partition_concurrency IS NOT NULL
+    OR rate_count IS NOT NULL OR partitioned
 
 -- name: queue_list
 -- Declared queues and queues with active work: depth, in-flight and limits.
