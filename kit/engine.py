@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from kit import serialization as ser
 from kit.errors import (
+    DatabaseUnavailableError,
     LeaseLostError,
     NonDeterminismError,
     SerializationError,
@@ -63,6 +64,7 @@ class WorkflowContext:
     finishing: bool = False  # the terminal write is under way: the lease ends with it, not lost
     step: StepInfo | None = None  # set while a step body runs
     queue: str | None = None  # the limited queue it was claimed from (its finish frees capacity)
+    sends_in_step: int = 0  # messages sent by the running step attempt (their idempotency keys)
 
     def check_lease(self) -> None:
         if self.lost.is_set():
@@ -160,6 +162,7 @@ def _run_new_step(app: Kit, ctx: WorkflowContext, step_id: int, name: str, fn: C
     while True:
         attempt += 1
         ctx.step = StepInfo(ctx.workflow_id, step_id, name, attempt)
+        ctx.sends_in_step = 0
         try:
             if opts.transactional:
                 base = StepResult(ctx.workflow_id, step_id, name, ctx.epoch, attempts=attempt, started_at=started)
@@ -194,8 +197,8 @@ def _run_new_step(app: Kit, ctx: WorkflowContext, step_id: int, name: str, fn: C
                          ctx.workflow_id, attempt, opts.retries + 1, type(exc).__name__, exc, delay)
                 _pause(ctx, delay)
                 continue
-            if isinstance(exc, StorageError):
-                raise
+            if isinstance(exc, (DatabaseUnavailableError, TransientStorageError)):
+                raise  # the database is away: leave the workflow to be recovered, record nothing
             error = ser.dumps(ser.exception_to_record(exc), what="step error")
             backend.step_record(StepResult(ctx.workflow_id, step_id, name, ctx.epoch, error=error,
                                            attempts=attempt, started_at=started))

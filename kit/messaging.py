@@ -8,7 +8,9 @@ Each operation takes step positions like any step, so replay returns what the fi
 
 from __future__ import annotations
 
+import math
 import time
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from kit import serialization as ser
@@ -21,12 +23,20 @@ if TYPE_CHECKING:
     from kit.engine import WorkflowContext
 
 _MAX_TOPIC = 200
+_MAX_WAIT = 366 * 24 * 3600.0  # a year: longer waits are almost certainly a unit mistake
 
 
 def _check_timeout(name: str, value: float | None) -> float:
-    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise UsageError(f"{name} must be a number of seconds >= 0, got {value!r}")
+    if (value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or not 0 <= value <= _MAX_WAIT):
+        raise UsageError(f"{name} must be a finite number of seconds between 0 and {_MAX_WAIT:g}, got {value!r}")
     return float(value)
+
+
+def _check_key(what: str, key: object) -> str:
+    if not isinstance(key, str) or not key or len(key) > _MAX_TOPIC:
+        raise UsageError(f"{what} must be a non-empty string of at most {_MAX_TOPIC} characters, got {key!r}")
+    return key
 
 
 def _check_topic(topic: str | None) -> str:
@@ -82,15 +92,20 @@ def send(app: Kit, workflow_id: str, message: Any, topic: str | None = None) -> 
         if not app.backend.message_send(workflow_id, topic_, body, sender_key):
             raise WorkflowNotFoundError(f"cannot send to workflow {workflow_id!r}: no such workflow")
 
-    if ctx is None or ctx.step is not None:
-        deliver(None)
+    if ctx is None:
+        deliver(uuid.uuid4().hex)  # one key per call: a retried statement cannot deliver twice
+        return
+    if ctx.step is not None:
+        # In a step body: the n-th send of this step has the same key in every attempt and re-run.
+        ctx.sends_in_step += 1
+        deliver(f"{ctx.step.idempotency_key}:{ctx.sends_in_step}")
         return
 
     def step() -> None:
         info = ctx.step
-        deliver(info.idempotency_key if info else None)
+        deliver(info.idempotency_key if info else uuid.uuid4().hex)
 
-    run_step(app, "send", step, StepOptions(), (), {})
+    run_step(app, f"send:{workflow_id}", step, StepOptions(), (), {})
 
 
 def recv(app: Kit, topic: str | None = None, timeout: float = 60.0) -> Any:
@@ -99,15 +114,16 @@ def recv(app: Kit, topic: str | None = None, timeout: float = 60.0) -> Any:
     timeout = _check_timeout("recv timeout", timeout)
     topic_ = _check_topic(topic)
     ctx = _workflow_ctx("recv()")
+    name = f"recv:{topic_}"
     deadline = _recorded_deadline(app, ctx, "recv.deadline", timeout)
-    step_id, rec = replay_or_reserve(ctx, "recv")
+    step_id, rec = replay_or_reserve(ctx, name)
     if rec is not None:
         return ser.loads(rec.output, what="received message")
     started = utc_now()
     backend = app.backend
     with app.runtime.notifier.watch("m:" + ctx.workflow_id) as watch:
         while True:
-            step = StepResult(ctx.workflow_id, step_id, "recv", ctx.epoch, started_at=started)
+            step = StepResult(ctx.workflow_id, step_id, name, ctx.epoch, started_at=started)
             try:
                 got = backend.message_receive(step, topic_)
             except LeaseLostError:
@@ -121,7 +137,7 @@ def recv(app: Kit, topic: str | None = None, timeout: float = 60.0) -> Any:
             watch.wait(left)
             ctx.check_lease()
     try:
-        record = backend.step_record(StepResult(ctx.workflow_id, step_id, "recv", ctx.epoch, output="null",
+        record = backend.step_record(StepResult(ctx.workflow_id, step_id, name, ctx.epoch, output="null",
                                                 started_at=started))
     except LeaseLostError:
         ctx.lost.set()
@@ -132,8 +148,7 @@ def recv(app: Kit, topic: str | None = None, timeout: float = 60.0) -> Any:
 def set_event(app: Kit, key: str, value: Any) -> None:
     """Publish ``value`` under ``key`` for this workflow; readers see the latest value set by a
     committed step."""
-    if not isinstance(key, str) or not key or len(key) > _MAX_TOPIC:
-        raise UsageError(f"event key must be a non-empty string of at most {_MAX_TOPIC} characters, got {key!r}")
+    _check_key("event key", key)
     text = ser.dumps(value, what=f"event {key!r}")
     ctx = _workflow_ctx("set_event()")
     step_id, rec = replay_or_reserve(ctx, f"set_event:{key}")
@@ -153,6 +168,7 @@ def get_event(app: Kit, workflow_id: str, key: str, timeout: float = 60.0) -> An
     from kit.app import validate_workflow_id
 
     validate_workflow_id(workflow_id)
+    _check_key("event key", key)
     timeout = _check_timeout("get_event timeout", timeout)
 
     def read() -> Any:
@@ -170,4 +186,4 @@ def get_event(app: Kit, workflow_id: str, key: str, timeout: float = 60.0) -> An
     ctx = current_context()
     if ctx is None or ctx.step is not None:
         return read()
-    return run_step(app, f"get_event:{key}", read, StepOptions(), (), {})
+    return run_step(app, f"get_event:{workflow_id}:{key}", read, StepOptions(), (), {})

@@ -1,10 +1,12 @@
 """One listener per process, many waiters: database notifications dispatched to whoever waits.
 
 The claim loop waits for ``q:`` (work was enqueued or released), ``recv`` for ``m:<workflow id>``,
-``get_event`` for ``e:<workflow id>``, ``read_stream`` for ``s:<workflow id>``. A waiter takes a :class:`Watch` *before* it checks the database and
-waits on it after, so a notification sent between the check and the wait is never missed. Without
-notifications (or while the listener reconnects) a wait simply ends after ``poll`` seconds and the
-caller checks again: notifications only make things faster, never correct.
+``get_event`` for ``e:<workflow id>``, ``read_stream`` for ``s:<workflow id>``. A waiter takes a
+:class:`Watch` *before* it checks the database and waits on it after, so a notification sent between the
+check and the wait is never missed. Only the watches of the notified key are woken. When the listener
+(re)connects, notifications may have been missed meanwhile, so every watch is woken once to re-check.
+Without notifications a wait simply ends after ``poll`` seconds and the caller checks again:
+notifications only make things faster, never correct.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("kit.notifier")
 
 ANY_QUEUE = "q:*"
+RECONNECTED = "*"  # payload a backend returns from notify_wait after (re)establishing its LISTEN
 
 
 class Watch:
@@ -29,32 +32,30 @@ class Watch:
     def __init__(self, notifier: Notifier, key: str) -> None:
         self._n = notifier
         self.key = key
-        with notifier._cond:
-            notifier._watchers[key] += 1
-            self._seen = notifier._gen[key]
+        self._event = threading.Event()
+        with notifier._lock:
+            notifier._watches[key].add(self)
 
     def wait(self, timeout: float) -> bool:
-        n = self._n
-        with n._cond:
-            got = n._cond.wait_for(lambda: n._gen[self.key] != self._seen, timeout=max(0.0, min(timeout, n.poll)))
-            self._seen = n._gen[self.key]
-            return got
+        """Wait up to ``timeout`` (at most the poll period) for a notification of this key."""
+        got = self._event.wait(max(0.0, min(timeout, self._n.poll)))
+        self._event.clear()
+        return got
 
     def fired(self) -> bool:
         """Non-blocking: did a notification for the key arrive since the last wait/fired call?"""
-        n = self._n
-        with n._cond:
-            changed = n._gen[self.key] != self._seen
-            self._seen = n._gen[self.key]
-            return changed
+        got = self._event.is_set()
+        self._event.clear()
+        return got
 
     def close(self) -> None:
         n = self._n
-        with n._cond:
-            n._watchers[self.key] -= 1
-            if n._watchers[self.key] <= 0:
-                n._watchers.pop(self.key, None)
-                n._gen.pop(self.key, None)
+        with n._lock:
+            watches = n._watches.get(self.key)
+            if watches is not None:
+                watches.discard(self)
+                if not watches:
+                    n._watches.pop(self.key, None)
 
     def __enter__(self) -> Watch:
         return self
@@ -70,19 +71,21 @@ class Notifier:
         self.backend = backend
         self.poll = poll
         self.enabled = enabled and backend.capabilities.listen_notify
-        self._cond = threading.Condition()
-        self._gen: dict[str, int] = defaultdict(int)
-        self._watchers: dict[str, int] = defaultdict(int)
+        self._lock = threading.Lock()
+        self._watches: dict[str, set[Watch]] = defaultdict(set)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._listening = threading.Event()
 
     def start(self) -> None:
-        """Start listening; returns once the LISTEN is in place (or after a short bound)."""
-        if not self.enabled or (self._thread is not None and self._thread.is_alive()):
+        """Start listening (once); returns when the LISTEN is in place (or after a short bound)."""
+        if not self.enabled or self._stop.is_set():
             return
-        self._thread = threading.Thread(target=self._loop, name="kit-notifier", daemon=True)
-        self._thread.start()
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._thread = threading.Thread(target=self._loop, name="kit-notifier", daemon=True)
+            self._thread.start()
         self._listening.wait(timeout=5)
 
     def watch(self, key: str) -> Watch:
@@ -91,13 +94,19 @@ class Notifier:
 
     def poke(self, key: str) -> None:
         """Wake the watchers of ``key`` from inside this process (e.g. a slot was freed)."""
-        with self._cond:
-            if key in self._watchers:
-                self._gen[key] += 1
-                self._cond.notify_all()
+        self._wake([key])
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _wake(self, keys: list[str]) -> None:
+        with self._lock:
+            if RECONNECTED in keys:
+                targets = [w for ws in self._watches.values() for w in ws]
+            else:
+                targets = [w for key in keys for w in self._watches.get(key, ())]
+        for w in targets:
+            w._event.set()
 
     def _loop(self) -> None:
         channel = self.backend.wake_channel
@@ -106,15 +115,14 @@ class Notifier:
                 payloads = self.backend.notify_wait([channel], 0.0 if not self._listening.is_set() else 1.0)
             except Exception as exc:  # noqa: BLE001 - the listener must survive anything; waiters poll
                 log.debug("listener error: %s", exc)
-                payloads = []
+                payloads = [RECONNECTED]
                 self._stop.wait(0.5)
             self._listening.set()
             if not payloads:
                 continue
-            with self._cond:
-                for payload in payloads:
-                    keys = [payload, ANY_QUEUE] if payload.startswith("q:") else [payload]
-                    for key in keys:
-                        if key in self._watchers:
-                            self._gen[key] += 1
-                self._cond.notify_all()
+            keys: list[str] = []
+            for payload in payloads:
+                keys.append(payload)
+                if payload.startswith("q:"):
+                    keys.append(ANY_QUEUE)
+            self._wake(keys)

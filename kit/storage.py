@@ -406,8 +406,9 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def notify_wait(self, channels: Sequence[str], timeout: float) -> list[str]:
-        """Block until a notification on one of ``channels`` or ``timeout``; returns payloads. Backends
-        without notifications sleep ``timeout`` and return []."""
+        """Block until a notification on one of ``channels`` or ``timeout``; returns payloads. After
+        (re)establishing its listener it returns ``["*"]`` at once (notifications sent meanwhile were
+        missed: waiters must re-check). Backends without notifications sleep ``timeout`` and return []."""
 
     @abc.abstractmethod
     def notify(self, channel: str, payload: str = "") -> None:

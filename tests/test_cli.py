@@ -260,7 +260,7 @@ def test_workflow_show_lists_messages_events_and_streams(pg_url: str, schema: st
 
     shown = json.loads(assert_ok(run_kit("workflow", "show", "chatty-1", "--json", *db_args)))
     assert shown["workflow"]["status"] == "SUCCESS" and shown["children"] == []
-    recv_step = next(s["step_id"] for s in shown["steps"] if s["name"] == "recv")
+    recv_step = next(s["step_id"] for s in shown["steps"] if s["name"].startswith("recv:"))
     messages = shown["messages"]
     assert [(m["topic"], json.loads(m["body"]), m["consumed_step"]) for m in messages] == [
         ("orders", {"n": 1}, recv_step), ("orders", "too late", None)]

@@ -36,7 +36,8 @@ def test_send_recv_by_topic_in_order_with_durable_timeout(apps):  # noqa: F811
     app.send(wid, "a", topic="audit")
     assert handle.result(timeout=30) == [{"n": 1}, {"n": 2}, "a", None]
     names = [s.name for s in app.backend.step_list(wid)]
-    assert names == ["recv.deadline", "recv"] * 4
+    assert names == ["recv.deadline", "recv:orders", "recv.deadline", "recv:orders",
+                     "recv.deadline", "recv:audit", "recv.deadline", "recv:orders"]
 
 
 def test_bad_messaging_input_is_a_clear_error_and_writes_nothing(apps):  # noqa: F811
@@ -142,7 +143,7 @@ def test_messages_are_consumed_exactly_once_across_a_crash(apps):  # noqa: F811
     consumed = apps.sql(f"SELECT count(*), count(DISTINCT consumed_step) FROM {apps.schema}.messages "
                         "WHERE consumed_at IS NOT NULL")
     assert consumed == [(count, count)]  # each message consumed by exactly one recv step
-    recv_steps = apps.sql(f"SELECT count(*) FROM {apps.schema}.steps WHERE workflow_id = %s AND name = 'recv'",
+    recv_steps = apps.sql(f"SELECT count(*) FROM {apps.schema}.steps WHERE workflow_id = %s AND name = 'recv:stream'",
                           (wid,))
     assert recv_steps == [(count,)]
 
@@ -217,4 +218,100 @@ def test_get_event_in_workflow_code_is_checkpointed(apps):  # noqa: F811
     pid, rid = _wid(), _wid()
     app.start(publisher, workflow_id=pid).result(timeout=30)
     assert app.start(reader, pid, workflow_id=rid).result(timeout=30) == 42
-    assert [(s.name, s.output) for s in app.backend.step_list(rid)] == [("get_event:answer", "42")]
+    assert [(s.name, s.output) for s in app.backend.step_list(rid)] == [(f"get_event:{pid}:answer", "42")]
+
+
+SLOW_POLL = {"poll_seconds": 30.0}  # any wait that ends in time was ended by a notification
+
+
+def test_recv_is_woken_by_notification_not_by_polling(apps):  # noqa: F811
+    app = apps(**SLOW_POLL)
+
+    @app.workflow(name="notif.wait")
+    def wait():
+        return app.recv(timeout=120)
+
+    wid = _wid()
+    h = app.start(wait, workflow_id=wid)
+    _until(lambda: [s for s in app.backend.step_list(wid) if s.name == "recv.deadline"])
+    time.sleep(0.2)  # it is waiting now
+    app.send(wid, "ping")
+    assert h.result(timeout=10) == "ping"  # long before the 30 s poll
+
+
+def test_waiters_recheck_after_the_listener_reconnects(apps):  # noqa: F811
+    import psycopg
+
+    app = apps(**SLOW_POLL)
+
+    @app.workflow(name="notif.reconnect")
+    def wait():
+        return app.recv(timeout=120)
+
+    wid = _wid()
+    h = app.start(wait, workflow_id=wid)
+    _until(lambda: [s for s in app.backend.step_list(wid) if s.name == "recv.deadline"])
+    with psycopg.connect(apps.url, autocommit=True) as admin:  # cut the LISTEN connection
+        killed = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                               "WHERE query ILIKE 'LISTEN%%' AND pid <> pg_backend_pid()").fetchall()
+    assert killed
+    # A message sent while the listener is away is found once it is back, not after the 30 s poll.
+    app.send(wid, "after the cut")
+    assert h.result(timeout=15) == "after the cut"
+
+
+def test_sends_from_a_step_body_are_idempotent_across_retries(apps):  # noqa: F811
+    app = apps()
+    attempts = Counter()
+
+    @app.workflow(name="notif.inbox")
+    def inbox():
+        return [app.recv(timeout=30), app.recv(timeout=0.2)]
+
+    target = _wid()
+    h = app.start(inbox, workflow_id=target)
+
+    @app.step(name="notif.flaky_sender", retries=2, initial_delay=0.01)
+    def flaky_sender():
+        attempts["n"] += 1
+        app.send(target, "exactly once")
+        if attempts["n"] < 3:
+            raise RuntimeError("fails after sending")
+
+    @app.workflow(name="notif.sender")
+    def sender():
+        flaky_sender()
+
+    app.start(sender, workflow_id=_wid()).result(timeout=30)
+    assert attempts["n"] == 3
+    assert h.result(timeout=30) == ["exactly once", None]
+    assert apps.sql(f"SELECT count(*) FROM {apps.schema}.messages")[0][0] == 1
+
+
+def test_non_finite_waits_and_bad_event_keys_are_rejected(apps):  # noqa: F811
+    app = apps()
+
+    @app.workflow(name="notif.any")
+    def anything():
+        return 1
+
+    wid = _wid()
+    app.start(anything, workflow_id=wid).result(timeout=30)
+    for bad in (float("nan"), float("inf"), -1, 10**12):
+        with pytest.raises(kit.UsageError):
+            app.sleep(bad)
+        with pytest.raises(kit.UsageError):
+            app.get_event(wid, "k", timeout=bad)
+    for key in (123, None, "", "k" * 201):
+        with pytest.raises(kit.UsageError):
+            app.get_event(wid, key, timeout=0)
+
+
+def _until(predicate, timeout: float = 20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError("condition not reached")

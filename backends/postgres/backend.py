@@ -715,11 +715,17 @@ class PostgresBackend(Backend):
                     conn = psycopg.connect(self.url, **self._conn_kwargs())
                     self._listen_conn = conn
                     self._listening = set()
-                for ch in channels:
-                    if ch not in self._listening:
-                        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(ch)))
-                        self._listening.add(ch)
-                return [n.payload for n in conn.notifies(timeout=timeout, stop_after=1)]
+                fresh = [ch for ch in channels if ch not in self._listening]
+                for ch in fresh:
+                    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(ch)))
+                    self._listening.add(ch)
+                if fresh:
+                    # Notifications sent before this LISTEN were missed: tell waiters to re-check.
+                    return ["*"]
+                got = [n.payload for n in conn.notifies(timeout=timeout, stop_after=1)]
+                if got:  # drain whatever else is already queued, in the same call
+                    got += [n.payload for n in conn.notifies(timeout=0.001)]
+                return got
             except psycopg.Error as exc:
                 log.debug("listen connection lost: %s", _scrub(str(exc), self.url))
                 if self._listen_conn is not None:
@@ -788,7 +794,7 @@ class PostgresBackend(Backend):
     # -- messages and events ---------------------------------------------------------------------------
     def message_send(self, workflow_id: str, topic: str, body: str, sender_key: str | None = None) -> bool:
         params = {"workflow_id": workflow_id, "topic": topic, "body": body, "sender_key": sender_key,
-                  "channel": self.wake_channel}
+                  "channel": self.wake_channel if self.use_notify else None}
         exists, _inserted, _ = self._run(lambda c: c.execute(self._q["message_send"], params).fetchone())
         return bool(exists)
 
@@ -810,13 +816,20 @@ class PostgresBackend(Backend):
                     if existing is not None:
                         return _step(existing)
                     return body(conn)
-            except psycopg.errors.UniqueViolation:
+            except psycopg.errors.UniqueViolation as exc:
+                if exc.diag.constraint_name != "steps_pkey":
+                    raise TransientStorageError(f"concurrent write: {exc.diag.constraint_name}") from exc
                 # The same step committed concurrently (the unique key caught it; ours rolled back).
                 return _step(conn.execute(self._q["step_get"], key).fetchone())
 
         return self._run(run)
 
     def message_receive(self, step: StepResult, topic: str) -> StepRecord | None:
+        waiting = self._run(lambda c: c.execute(self._q["message_waiting"],
+                                                {"workflow_id": step.workflow_id, "topic": topic}).fetchone()[0])
+        if not waiting:  # nothing to take: no transaction, no locks (a waiting recv re-checks often)
+            return None
+
         def take(conn: psycopg.Connection) -> StepRecord | None:
             row = conn.execute(self._q["message_take"], {"workflow_id": step.workflow_id, "topic": topic,
                                                          "step_id": step.step_id}).fetchone()
@@ -833,7 +846,8 @@ class PostgresBackend(Backend):
             conn.execute(self._q["event_upsert"], {"workflow_id": step.workflow_id, "key": key,
                                                    "value": step.output, "step_id": step.step_id})
             finished = conn.execute(self._q["step_insert"], _step_params(step)).fetchone()[0]
-            conn.execute(self._q["notify"], {"channel": self.wake_channel, "payload": "e:" + step.workflow_id})
+            if self.use_notify:
+                conn.execute(self._q["notify"], {"channel": self.wake_channel, "payload": "e:" + step.workflow_id})
             return _recorded(step, finished)
 
         record = self._fenced_transaction(step, upsert)

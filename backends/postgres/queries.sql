@@ -319,7 +319,8 @@ WITH ins AS (
     RETURNING message_id
 )
 SELECT EXISTS (SELECT 1 FROM {schema}.workflows WHERE workflow_id = %(workflow_id)s),
-       (SELECT count(*) FROM ins), pg_notify(%(channel)s, 'm:' || %(workflow_id)s)
+       (SELECT count(*) FROM ins),
+       (SELECT pg_notify(%(channel)s, 'm:' || %(workflow_id)s) WHERE %(channel)s::text IS NOT NULL)
 
 -- name: workflow_fence
 -- Inside a transaction: hold the workflow row against a concurrent claim while our epoch owns it.
@@ -577,3 +578,8 @@ SELECT key, count(*) FILTER (WHERE NOT closed), bool_or(closed), max(created_at)
  GROUP BY key
  ORDER BY key
  LIMIT %(limit)s
+
+-- name: message_waiting
+-- Cheap, lock-free check before a receive transaction: is anything there to take?
+SELECT EXISTS (SELECT 1 FROM {schema}.messages
+                WHERE workflow_id = %(workflow_id)s AND topic = %(topic)s AND consumed_at IS NULL)
