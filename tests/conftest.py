@@ -121,3 +121,15 @@ def schema(request):
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
     except Exception:
         pass
+
+
+@pytest.fixture
+def backend(pg_url: str, schema: str):
+    """An opened, migrated PostgreSQL backend on the test's schema (closed after the test)."""
+    from kit.backends.postgres import PostgresBackend
+
+    b = PostgresBackend(pg_url, schema=schema, pool_size=2, retry_seconds=5)
+    b.open()
+    b.migrate()
+    yield b
+    b.close()

@@ -187,13 +187,6 @@ def test_render_empty_system():
 
 
 # -- a frame from a seeded database --------------------------------------------------------------------
-@pytest.fixture
-def backend(pg_url: str, schema: str):
-    b = PostgresBackend(pg_url, schema=schema, pool_size=2, retry_seconds=5)
-    b.open()
-    b.migrate()
-    yield b
-    b.close()
 
 
 def test_frame_from_a_seeded_database(backend, pg_url, schema):

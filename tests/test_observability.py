@@ -191,13 +191,6 @@ def test_monitor_load_on_100k_workflows(seeded, capsys):
 
 
 # -- views on a small, exactly known store -------------------------------------------------------------
-@pytest.fixture
-def backend(pg_url: str, schema: str):
-    b = PostgresBackend(pg_url, schema=schema, pool_size=2, retry_seconds=5)
-    b.open()
-    b.migrate()
-    yield b
-    b.close()
 
 
 def test_views_expose_documented_columns(backend, pg_url, schema):
