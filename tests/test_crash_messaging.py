@@ -35,10 +35,20 @@ def test_sigkill_with_messages_and_timers_in_flight(pg_url, schema, tmp_path):
         h = client.enqueue("messaging_app.consume", count, 0.1, workflow_id="consumer")
         procs.append(_spawn(env, tmp_path / "a.log"))
         kills = 0
+        owners: list[str] = []
         for i in range(count):
             client.send("consumer", i, topic="in")
             time.sleep(0.08)
             if i in (5, 11):  # kill whoever runs it, mid-stream; a fresh worker takes over after the lease
+                # Only once the newest worker holds the workflow (start-up can be slow on a busy machine).
+                deadline = time.monotonic() + 60
+                while True:
+                    owner = client.backend.workflow_get("consumer").owner
+                    if owner and owner not in owners:
+                        owners.append(owner)
+                        break
+                    assert time.monotonic() < deadline, "no new worker took the workflow over"
+                    time.sleep(0.05)
                 victim = procs[-1]
                 victim.send_signal(signal.SIGKILL)
                 victim.wait(10)

@@ -825,8 +825,8 @@ class PostgresBackend(Backend):
         return self._run(run)
 
     def message_receive(self, step: StepResult, topic: str) -> StepRecord | None:
-        waiting = self._run(lambda c: c.execute(self._q["message_waiting"],
-                                                {"workflow_id": step.workflow_id, "topic": topic}).fetchone()[0])
+        waiting = self._run(lambda c: c.execute(self._q["message_waiting"], {
+            "workflow_id": step.workflow_id, "topic": topic, "step_id": step.step_id}).fetchone()[0])
         if not waiting:  # nothing to take: no transaction, no locks (a waiting recv re-checks often)
             return None
 

@@ -580,6 +580,8 @@ SELECT key, count(*) FILTER (WHERE NOT closed), bool_or(closed), max(created_at)
  LIMIT %(limit)s
 
 -- name: message_waiting
--- Cheap, lock-free check before a receive transaction: is anything there to take?
+-- Cheap, lock-free check before a receive transaction: is there a message to take, or is the step
+-- already recorded (then the transaction returns it)?
 SELECT EXISTS (SELECT 1 FROM {schema}.messages
                 WHERE workflow_id = %(workflow_id)s AND topic = %(topic)s AND consumed_at IS NULL)
+    OR EXISTS (SELECT 1 FROM {schema}.steps WHERE workflow_id = %(workflow_id)s AND step_id = %(step_id)s)
