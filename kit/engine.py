@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -259,7 +258,3 @@ def execute(app: Kit, ctx: WorkflowContext, fn: Callable[..., Any], args: tuple,
         return Outcome(None)
     return Outcome(status, output, error)
 
-
-def wait_monotonic(deadline: float | None) -> float | None:
-    """Seconds left until ``deadline`` (monotonic), or None for no deadline."""
-    return None if deadline is None else max(0.0, deadline - time.monotonic())

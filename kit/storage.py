@@ -15,7 +15,7 @@ import abc
 import enum
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -103,8 +103,6 @@ class Claim:
     inputs: str
     epoch: int
     recovery: bool  # True when it was taken from an expired lease (it ran somewhere before)
-    steps: tuple[StepRecord, ...] = ()  # recorded checkpoints, when the backend loads them with the claim
-    steps_loaded: bool = False
     queue: str | None = None
 
 
@@ -560,6 +558,7 @@ class StreamInfo:
     closed: bool
     last_write_at: datetime | None = None
 
+
 def iter_backend_names() -> Iterator[str]:
     """Names of installed backends (entry-point group ``kit.backends``)."""
     from importlib.metadata import entry_points
@@ -567,11 +566,3 @@ def iter_backend_names() -> Iterator[str]:
     for ep in entry_points(group="kit.backends"):
         yield ep.name
 
-
-@dataclass
-class BackendSpec:
-    """A resolved backend choice: the class to build and the URL it connects to."""
-
-    name: str
-    url: str
-    options: dict[str, Any] = field(default_factory=dict)
