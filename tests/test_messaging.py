@@ -251,10 +251,11 @@ def test_waiters_recheck_after_the_listener_reconnects(apps):  # noqa: F811
     wid = _wid()
     h = app.start(wait, workflow_id=wid)
     _until(lambda: [s for s in app.backend.step_list(wid) if s.name == "recv.deadline"])
-    with psycopg.connect(apps.url, autocommit=True) as admin:  # cut the LISTEN connection
-        killed = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                               "WHERE query ILIKE 'LISTEN%%' AND pid <> pg_backend_pid()").fetchall()
-    assert killed
+    with psycopg.connect(apps.url, autocommit=True) as admin:  # cut the LISTEN connection, once it exists
+        listen = "SELECT pid FROM pg_stat_activity WHERE query ILIKE 'LISTEN%%' AND pid <> pg_backend_pid()"
+        pids = _until(lambda: admin.execute(listen).fetchall())
+        for (pid,) in pids:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
     # A message sent while the listener is away is found once it is back, not after the 30 s poll.
     app.send(wid, "after the cut")
     assert h.result(timeout=15) == "after the cut"
