@@ -406,39 +406,36 @@ def cmd_workflow_show(args: argparse.Namespace) -> int:
 
 
 def _print_messages_events_streams(console: Any, messages: list, events: list, streams: list) -> None:
-    from rich.table import Table
     from rich.text import Text  # user data is never read as markup
 
-    if messages:
-        waiting = sum(1 for m in messages if m.consumed_at is None)
-        table = Table(title=f"messages received ({len(messages)}, {waiting} still waiting)")
-        for col in ("#", "topic", "created (UTC)", "consumed by step", "body"):
-            table.add_column(col, overflow="fold")
-        for m in messages:
-            consumed = str(m.consumed_step) if m.consumed_at is not None else "waiting"
-            table.add_row(str(m.message_id), Text(m.topic or "(none)"), _fmt_time(m.created_at), consumed,
-                          Text(_short(m.body, 70)))
-        console.print(table)
-    else:
-        console.print("messages: none")
-    if events:
-        table = Table(title=f"events ({len(events)})")
-        for col in ("key", "value", "set by step", "updated (UTC)"):
-            table.add_column(col, overflow="fold")
-        for e in events:
-            table.add_row(Text(e.key), Text(_short(e.value, 70)), str(e.step_id), _fmt_time(e.updated_at))
-        console.print(table)
-    else:
-        console.print("events: none")
-    if streams:
-        table = Table(title=f"streams ({len(streams)})")
-        for col in ("key", "elements", "closed", "last write (UTC)"):
-            table.add_column(col, overflow="fold")
-        for s in streams:
-            table.add_row(Text(s.key), str(s.count), "closed" if s.closed else "open", _fmt_time(s.last_write_at))
-        console.print(table)
-    else:
-        console.print("streams: none")
+    waiting = sum(1 for m in messages if m.consumed_at is None)
+    _print_table(console, "messages", f"messages received ({len(messages)}, {waiting} still waiting)",
+                 ("#", "topic", "created (UTC)", "consumed by step", "body"),
+                 [(str(m.message_id), Text(m.topic or "(none)"), _fmt_time(m.created_at),
+                   str(m.consumed_step) if m.consumed_at is not None else "waiting", Text(_short(m.body, 70)))
+                  for m in messages])
+    _print_table(console, "events", f"events ({len(events)})", ("key", "value", "set by step", "updated (UTC)"),
+                 [(Text(e.key), Text(_short(e.value, 70)), str(e.step_id), _fmt_time(e.updated_at))
+                  for e in events])
+    _print_table(console, "streams", f"streams ({len(streams)})",
+                 ("key", "elements", "closed", "last write (UTC)"),
+                 [(Text(st.key), str(st.count), "closed" if st.closed else "open", _fmt_time(st.last_write_at))
+                  for st in streams])
+
+
+def _print_table(console: Any, what: str, title: str, columns: Sequence[str], rows: list[tuple]) -> None:
+    """A rich table of ``rows``, or "<what>: none" when there are none."""
+    from rich.table import Table
+
+    if not rows:
+        console.print(f"{what}: none")
+        return
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
