@@ -8,6 +8,7 @@ import uuid
 from collections import Counter
 
 import pytest
+from conformance.helpers import wait_for
 from test_engine import FAST, apps, crash  # noqa: F401 - fixtures and helpers
 
 import kit
@@ -233,7 +234,7 @@ def test_recv_is_woken_by_notification_not_by_polling(apps):  # noqa: F811
 
     wid = _wid()
     h = app.start(wait, workflow_id=wid)
-    _until(lambda: [s for s in app.backend.step_list(wid) if s.name == "recv.deadline"])
+    wait_for(lambda: [s for s in app.backend.step_list(wid) if s.name == "recv.deadline"])
     time.sleep(0.2)  # it is waiting now
     app.send(wid, "ping")
     assert h.result(timeout=10) == "ping"  # long before the 30 s poll
@@ -250,10 +251,10 @@ def test_waiters_recheck_after_the_listener_reconnects(apps):  # noqa: F811
 
     wid = _wid()
     h = app.start(wait, workflow_id=wid)
-    _until(lambda: [s for s in app.backend.step_list(wid) if s.name == "recv.deadline"])
+    wait_for(lambda: [s for s in app.backend.step_list(wid) if s.name == "recv.deadline"])
     with psycopg.connect(apps.url, autocommit=True) as admin:  # cut the LISTEN connection, once it exists
         listen = "SELECT pid FROM pg_stat_activity WHERE query ILIKE 'LISTEN%%' AND pid <> pg_backend_pid()"
-        pids = _until(lambda: admin.execute(listen).fetchall())
+        pids = wait_for(lambda: admin.execute(listen).fetchall())
         for (pid,) in pids:
             admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
     # A message sent while the listener is away is found once it is back, not after the 30 s poll.
@@ -307,12 +308,3 @@ def test_non_finite_waits_and_bad_event_keys_are_rejected(apps):  # noqa: F811
         with pytest.raises(kit.UsageError):
             app.get_event(wid, key, timeout=0)
 
-
-def _until(predicate, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError("condition not reached")

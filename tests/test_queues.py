@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from conformance.helpers import wait_for
 from test_engine import apps  # noqa: F401 - fixture
 
 import kit
@@ -23,14 +24,6 @@ REPO = Path(__file__).resolve().parents[1]
 FAST = {"lease_seconds": 5.0, "heartbeat_seconds": 0.5, "poll_seconds": 0.1}
 
 
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Workers:
@@ -99,7 +92,7 @@ def test_global_concurrency_holds_across_worker_processes(pg_url, schema, worker
         # Four processes of one slot each: 4 slots against a limit of 3, so reaching 3 at once takes
         # three processes and exceeding it would take a fourth.
         workers.start(4, concurrency=1)
-        _wait(lambda: len([w for w in client.backend.worker_list()]) >= 4, 60, "four workers to heartbeat")
+        wait_for(lambda: len(client.backend.worker_list()) >= 4, timeout=60, what="four workers to heartbeat")
         handles = [q.enqueue("queue_app.job", 0.15) for _ in range(24)]
         pids = {h.result(timeout=120) for h in handles}
     finally:
