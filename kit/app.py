@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from kit import serialization as ser
+from kit.clock import SYSTEM_CLOCK, Clock
 from kit.config import Config, check_url, load_config, redact_url
 from kit.engine import Outcome, StepOptions, WorkflowContext, current_context, run_step
 from kit.errors import (
@@ -168,9 +169,11 @@ class Kit:
         call_timeout: float | None = None,
         notify: bool | None = None,
         config_file: str | None = None,
+        clock: Clock | None = None,
     ) -> None:
-        overrides = {k: v for k, v in locals().items() if k not in ("self", "config_file")}
+        overrides = {k: v for k, v in locals().items() if k not in ("self", "config_file", "clock")}
         self.config: Config = load_config(overrides, config_file=config_file)
+        self.clock: Clock = clock or SYSTEM_CLOCK  # workflow time: sleeps, timeouts, deadlines, cron ticks
         self._workflows: dict[str, WorkflowDef] = {}
         self._backend: Backend | None = None
         self._open_lock = threading.Lock()

@@ -56,11 +56,12 @@ def _workflow_ctx(operation: str) -> WorkflowContext:
 
 def _recorded_deadline(app: Kit, ctx: WorkflowContext, name: str, seconds: float) -> float:
     """Record (or replay) an absolute deadline as a step; returns it as a UNIX time."""
-    return run_step(app, name, lambda: time.time() + seconds, StepOptions(), (), {})
+    return run_step(app, name, lambda: app.clock.time() + seconds, StepOptions(), (), {})
 
 
-def _pause(ctx: WorkflowContext, seconds: float) -> None:
-    if seconds > 0 and ctx.lost.wait(seconds):
+def _pause(app: Kit, ctx: WorkflowContext, until: float) -> None:
+    """Wait until the UNIX time ``until`` on the app's clock, abandoning at once if the lease is lost."""
+    if app.clock.wait_until(ctx.lost, until):
         ctx.check_lease()
 
 
@@ -70,10 +71,10 @@ def sleep(app: Kit, seconds: float) -> None:
     seconds = _check_timeout("sleep seconds", seconds)
     ctx = current_context()
     if ctx is None or ctx.step is not None:
-        time.sleep(seconds)
+        app.clock.wait(None, seconds)
         return
     wake_at = _recorded_deadline(app, ctx, "sleep", seconds)
-    _pause(ctx, wake_at - time.time())
+    _pause(app, ctx, wake_at)
 
 
 def send(app: Kit, workflow_id: str, message: Any, topic: str | None = None) -> None:
