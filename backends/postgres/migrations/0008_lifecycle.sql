@@ -6,8 +6,8 @@ ALTER TABLE {schema}.workflows
     ADD COLUMN deadline_at timestamptz,
     ADD COLUMN forked_from text;
 
--- Retention (kit gc) deletes a finished workflow's messages with it: reach them by workflow id.
-CREATE INDEX messages_workflow_idx ON {schema}.messages (workflow_id);
+-- Retention (kit gc) finds old finished workflows by workflows_finished_idx and deletes their steps,
+-- messages, events and streams through those tables' primary keys (all lead with workflow_id).
 
 -- Pending work per application version (kit workflows list --version, stranded-work warnings).
 CREATE INDEX workflows_version_active_idx ON {schema}.workflows (app_version, status)
