@@ -1,0 +1,565 @@
+"""The lab's invariant checker: G1-G9 from the database and the side-effect ledger.
+
+:func:`evaluate` is a pure function over a :class:`History` (plain data: workflow rows, checkpoint rows,
+application-table rows, messages, ledger entries and acknowledged checkpoints), so it can be tested on
+hand-made histories. :func:`check` loads a History from a lab schema and ledger directory and evaluates it.
+
+How each guarantee is decided (``E`` is the epoch recorded on a step's checkpoint row):
+
+- G1: one row (one terminal status) per workflow id; a finished workflow's result is the expected one.
+- G2: no execution of a checkpointed step in an epoch newer than ``E`` (a newer owner replays it), and no
+  ordinary step executed twice by the same owner in the same epoch and attempt.
+- G3: every execution beyond the checkpointed one is inside the crash window: it belongs to an older
+  epoch than ``E`` (its owner died or lost its lease, and its checkpoint never committed), or it is a
+  transactional step re-run by the same owner after its transaction rolled back. Counted as duplicates.
+  An older execution whose checkpoint was *acknowledged* is a lost acknowledgement instead (G9).
+- G4: every checkpoint of a transactional step has exactly one application row, of the same epoch; no
+  application row lacks its checkpoint.
+- G5: every expected workflow exists and ended in SUCCESS.
+- G6: no checkpoint and no acknowledgement from a superseded epoch after the newer epoch's first
+  ledger entry (the takeover); checkpoint epochs never go backwards along a workflow's steps.
+- G7: the maximum overlap of the limited step's begin/end intervals never exceeds the queue limit; an
+  interval ends at its end mark or at the workflow's next epoch's first entry, whichever comes first
+  (a superseded owner holds no slot).
+- G8: each message is recorded by at most one ``recv`` checkpoint and consumed by the workflow it was
+  sent to; the ledger shows no message handled at two step positions.
+- G9: acknowledged checkpoints (ledger ``ack`` entries) missing from the database, or replaced by a newer
+  epoch's checkpoint, are lost acknowledgements: a failure under synchronous replication, reported under
+  asynchronous replication.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+PASS, FAIL, NA = "pass", "fail", "n-a"
+GUARANTEES = ("G1", "G2", "G3", "G4", "G5", "G6", "G7", "G8", "G9")
+MAX_EXAMPLES = 5
+
+
+@dataclass(frozen=True)
+class WorkflowRow:
+    """One row of the workflows table."""
+
+    workflow_id: str
+    status: str
+    epoch: int = 1
+    name: str = ""
+    output: Any = None  # decoded JSON output (None when not SUCCESS)
+    recoveries: int = 0
+
+
+@dataclass(frozen=True)
+class StepRow:
+    """One checkpoint: ``finished_at`` is its commit time as UNIX seconds (None when unknown)."""
+
+    workflow_id: str
+    step_id: int
+    name: str
+    epoch: int
+    finished_at: float | None = None
+    output: Any = None  # decoded JSON output
+
+
+@dataclass(frozen=True)
+class AppRow:
+    """A row the transactional step wrote to the application table."""
+
+    workflow_id: str
+    step_id: int
+    epoch: int
+
+
+@dataclass(frozen=True)
+class MessageRow:
+    """A message in the messages table: ``msg`` is the message id carried in its body."""
+
+    workflow_id: str  # the receiver
+    msg: str | None
+    consumed_step: int | None
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One ledger line: ``kind`` is run / begin / end / ack; ``t`` is UNIX time on the worker's clock."""
+
+    kind: str
+    workflow_id: str
+    step_id: int
+    name: str | None
+    epoch: int
+    t: float
+    attempt: int | None = None
+    pid: int = 0
+    worker: str = ""
+    msg: str | None = None
+    fresh: bool | None = None
+
+
+@dataclass
+class History:
+    """Everything the checker looks at, as plain data."""
+
+    expected_ids: list[str]
+    workflows: list[WorkflowRow] = field(default_factory=list)
+    steps: list[StepRow] = field(default_factory=list)
+    app_rows: list[AppRow] = field(default_factory=list)
+    messages: list[MessageRow] = field(default_factory=list)
+    ledger: list[LedgerEntry] = field(default_factory=list)  # run / begin / end entries
+    acks: list[LedgerEntry] = field(default_factory=list)  # acknowledged checkpoints
+    expected_outputs: dict[str, Any] = field(default_factory=dict)  # id -> expected result (optional)
+    tx_step_names: frozenset[str] = frozenset({"lab.record"})
+    limited_step_names: frozenset[str] = frozenset({"lab.limited_work"})
+    recv_prefix: str = "recv:"
+    torn_lines: int = 0  # ledger lines that could not be parsed (a write cut by SIGKILL)
+
+
+@dataclass
+class GuaranteeResult:
+    """The verdict on one guarantee: status pass / fail / n-a and a human-readable detail."""
+
+    status: str
+    detail: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status != FAIL
+
+
+@dataclass
+class CheckResult:
+    """The verdict on a whole history."""
+
+    guarantees: dict[str, GuaranteeResult]
+    duplicates: int
+    lost_acks: int
+    workflows: int
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """True when no guarantee failed."""
+        return all(g.ok for g in self.guarantees.values())
+
+    def failures(self) -> dict[str, str]:
+        """Failed guarantees and their details."""
+        return {k: g.detail for k, g in self.guarantees.items() if not g.ok}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form for reports."""
+        return {"ok": self.ok, "workflows": self.workflows, "duplicates": self.duplicates,
+                "lost_acks": self.lost_acks, "guarantees": {k: asdict(v) for k, v in self.guarantees.items()},
+                "stats": self.stats}
+
+    def summary(self) -> str:
+        """One line per guarantee, for assertion messages."""
+        return "\n".join(f"{k}: {g.status}: {g.detail}" for k, g in self.guarantees.items())
+
+
+def _examples(items: Sequence[Any]) -> str:
+    shown = ", ".join(str(x) for x in items[:MAX_EXAMPLES])
+    more = f" (+{len(items) - MAX_EXAMPLES} more)" if len(items) > MAX_EXAMPLES else ""
+    return shown + more
+
+
+def _verdict(problems: list[str], ok_detail: str) -> GuaranteeResult:
+    if problems:
+        return GuaranteeResult(FAIL, f"{len(problems)} violation(s): {_examples(problems)}")
+    return GuaranteeResult(PASS, ok_detail)
+
+
+def evaluate(history: History, *, sync_replication: bool, queue_limit: int | None) -> CheckResult:
+    """Decide G1-G9 over a history; why: the same rules apply to the lab and to hand-made histories."""
+    h = history
+    g: dict[str, GuaranteeResult] = {}
+    rows_by_id: dict[str, list[WorkflowRow]] = defaultdict(list)
+    for w in h.workflows:
+        rows_by_id[w.workflow_id].append(w)
+    checkpoints: dict[tuple[str, int], list[StepRow]] = defaultdict(list)
+    for s in h.steps:
+        checkpoints[(s.workflow_id, s.step_id)].append(s)
+    runs: dict[tuple[str, int], list[LedgerEntry]] = defaultdict(list)
+    for e in h.ledger:
+        if e.kind == "run":
+            runs[(e.workflow_id, e.step_id)].append(e)
+    # First ledger time of each (workflow, epoch): when that epoch's owner was demonstrably running it.
+    epoch_start: dict[tuple[str, int], float] = {}
+    for e in list(h.ledger) + list(h.acks):
+        key = (e.workflow_id, e.epoch)
+        if key not in epoch_start or e.t < epoch_start[key]:
+            epoch_start[key] = e.t
+
+    def takeover_after(wid: str, epoch: int) -> float | None:
+        """The earliest ledger time of any newer epoch of ``wid``."""
+        times = [t for (w, ep), t in epoch_start.items() if w == wid and ep > epoch]
+        return min(times) if times else None
+
+    # Acknowledged checkpoints: lost when missing or replaced by a newer epoch's row.
+    lost: list[str] = []
+    lost_keys: set[tuple[str, int, int]] = set()
+    acked: set[tuple[str, int, int]] = set()
+    for a in h.acks:
+        acked.add((a.workflow_id, a.step_id, a.epoch))
+        rows = checkpoints.get((a.workflow_id, a.step_id))
+        if not rows or min(r.epoch for r in rows) > a.epoch:
+            key = (a.workflow_id, a.step_id, a.epoch)
+            if key not in lost_keys:
+                lost_keys.add(key)
+                lost.append(f"{a.workflow_id}#{a.step_id}@e{a.epoch}"
+                            + (" (missing)" if not rows else f" (now e{rows[0].epoch})"))
+
+    # -- G1: one row per id, one terminal status, the one expected result -------------------------------
+    problems = []
+    for wid, rows in rows_by_id.items():
+        if len(rows) > 1:
+            problems.append(f"{wid} has {len(rows)} rows with statuses {sorted(r.status for r in rows)}")
+        elif rows[0].status == "SUCCESS" and wid in h.expected_outputs and rows[0].output != h.expected_outputs[wid]:
+            problems.append(f"{wid} completed with {rows[0].output!r}, expected {h.expected_outputs[wid]!r}")
+    g["G1"] = _verdict(problems, f"{len(rows_by_id)} workflow ids, one row and one terminal status each")
+
+    # -- G2 / G3: executions against checkpoints ----------------------------------------------------------
+    g2: list[str] = []
+    g3: list[str] = []
+    duplicates = 0
+    dup_after_lost_ack = 0
+    for key, entries in runs.items():
+        wid, step = key
+        rows = checkpoints.get(key)
+        name = entries[0].name or ""
+        tx = name in h.tx_step_names
+        if not rows:
+            wf = rows_by_id.get(wid)
+            if wf and wf[0].status == "SUCCESS":
+                g3.append(f"{wid}#{step} ({name}) ran {len(entries)}x but has no checkpoint in a finished workflow")
+            continue
+        cp = min(rows, key=lambda r: r.epoch)
+        newer = [e for e in entries if e.epoch > cp.epoch]
+        if newer:
+            g2.append(f"{wid}#{step} ({name}) checkpointed at e{cp.epoch} ran again at "
+                      f"e{sorted({e.epoch for e in newer})}")
+        same = [e for e in entries if e.epoch == cp.epoch]
+        by_owner = Counter((e.worker, e.attempt) for e in same)
+        owners = {e.worker for e in same}
+        for (worker, attempt), count in by_owner.items():
+            if count > 1:
+                if tx:
+                    duplicates += count - 1  # rolled-back transaction run again by its owner
+                else:
+                    g2.append(f"{wid}#{step} ({name}) ran {count}x at e{cp.epoch} attempt {attempt} by {worker}")
+        if len(owners) > 1:
+            if sync_replication:
+                g3.append(f"{wid}#{step} ({name}) ran under e{cp.epoch} by {len(owners)} different workers")
+            else:
+                duplicates += len(owners) - 1  # an epoch reused after a lost claim (asynchronous failover)
+        older = [e for e in entries if e.epoch < cp.epoch]
+        for e in older:
+            duplicates += 1
+            if (wid, step, e.epoch) in acked:
+                dup_after_lost_ack += 1
+    g["G2"] = _verdict(g2, f"{len(checkpoints)} checkpoints; no step ran again after its checkpoint"
+                       + (f" ({dup_after_lost_ack} re-runs after lost acknowledgements, see G9)"
+                          if dup_after_lost_ack else ""))
+    g["G3"] = _verdict(g3, f"{duplicates} duplicate execution(s), all in the crash window"
+                       + (f", {dup_after_lost_ack} of them after a lost acknowledgement" if dup_after_lost_ack else ""))
+
+    # -- G4: application rows <=> transactional checkpoints -----------------------------------------------
+    problems = []
+    app_by_key: dict[tuple[str, int], list[AppRow]] = defaultdict(list)
+    for r in h.app_rows:
+        app_by_key[(r.workflow_id, r.step_id)].append(r)
+    tx_checkpoints = {k: v[0] for k, v in checkpoints.items() if v[0].name in h.tx_step_names}
+    for key, cp in tx_checkpoints.items():
+        got = app_by_key.get(key, [])
+        if len(got) != 1:
+            problems.append(f"{key[0]}#{key[1]} checkpointed at e{cp.epoch} has {len(got)} application rows")
+        elif got[0].epoch != cp.epoch:
+            problems.append(f"{key[0]}#{key[1]} checkpoint e{cp.epoch} but application row e{got[0].epoch}")
+    for key, got in app_by_key.items():
+        if key not in tx_checkpoints:
+            problems.append(f"{key[0]}#{key[1]} has {len(got)} application row(s) and no checkpoint")
+    g["G4"] = _verdict(problems, f"{len(tx_checkpoints)} transactional checkpoints, one application row each")
+
+    # -- G5: nothing lost -----------------------------------------------------------------------------------
+    problems = []
+    statuses = Counter()
+    for wid in h.expected_ids:
+        rows = rows_by_id.get(wid)
+        if not rows:
+            problems.append(f"{wid} missing")
+            statuses["MISSING"] += 1
+            continue
+        statuses[rows[0].status] += 1
+        if rows[0].status != "SUCCESS":
+            problems.append(f"{wid} is {rows[0].status}")
+    g["G5"] = _verdict(problems, f"all {len(h.expected_ids)} expected workflows SUCCESS")
+
+    # -- G6: fencing ---------------------------------------------------------------------------------------
+    problems = []
+    takeovers = 0
+    by_wf_steps: dict[str, list[StepRow]] = defaultdict(list)
+    for s in h.steps:
+        by_wf_steps[s.workflow_id].append(s)
+    for wid, rows in by_wf_steps.items():
+        ordered = sorted(rows, key=lambda r: r.step_id)
+        for prev, cur in zip(ordered, ordered[1:], strict=False):
+            # Under asynchronous replication a lost checkpoint re-run by a newer epoch can precede a
+            # surviving one of the older epoch; that is a lost write (G9), not a fencing failure.
+            if cur.epoch < prev.epoch and sync_replication:
+                problems.append(f"{wid}#{cur.step_id} checkpointed at e{cur.epoch} after #{prev.step_id} at "
+                                f"e{prev.epoch}")
+        for r in rows:
+            t_new = takeover_after(wid, r.epoch)
+            if t_new is not None and r.finished_at is not None and r.finished_at > t_new:
+                problems.append(f"{wid}#{r.step_id} committed by e{r.epoch} at {r.finished_at:.3f} after a newer "
+                                f"epoch started at {t_new:.3f}")
+    for wid in {w for (w, _ep) in epoch_start}:
+        takeovers += max(0, len({ep for (w, ep) in epoch_start if w == wid}) - 1)
+    for a in h.acks:
+        rows = checkpoints.get((a.workflow_id, a.step_id))
+        if not a.fresh or not rows or min(r.epoch for r in rows) <= a.epoch:
+            continue
+        t_new = takeover_after(a.workflow_id, a.epoch)
+        if t_new is not None and a.t > t_new:
+            problems.append(f"{a.workflow_id}#{a.step_id} acknowledged to e{a.epoch} at {a.t:.3f} after a newer "
+                            f"epoch started at {t_new:.3f}")
+    g["G6"] = _verdict(problems, f"{takeovers} takeover(s); no write from a superseded epoch after takeover")
+
+    # -- G7: concurrency limit of the limited queue --------------------------------------------------------
+    max_overlap = 0
+    if queue_limit is None:
+        g["G7"] = GuaranteeResult(NA, "no limited queue in this workload")
+    else:
+        intervals = _limited_intervals(h, epoch_start)
+        max_overlap, at = _max_overlap(intervals)
+        if max_overlap > queue_limit:
+            g["G7"] = GuaranteeResult(FAIL, f"max overlap {max_overlap} > limit {queue_limit} at t={at:.3f} "
+                                      f"over {len(intervals)} executions")
+        elif not intervals:
+            g["G7"] = GuaranteeResult(FAIL, f"no execution of {sorted(h.limited_step_names)} in the ledger: "
+                                      "the limit was never exercised")
+        else:
+            g["G7"] = GuaranteeResult(PASS, f"max overlap {max_overlap} <= limit {queue_limit} over "
+                                      f"{len(intervals)} executions")
+
+    # -- G8: messages received at most once ----------------------------------------------------------------
+    problems = []
+    received: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    for s in h.steps:
+        if s.name.startswith(h.recv_prefix) and isinstance(s.output, dict) and s.output.get("msg") is not None:
+            received[str(s.output["msg"])].append((s.workflow_id, s.step_id))
+            receiver = str(s.output["msg"]).rpartition("->")[2]
+            if "->" in str(s.output["msg"]) and receiver != s.workflow_id:
+                problems.append(f"message {s.output['msg']} received by {s.workflow_id}")
+    for msg, where in received.items():
+        if len(where) > 1:
+            problems.append(f"message {msg} received {len(where)}x at {sorted(where)}")
+    handled: dict[str, set[tuple[str, int]]] = defaultdict(set)
+    for e in h.ledger:
+        if e.kind == "run" and e.msg is not None:
+            handled[e.msg].add((e.workflow_id, e.step_id))
+    for msg, where in handled.items():
+        if len(where) > 1:
+            problems.append(f"message {msg} handled at {len(where)} step positions {sorted(where)}")
+    unconsumed = 0
+    for m in h.messages:
+        if m.consumed_step is None:
+            unconsumed += 1
+            continue
+        rows = checkpoints.get((m.workflow_id, m.consumed_step))
+        if not rows or not isinstance(rows[0].output, dict) or rows[0].output.get("msg") != m.msg:
+            problems.append(f"message {m.msg} consumed by {m.workflow_id}#{m.consumed_step} without a matching "
+                            "recv checkpoint")
+    if not received and not h.messages:
+        g["G8"] = GuaranteeResult(NA, "no messages in this workload") if not problems else _verdict(problems, "")
+    else:
+        g["G8"] = _verdict(problems, f"{len(received)} message(s) received once each"
+                           + (f"; {unconsumed} never consumed" if unconsumed else ""))
+
+    # -- G9: acknowledged checkpoints survive failover ------------------------------------------------------
+    if lost and sync_replication:
+        g["G9"] = GuaranteeResult(FAIL, f"{len(lost)} acknowledged checkpoint(s) lost under synchronous "
+                                  f"replication: {_examples(lost)}")
+    elif lost:
+        g["G9"] = GuaranteeResult(NA, f"asynchronous replication: {len(lost)} acknowledged checkpoint(s) lost "
+                                  f"(reported, not a failure): {_examples(lost)}")
+    elif not h.acks:
+        g["G9"] = GuaranteeResult(FAIL, "no acknowledged checkpoints in the ledger: nothing to check G9 against")
+    else:
+        mode = "synchronous" if sync_replication else "asynchronous"
+        g["G9"] = GuaranteeResult(PASS, f"{len(acked)} acknowledged checkpoints all present ({mode} replication)")
+
+    stats = {
+        "statuses": dict(statuses),
+        "checkpoints": len(h.steps),
+        "executions": sum(len(v) for v in runs.values()),
+        "acks": len(h.acks),
+        "takeovers": takeovers,
+        "max_overlap": max_overlap,
+        "queue_limit": queue_limit,
+        "duplicates_after_lost_ack": dup_after_lost_ack,
+        "torn_ledger_lines": h.torn_lines,
+        "recoveries": sum(w.recoveries for w in h.workflows),
+    }
+    return CheckResult(guarantees={k: g[k] for k in GUARANTEES}, duplicates=duplicates, lost_acks=len(lost),
+                       workflows=len(h.expected_ids), stats=stats)
+
+
+def _limited_intervals(h: History, epoch_start: dict[tuple[str, int], float]) -> list[tuple[float, float]]:
+    """Begin/end intervals of the limited step, each cut at the workflow's next epoch (slot given up)."""
+    begins: dict[tuple[str, int, int, str, int | None], list[float]] = defaultdict(list)
+    ends: dict[tuple[str, int, int, str, int | None], list[float]] = defaultdict(list)
+    finished: dict[str, float] = {}
+    for s in h.steps:
+        if s.finished_at is not None:
+            finished[s.workflow_id] = max(finished.get(s.workflow_id, 0.0), s.finished_at)
+    for e in h.ledger:
+        if e.name not in h.limited_step_names:
+            continue
+        key = (e.workflow_id, e.step_id, e.epoch, e.worker, e.attempt)
+        if e.kind == "begin":
+            begins[key].append(e.t)
+        elif e.kind == "end":
+            ends[key].append(e.t)
+    intervals = []
+    for key, starts in begins.items():
+        wid, _step, epoch = key[0], key[1], key[2]
+        stops = sorted(ends.get(key, []))
+        next_epoch = [t for (w, ep), t in epoch_start.items() if w == wid and ep > epoch]
+        cut = min(next_epoch) if next_epoch else None
+        for i, start in enumerate(sorted(starts)):
+            end = stops[i] if i < len(stops) else (cut if cut is not None else finished.get(wid, start))
+            if cut is not None:
+                end = min(end, cut)
+            intervals.append((start, max(start, end)))
+    return intervals
+
+
+def _max_overlap(intervals: Iterable[tuple[float, float]]) -> tuple[int, float]:
+    """Largest number of intervals open at one instant (an end at t closes before a begin at t)."""
+    points = []
+    for start, end in intervals:
+        points.append((start, 1))
+        points.append((end, -1))
+    points.sort(key=lambda p: (p[0], p[1]))
+    best, cur, at = 0, 0, 0.0
+    for t, d in points:
+        cur += d
+        if cur > best:
+            best, at = cur, t
+    return best, at
+
+
+# -- loading a History from a lab run ----------------------------------------------------------------------
+def read_ledger(ledger_dir: str | os.PathLike[str]) -> tuple[list[LedgerEntry], list[LedgerEntry], int]:
+    """All ledger entries of a directory: ``(executions and marks, acks, torn lines)``."""
+    entries: list[LedgerEntry] = []
+    acks: list[LedgerEntry] = []
+    torn = 0
+    for path in sorted(Path(ledger_dir).glob("ledger-*.jsonl")):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                try:
+                    d = json.loads(line)
+                    e = _entry(d)
+                except (ValueError, KeyError, TypeError):
+                    torn += 1
+                    continue
+                (acks if e.kind == "ack" else entries).append(e)
+    return entries, acks, torn
+
+
+def _entry(d: dict[str, Any]) -> LedgerEntry:
+    return LedgerEntry(kind=d["kind"], workflow_id=d["wf"], step_id=int(d["step"]), name=d.get("name"),
+                       epoch=int(d["epoch"]), t=float(d["t"]), attempt=d.get("attempt"), pid=int(d.get("pid", 0)),
+                       worker=str(d.get("worker", "")), msg=d.get("msg"), fresh=d.get("fresh"))
+
+
+def read_acks(source: str | os.PathLike[str] | Iterable[dict[str, Any] | LedgerEntry]) -> list[LedgerEntry]:
+    """Acknowledged checkpoints from a JSON-lines file (or an iterable of dicts / entries)."""
+    if isinstance(source, (str, os.PathLike)):
+        out = []
+        with open(source, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    try:
+                        out.append(_entry({"kind": "ack", **json.loads(line)}))
+                    except (ValueError, KeyError, TypeError):
+                        continue
+        return out
+    return [x if isinstance(x, LedgerEntry) else _entry({"kind": "ack", **x}) for x in source]
+
+
+def _json(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def load_history(database_url: str, schema: str, ledger_dir: str | os.PathLike[str], expected_ids: Sequence[str],
+                 *, acked_log: Any = None) -> tuple[History, int | None]:
+    """Read a lab run into a History plus the limited queue's concurrency limit (None if undeclared)."""
+    import psycopg
+    from psycopg import sql
+
+    from chaos import lab_app
+
+    s = sql.Identifier(schema)
+    with psycopg.connect(database_url, autocommit=True, connect_timeout=10) as conn:
+        wf_rows = conn.execute(sql.SQL(
+            "SELECT workflow_id, status, epoch, name, output, recoveries FROM {}.workflows").format(s)).fetchall()
+        step_rows = conn.execute(sql.SQL(
+            "SELECT workflow_id, step_id, name, epoch, extract(epoch FROM finished_at)::float8, output "
+            "FROM {}.steps").format(s)).fetchall()
+        app_rows = conn.execute(sql.SQL("SELECT workflow_id, step_id, epoch FROM {}.{}").format(
+            s, sql.Identifier(lab_app.APP_TABLE))).fetchall()
+        msg_rows = conn.execute(sql.SQL("SELECT workflow_id, body, consumed_step FROM {}.messages").format(s)).fetchall()
+        limit_row = conn.execute(sql.SQL("SELECT concurrency_limit FROM {}.v_queues WHERE queue = %s").format(s),
+                                 (lab_app.LIMITED_QUEUE,)).fetchone()
+    entries, acks, torn = read_ledger(ledger_dir)
+    if acked_log is not None:
+        acks = read_acks(acked_log)
+    total = len(expected_ids)
+    expected_outputs = {}
+    for wid in expected_ids:
+        n = lab_app.number_of(wid)
+        if n is not None:
+            expected_outputs[wid] = lab_app.expected_output(n, total)
+    messages = []
+    for wid, body, consumed in msg_rows:
+        decoded = _json(body)
+        msg = decoded.get("msg") if isinstance(decoded, dict) else None
+        messages.append(MessageRow(wid, msg, consumed))
+    history = History(
+        expected_ids=list(expected_ids),
+        workflows=[WorkflowRow(w, st, int(ep), name, _json(out) if st == "SUCCESS" else None, int(rec or 0))
+                   for w, st, ep, name, out, rec in wf_rows],
+        steps=[StepRow(w, int(sid), name, int(ep), fin, _json(out)) for w, sid, name, ep, fin, out in step_rows],
+        app_rows=[AppRow(w, int(sid), int(ep)) for w, sid, ep in app_rows],
+        messages=messages,
+        ledger=entries,
+        acks=acks,
+        expected_outputs=expected_outputs,
+        tx_step_names=frozenset({lab_app.TX_STEP}),
+        limited_step_names=frozenset({lab_app.LIMITED_STEP}),
+        torn_lines=torn,
+    )
+    limit = limit_row[0] if limit_row and limit_row[0] is not None else None
+    return history, (int(limit) if limit is not None else None)
+
+
+def check(database_url: str, schema: str, ledger_dir: str | os.PathLike[str], expected_ids: Sequence[str], *,
+          sync_replication: bool, acked_log: Any = None) -> CheckResult:
+    """Load a lab run (database + ledger) and evaluate G1-G9; why: the verdict after every scenario."""
+    history, limit = load_history(database_url, schema, ledger_dir, expected_ids, acked_log=acked_log)
+    return evaluate(history, sync_replication=sync_replication, queue_limit=limit)
