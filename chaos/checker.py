@@ -17,12 +17,16 @@ How each guarantee is decided (``E`` is the epoch recorded on a step's checkpoin
   application row lacks its checkpoint.
 - G5: every expected workflow exists and ended in SUCCESS.
 - G6: no checkpoint and no acknowledgement from a superseded epoch after the newer epoch's first
-  ledger entry (the takeover); checkpoint epochs never go backwards along a workflow's steps.
+  ledger entry (the takeover); checkpoint epochs never go backwards along a workflow's steps. Under
+  asynchronous replication a late acknowledgement whose checkpoint is gone came from a deposed primary
+  and epochs can go backwards around a lost checkpoint: both are lost writes, reported under G9.
 - G7: the maximum overlap of the limited step's begin/end intervals never exceeds the queue limit; an
   interval ends at its end mark or at the workflow's next epoch's first entry, whichever comes first
   (a superseded owner holds no slot).
 - G8: each message is recorded by at most one ``recv`` checkpoint and consumed by the workflow it was
-  sent to; the ledger shows no message handled at two step positions.
+  sent to; the ledger shows no message handled at two step positions. Events: each events-table row holds
+  the value of the latest committed ``set_event`` checkpoint of its key, and every ``get_event`` read
+  returned a value some committed step set (or None).
 - G9: acknowledged checkpoints (ledger ``ack`` entries) missing from the database, or replaced by a newer
   epoch's checkpoint, are lost acknowledgements: a failure under synchronous replication, reported under
   asynchronous replication.
@@ -33,7 +37,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,6 +90,16 @@ class MessageRow:
 
 
 @dataclass(frozen=True)
+class EventRow:
+    """A row of the events table: the latest ``value`` (decoded) of ``key``, set by step ``step_id``."""
+
+    workflow_id: str
+    key: str
+    value: Any
+    step_id: int
+
+
+@dataclass(frozen=True)
 class LedgerEntry:
     """One ledger line: ``kind`` is run / begin / end / ack; ``t`` is UNIX time on the worker's clock."""
 
@@ -111,12 +125,15 @@ class History:
     steps: list[StepRow] = field(default_factory=list)
     app_rows: list[AppRow] = field(default_factory=list)
     messages: list[MessageRow] = field(default_factory=list)
+    events: list[EventRow] = field(default_factory=list)
     ledger: list[LedgerEntry] = field(default_factory=list)  # run / begin / end entries
     acks: list[LedgerEntry] = field(default_factory=list)  # acknowledged checkpoints
     expected_outputs: dict[str, Any] = field(default_factory=dict)  # id -> expected result (optional)
     tx_step_names: frozenset[str] = frozenset({"lab.record"})
     limited_step_names: frozenset[str] = frozenset({"lab.limited_work"})
     recv_prefix: str = "recv:"
+    set_event_prefix: str = "set_event:"
+    get_event_prefix: str = "get_event:"
     torn_lines: int = 0  # ledger lines that could not be parsed (a write cut by SIGKILL)
 
 
@@ -195,9 +212,13 @@ def evaluate(history: History, *, sync_replication: bool, queue_limit: int | Non
         if key not in epoch_start or e.t < epoch_start[key]:
             epoch_start[key] = e.t
 
+    epochs_of: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for (w, ep), t in epoch_start.items():
+        epochs_of[w].append((ep, t))
+
     def takeover_after(wid: str, epoch: int) -> float | None:
         """The earliest ledger time of any newer epoch of ``wid``."""
-        times = [t for (w, ep), t in epoch_start.items() if w == wid and ep > epoch]
+        times = [t for ep, t in epochs_of.get(wid, ()) if ep > epoch]
         return min(times) if times else None
 
     # Acknowledged checkpoints: lost when missing or replaced by a newer epoch's row.
@@ -235,7 +256,10 @@ def evaluate(history: History, *, sync_replication: bool, queue_limit: int | Non
         tx = name in h.tx_step_names
         if not rows:
             wf = rows_by_id.get(wid)
-            if wf and wf[0].status == "SUCCESS":
+            if any((wid, step, e.epoch) in lost_keys for e in entries):
+                duplicates += len(entries)  # its acknowledged checkpoint was lost: G9 decides
+                dup_after_lost_ack += len(entries)
+            elif wf and wf[0].status == "SUCCESS":
                 g3.append(f"{wid}#{step} ({name}) ran {len(entries)}x but has no checkpoint in a finished workflow")
             continue
         cp = min(rows, key=lambda r: r.epoch)
@@ -302,6 +326,7 @@ def evaluate(history: History, *, sync_replication: bool, queue_limit: int | Non
     # -- G6: fencing ---------------------------------------------------------------------------------------
     problems = []
     takeovers = 0
+    deposed_acks = 0
     by_wf_steps: dict[str, list[StepRow]] = defaultdict(list)
     for s in h.steps:
         by_wf_steps[s.workflow_id].append(s)
@@ -318,24 +343,36 @@ def evaluate(history: History, *, sync_replication: bool, queue_limit: int | Non
             if t_new is not None and r.finished_at is not None and r.finished_at > t_new:
                 problems.append(f"{wid}#{r.step_id} committed by e{r.epoch} at {r.finished_at:.3f} after a newer "
                                 f"epoch started at {t_new:.3f}")
-    for wid in {w for (w, _ep) in epoch_start}:
-        takeovers += max(0, len({ep for (w, ep) in epoch_start if w == wid}) - 1)
+    takeovers = sum(max(0, w.epoch - 1) for w in h.workflows)  # claims after the first
     for a in h.acks:
         rows = checkpoints.get((a.workflow_id, a.step_id))
         if not a.fresh or not rows or min(r.epoch for r in rows) <= a.epoch:
             continue
         t_new = takeover_after(a.workflow_id, a.epoch)
         if t_new is not None and a.t > t_new:
+            if not sync_replication:
+                deposed_acks += 1  # a deposed primary acknowledged it (asynchronous split brain): see G9
+                continue
             problems.append(f"{a.workflow_id}#{a.step_id} acknowledged to e{a.epoch} at {a.t:.3f} after a newer "
                             f"epoch started at {t_new:.3f}")
-    g["G6"] = _verdict(problems, f"{takeovers} takeover(s); no write from a superseded epoch after takeover")
+    # Step bodies a superseded owner ran after the takeover (a frozen zombie resuming inside a step): the
+    # G3 window's overlap case, allowed because their checkpoints are refused; counted for the report.
+    stale_runs = 0
+    for e in h.ledger:
+        if e.kind == "run":
+            t_new = takeover_after(e.workflow_id, e.epoch)
+            if t_new is not None and e.t > t_new:
+                stale_runs += 1
+    g["G6"] = _verdict(problems, f"{takeovers} takeover(s); no write from a superseded epoch after takeover"
+                       + (f"; {deposed_acks} acknowledgement(s) from a deposed primary after takeover, lost "
+                          "(asynchronous replication, see G9)" if deposed_acks else ""))
 
     # -- G7: concurrency limit of the limited queue --------------------------------------------------------
     max_overlap = 0
     if queue_limit is None:
         g["G7"] = GuaranteeResult(NA, "no limited queue in this workload")
     else:
-        intervals = _limited_intervals(h, epoch_start)
+        intervals = _limited_intervals(h, takeover_after)
         max_overlap, at = _max_overlap(intervals)
         if max_overlap > queue_limit:
             g["G7"] = GuaranteeResult(FAIL, f"max overlap {max_overlap} > limit {queue_limit} at t={at:.3f} "
@@ -375,11 +412,39 @@ def evaluate(history: History, *, sync_replication: bool, queue_limit: int | Non
         if not rows or not isinstance(rows[0].output, dict) or rows[0].output.get("msg") != m.msg:
             problems.append(f"message {m.msg} consumed by {m.workflow_id}#{m.consumed_step} without a matching "
                             "recv checkpoint")
-    if not received and not h.messages:
-        g["G8"] = GuaranteeResult(NA, "no messages in this workload") if not problems else _verdict(problems, "")
+    event_sets: dict[tuple[str, str], dict[int, Any]] = defaultdict(dict)
+    for s in h.steps:
+        if s.name.startswith(h.set_event_prefix):
+            event_sets[(s.workflow_id, s.name[len(h.set_event_prefix):])][s.step_id] = s.output
+    for ev in h.events:
+        sets = event_sets.get((ev.workflow_id, ev.key), {})
+        if ev.step_id not in sets:
+            problems.append(f"event {ev.workflow_id}/{ev.key} was set by step #{ev.step_id}, which has no checkpoint")
+        elif ev.step_id != max(sets) or sets[ev.step_id] != ev.value:
+            problems.append(f"event {ev.workflow_id}/{ev.key} holds {ev.value!r} of step #{ev.step_id}, not the latest "
+                            f"committed value {sets[max(sets)]!r} of step #{max(sets)}")
+    events_by_key = {(ev.workflow_id, ev.key) for ev in h.events}
+    for (wid, key), sets in event_sets.items():
+        if (wid, key) not in events_by_key:
+            problems.append(f"event {wid}/{key} was set by committed steps {sorted(sets)} but has no row")
+    reads = 0
+    for s in h.steps:
+        if not s.name.startswith(h.get_event_prefix):
+            continue
+        target, _, key = s.name[len(h.get_event_prefix):].rpartition(":")
+        reads += 1
+        committed = list(event_sets.get((target, key), {}).values())
+        if s.output is not None and s.output not in committed:
+            problems.append(f"{s.workflow_id}#{s.step_id} read event {target}/{key} = {s.output!r}, a value no "
+                            "committed step set")
+    if not received and not h.messages and not event_sets and not reads:
+        g["G8"] = GuaranteeResult(NA, "no messages or events in this workload") if not problems \
+            else _verdict(problems, "")
     else:
         g["G8"] = _verdict(problems, f"{len(received)} message(s) received once each"
-                           + (f"; {unconsumed} never consumed" if unconsumed else ""))
+                           + (f"; {unconsumed} never consumed" if unconsumed else "")
+                           + f"; {len(h.events)} event(s) hold their latest committed value; {reads} event read(s) "
+                           "returned committed values")
 
     # -- G9: acknowledged checkpoints survive failover ------------------------------------------------------
     if lost and sync_replication:
@@ -400,6 +465,8 @@ def evaluate(history: History, *, sync_replication: bool, queue_limit: int | Non
         "executions": sum(len(v) for v in runs.values()),
         "acks": len(h.acks),
         "takeovers": takeovers,
+        "stale_runs_after_takeover": stale_runs,
+        "deposed_acks": deposed_acks,
         "max_overlap": max_overlap,
         "queue_limit": queue_limit,
         "duplicates_after_lost_ack": dup_after_lost_ack,
@@ -410,7 +477,7 @@ def evaluate(history: History, *, sync_replication: bool, queue_limit: int | Non
                        workflows=len(h.expected_ids), stats=stats)
 
 
-def _limited_intervals(h: History, epoch_start: dict[tuple[str, int], float]) -> list[tuple[float, float]]:
+def _limited_intervals(h: History, takeover_after: Callable[[str, int], float | None]) -> list[tuple[float, float]]:
     """Begin/end intervals of the limited step, each cut at the workflow's next epoch (slot given up)."""
     begins: dict[tuple[str, int, int, str, int | None], list[float]] = defaultdict(list)
     ends: dict[tuple[str, int, int, str, int | None], list[float]] = defaultdict(list)
@@ -430,8 +497,7 @@ def _limited_intervals(h: History, epoch_start: dict[tuple[str, int], float]) ->
     for key, starts in begins.items():
         wid, _step, epoch = key[0], key[1], key[2]
         stops = sorted(ends.get(key, []))
-        next_epoch = [t for (w, ep), t in epoch_start.items() if w == wid and ep > epoch]
-        cut = min(next_epoch) if next_epoch else None
+        cut = takeover_after(wid, epoch)
         for i, start in enumerate(sorted(starts)):
             end = stops[i] if i < len(stops) else (cut if cut is not None else finished.get(wid, start))
             if cut is not None:
@@ -523,6 +589,7 @@ def load_history(database_url: str, schema: str, ledger_dir: str | os.PathLike[s
             "FROM {}.steps").format(s)).fetchall()
         app_rows = conn.execute(sql.SQL("SELECT workflow_id, step_id, epoch FROM {}.{}").format(
             s, sql.Identifier(lab_app.APP_TABLE))).fetchall()
+        event_rows = conn.execute(sql.SQL("SELECT workflow_id, key, value, step_id FROM {}.events").format(s)).fetchall()
         msg_rows = conn.execute(sql.SQL("SELECT workflow_id, body, consumed_step FROM {}.messages").format(s)).fetchall()
         limit_row = conn.execute(sql.SQL("SELECT concurrency_limit FROM {}.v_queues WHERE queue = %s").format(s),
                                  (lab_app.LIMITED_QUEUE,)).fetchone()
@@ -547,6 +614,7 @@ def load_history(database_url: str, schema: str, ledger_dir: str | os.PathLike[s
         steps=[StepRow(w, int(sid), name, int(ep), fin, _json(out)) for w, sid, name, ep, fin, out in step_rows],
         app_rows=[AppRow(w, int(sid), int(ep)) for w, sid, ep in app_rows],
         messages=messages,
+        events=[EventRow(w, k, _json(v), int(sid)) for w, k, v, sid in event_rows],
         ledger=entries,
         acks=acks,
         expected_outputs=expected_outputs,

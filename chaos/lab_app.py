@@ -15,8 +15,11 @@ Workflow ``lab.flow(n, kind, partner)``, four kinds by ``n % 4`` (see :func:`spe
 - ``recv`` (n % 4 == 0): waits for a message from workflow n + 1, then records it in step ``lab.got``;
 - ``send`` (n % 4 == 1): sends one message to workflow n - 1 (``app.send`` from workflow code);
 - ``limited`` (n % 4 == 2): enqueued on ``lab_limited``; step ``lab.limited_work`` writes ``begin`` and
-  ``end`` marks around a pause, so the checker computes the maximum overlap (G7);
-- ``plain`` (n % 4 == 3, or a receiver without a sender).
+  ``end`` marks around a pause, so the checker computes the maximum overlap (G7); it also reads the
+  ``progress`` event of workflow n + 1 (``get_event``, no wait), which must be a value some committed step
+  set, or None (G8);
+- ``plain`` (n % 4 == 3, or a receiver without a sender): publishes event ``progress`` twice (stage 1
+  after ``lab.prepare``, stage 2 after ``lab.settle``); the events table must hold the latest (G8).
 
 Every kind runs ``lab.prepare``, a durable sleep, its own part, ``lab.settle`` and the transactional step
 ``lab.record``, which inserts a row into the application table ``lab_effects`` in the same transaction as
@@ -59,6 +62,7 @@ LIMITED_STEP = "lab.limited_work"
 GOT_STEP = "lab.got"
 APP_TABLE = "lab_effects"
 MESSAGE_TOPIC = "pair"
+EVENT_KEY = "progress"
 
 QUEUE_LIMIT = int(os.environ.get("LAB_QUEUE_LIMIT", "4"))
 SLEEP_SECONDS = float(os.environ.get("LAB_SLEEP_SECONDS", "0.2"))
@@ -113,8 +117,8 @@ def spec_for(n: int, total: int) -> tuple[str, str | None, str | None]:
         return "recv", workflow_id(n + 1), None
     if r == 1:
         return "send", workflow_id(n - 1), None
-    if r == 2:
-        return "limited", None, LIMITED_QUEUE
+    if r == 2:  # reads the event of the plain workflow after it, when there is one
+        return "limited", workflow_id(n + 1) if n + 1 < total else None, LIMITED_QUEUE
     return "plain", None, None
 
 
@@ -260,6 +264,9 @@ def make_app(ledger_dir: str | os.PathLike[str] | None = None, **settings: Any) 
         app.sleep(SLEEP_SECONDS)
         ack()
         work = received = None
+        if kind == "plain":
+            app.set_event(EVENT_KEY, {"stage": 1, "n": n})
+            ack()
         if kind == "send" and partner:
             app.send(partner, {"msg": message_id(ctx.workflow_id, partner), "n": n}, topic=MESSAGE_TOPIC)
             ack()
@@ -273,8 +280,14 @@ def make_app(ledger_dir: str | os.PathLike[str] | None = None, **settings: Any) 
         elif kind == "limited":
             work = limited_work(n)
             ack()
+            if partner:
+                app.get_event(partner, EVENT_KEY, timeout=0)  # timing-dependent: checked, not returned
+                ack()
         b = settle(n)
         ack()
+        if kind == "plain":
+            app.set_event(EVENT_KEY, {"stage": 2, "n": n})
+            ack()
         tx = record(n)
         ack()
         return {"n": n, "kind": kind, "a": a, "work": work, "got": received, "b": b, "tx": tx}

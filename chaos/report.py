@@ -35,6 +35,11 @@ class ScenarioReport:
     ok: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # Accept CheckResult.guarantees (GuaranteeResult objects) as well as plain dicts.
+        self.guarantees = {k: v if isinstance(v, dict) else {"status": v.status, "detail": v.detail}
+                           for k, v in self.guarantees.items()}
+
     def event(self, t_seconds: float, text: str) -> None:
         """Append a timeline event (credentials in URLs are redacted)."""
         self.timeline.append((round(float(t_seconds), 3), _redact(text)))

@@ -17,6 +17,7 @@ if str(REPO) not in sys.path:
 
 from chaos.checker import (  # noqa: E402
     AppRow,
+    EventRow,
     History,
     LedgerEntry,
     MessageRow,
@@ -27,7 +28,7 @@ from chaos.checker import (  # noqa: E402
 )
 from chaos.report import ScenarioReport, load_reports, render_summary  # noqa: E402
 
-W1, W2, W3 = "lab-00001", "lab-00002", "lab-00003"
+W1, W2, W3, W4 = "lab-00001", "lab-00002", "lab-00003", "lab-00004"
 OWNER = "host:100:aaaa"
 
 
@@ -43,7 +44,8 @@ def ack(wid: str, step: int, t: float, epoch: int = 1, fresh: bool = True) -> Le
 
 
 def clean_history() -> History:
-    """Three workflows, each at epoch 1: a limited one, a receiver and its sender; every step acknowledged."""
+    """Four workflows, each at epoch 1: a limited one reading W4's event, a receiver and its sender, and W4
+    publishing an event twice; every step acknowledged."""
     steps = [
         StepRow(W1, 0, "lab.prepare", 1, 101.0, 11),
         StepRow(W1, 1, "lab.limited_work", 1, 102.0, 13),
@@ -54,6 +56,10 @@ def clean_history() -> History:
         StepRow(W2, 3, "lab.record", 1, 107.0, 2000),
         StepRow(W3, 0, f"send:{W2}", 1, 104.0, None),
         StepRow(W3, 1, "lab.record", 1, 104.5, 3000),
+        StepRow(W1, 3, f"get_event:{W4}:progress", 1, 103.5, {"stage": 1}),
+        StepRow(W4, 0, "set_event:progress", 1, 101.0, {"stage": 1}),
+        StepRow(W4, 1, "set_event:progress", 1, 104.0, {"stage": 2}),
+        StepRow(W4, 2, "lab.record", 1, 105.0, 4000),
     ]
     ledger = [
         run(W1, 0, "lab.prepare", 100.5),
@@ -63,14 +69,16 @@ def clean_history() -> History:
         run(W2, 2, "lab.got", 105.5, msg=f"{W3}->{W2}"),
         run(W2, 3, "lab.record", 106.5),
         run(W3, 1, "lab.record", 104.2),
+        run(W4, 2, "lab.record", 104.8),
     ]
     acks = [ack(s.workflow_id, s.step_id, s.finished_at + 0.01) for s in steps]
     return History(
-        expected_ids=[W1, W2, W3],
-        workflows=[WorkflowRow(W1, "SUCCESS", 1), WorkflowRow(W2, "SUCCESS", 1), WorkflowRow(W3, "SUCCESS", 1)],
+        expected_ids=[W1, W2, W3, W4],
+        workflows=[WorkflowRow(w, "SUCCESS", 1) for w in (W1, W2, W3, W4)],
         steps=steps,
-        app_rows=[AppRow(W1, 2, 1), AppRow(W2, 3, 1), AppRow(W3, 1, 1)],
+        app_rows=[AppRow(W1, 2, 1), AppRow(W2, 3, 1), AppRow(W3, 1, 1), AppRow(W4, 2, 1)],
         messages=[MessageRow(W2, f"{W3}->{W2}", 1)],
+        events=[EventRow(W4, "progress", {"stage": 2}, 1)],
         ledger=ledger,
         acks=acks,
     )
@@ -89,7 +97,7 @@ def test_clean_history_passes_every_guarantee() -> None:
     r = verdict(clean_history())
     assert r.ok, r.summary()
     assert {k: g.status for k, g in r.guarantees.items()} == {f"G{i}": "pass" for i in range(1, 10)}
-    assert (r.duplicates, r.lost_acks, r.workflows) == (0, 0, 3)
+    assert (r.duplicates, r.lost_acks, r.workflows) == (0, 0, 4)
     assert r.to_dict()["guarantees"]["G7"]["status"] == "pass"
 
 
@@ -114,19 +122,20 @@ def test_workflow_completed_twice_fails_g1() -> None:
 
 def test_crash_window_rerun_is_counted_not_failed() -> None:
     h = clean_history()
-    # The epoch-1 owner ran step 0 and died before its checkpoint; epoch 2 ran it again and checkpointed.
-    h.steps[0] = dataclasses.replace(h.steps[0], epoch=2, finished_at=110.0)
-    h.ledger.append(run(W1, 0, "lab.prepare", 109.0, epoch=2, worker="host:200:bbbb"))
-    h.steps[1] = dataclasses.replace(h.steps[1], epoch=2, finished_at=111.0)
-    h.steps[2] = dataclasses.replace(h.steps[2], epoch=2, finished_at=112.0)
+    # The epoch-1 owner of W1 ran step 0 and died before its checkpoint; epoch 2 (another worker, from
+    # 109.0 on) ran every step of W1 and checkpointed them.
+    new_owner = "host:200:bbbb"
+    h.steps = [dataclasses.replace(s, epoch=2, finished_at=s.finished_at + 10) if s.workflow_id == W1 else s
+               for s in h.steps]
     h.app_rows[0] = AppRow(W1, 2, 2)
-    h.ledger = [e for e in h.ledger if not (e.workflow_id == W1 and e.step_id in (1, 2))]
-    h.ledger += [run(W1, 1, "lab.limited_work", 110.5, epoch=2), run(W1, 1, "lab.limited_work", 110.5, 2, kind="begin"),
-                 run(W1, 1, "lab.limited_work", 110.9, 2, kind="end"), run(W1, 2, "lab.record", 111.5, epoch=2)]
-    h.acks = [a for a in h.acks if a.workflow_id != W1] + [ack(W1, i, 110.1 + i, epoch=2) for i in range(3)]
+    h.workflows[0] = WorkflowRow(W1, "SUCCESS", 2, recoveries=1)
+    old_run = [e for e in h.ledger if e.workflow_id == W1 and e.step_id == 0]
+    h.ledger = [dataclasses.replace(e, epoch=2, t=e.t + 10, worker=new_owner) if e.workflow_id == W1 else e
+                for e in h.ledger] + old_run
+    h.acks = [dataclasses.replace(a, epoch=2, t=a.t + 10) if a.workflow_id == W1 else a for a in h.acks]
     r = verdict(h)
     assert r.ok, r.summary()
-    assert r.duplicates == 1
+    assert r.duplicates == 1 and r.stats["takeovers"] == 1
 
 
 def test_duplicate_execution_outside_the_crash_window_fails() -> None:
@@ -169,6 +178,18 @@ def test_message_received_twice_fails_g8() -> None:
     assert "G8" in failed(h)
 
 
+def test_event_not_holding_the_latest_committed_value_fails_g8() -> None:
+    h = clean_history()
+    h.events = [EventRow(W4, "progress", {"stage": 1}, 0)]  # an older value won
+    assert failed(h) == {"G8"}
+    h = clean_history()
+    h.events = []  # a committed set_event without its row
+    assert failed(h) == {"G8"}
+    h = clean_history()
+    h.steps[9] = dataclasses.replace(h.steps[9], output={"stage": 3})  # read a value nobody committed
+    assert failed(h) == {"G8"}
+
+
 def test_stale_epoch_write_after_takeover_fails_g6() -> None:
     h = clean_history()
     # Epoch 2 took W3 over at 104.1 (its first ledger entry), yet a checkpoint of epoch 1 committed at 104.5.
@@ -204,6 +225,17 @@ def test_lost_acknowledged_checkpoint_fails_only_under_sync_replication() -> Non
     assert "lost" in async_.guarantees["G9"].detail
 
 
+def test_lost_checkpoint_that_was_executed_and_acknowledged_is_a_lost_ack_not_a_g3_failure() -> None:
+    h = clean_history()
+    # Asynchronous failover: W1's step 0 ran and was acknowledged at epoch 1, the promoted replica never got
+    # it, and the owner carried on (its lease survived): the workflow finished with a hole at step 0.
+    h.steps = [s for s in h.steps if (s.workflow_id, s.step_id) != (W1, 0)]
+    async_ = verdict(h, sync=False)
+    assert async_.ok, async_.summary()
+    assert async_.lost_acks == 1 and async_.duplicates == 1
+    assert set(verdict(h, sync=True).failures()) == {"G9"}
+
+
 def test_report_round_trip_and_summary(tmp_path: Path) -> None:
     r = ScenarioReport("kill-primary", "sync")
     r.event(0.0, "start on postgresql://lab:secret@10.0.0.1:5432/lab")
@@ -212,7 +244,7 @@ def test_report_round_trip_and_summary(tmp_path: Path) -> None:
     path = r.to_json(tmp_path)
     assert "secret" not in path.read_text()
     loaded = load_reports(tmp_path)
-    assert [(x.name, x.variant, x.ok, x.workflows) for x in loaded] == [("kill-primary", "sync", True, 3)]
+    assert [(x.name, x.variant, x.ok, x.workflows) for x in loaded] == [("kill-primary", "sync", True, 4)]
     assert loaded[0].timeline[1] == (3.2, "fault")
     table = render_summary(loaded)
     assert table.row_count == 1
@@ -234,7 +266,7 @@ def _owner_pids(url: str, schema: str) -> dict[int, int]:
 
 
 @pytest.mark.slow
-def test_workload_with_a_sigkilled_worker_passes_the_checker(pg_url: str, schema: str, tmp_path: Path) -> None:
+def test_workload_with_a_sigkilled_and_a_frozen_worker_passes_the_checker(pg_url: str, schema: str, tmp_path: Path) -> None:
     from chaos.workload import Workload
 
     env = {"KIT_LEASE_SECONDS": "1.5", "KIT_HEARTBEAT_SECONDS": "0.4", "KIT_POLL_SECONDS": "0.2",
@@ -254,6 +286,13 @@ def test_workload_with_a_sigkilled_worker_passes_the_checker(pg_url: str, schema
         killed_at = time.time()
         wl.kill_worker(0, signal.SIGKILL)
         wl.restart_worker(0)
+        # A zombie: freeze the other worker while it holds work, past its lease, then let it go on.
+        zombie = wl.worker_pids()[1]
+        while time.monotonic() < deadline and _owner_pids(pg_url, schema).get(zombie, 0) == 0:
+            time.sleep(0.05)
+        wl.pause_worker(1)
+        time.sleep(3.0)  # two leases: the restarted worker takes its workflows over
+        wl.resume_worker(1)
         wl.wait_drained(120)
         assert wl.first_checkpoint_after(killed_at) is not None
         assert wl.progress()["SUCCESS"] == 60
