@@ -9,6 +9,7 @@ from kit.client import Client
 from kit.engine import StepInfo, step_info
 from kit.errors import (
     ConfigError,
+    DeadlineExceededError,
     KitError,
     LeaseLostError,
     NonDeterminismError,
@@ -16,10 +17,12 @@ from kit.errors import (
     StepFailedError,
     UnknownQueueError,
     UsageError,
+    WorkflowCancelledError,
     WorkflowConflictError,
     WorkflowDuplicateError,
     WorkflowError,
     WorkflowNotFoundError,
+    WorkflowStateError,
     WorkflowTimeoutError,
 )
 from kit.serialization import register_type
@@ -30,6 +33,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Client",
     "ConfigError",
+    "DeadlineExceededError",
     "Kit",
     "KitError",
     "LeaseLostError",
@@ -40,11 +44,13 @@ __all__ = [
     "StepInfo",
     "UsageError",
     "UnknownQueueError",
+    "WorkflowCancelledError",
     "WorkflowConflictError",
     "WorkflowDuplicateError",
     "WorkflowError",
     "WorkflowHandle",
     "WorkflowNotFoundError",
+    "WorkflowStateError",
     "WorkflowTimeoutError",
     "register_type",
     "step_info",

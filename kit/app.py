@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import inspect
 import logging
-import re
 import threading
 import time
 import uuid
@@ -17,39 +18,34 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from kit import serialization as ser
 from kit.clock import SYSTEM_CLOCK, Clock
 from kit.config import Config, check_url, load_config, redact_url
-from kit.engine import Outcome, StepOptions, WorkflowContext, current_context, run_step
+from kit.engine import Outcome, StepOptions, WorkflowContext, current_context, run_step, run_step_async
 from kit.errors import (
     ConfigError,
     UnknownWorkflowError,
     UsageError,
+    WorkflowCancelledError,
     WorkflowConflictError,
     WorkflowError,
     WorkflowNotFoundError,
     WorkflowTimeoutError,
 )
 from kit.storage import Backend, NewWorkflow, Status, WorkflowRecord
+from kit.validation import check_size, validate_workflow_id
 from kit.worker import Runtime
 
 if TYPE_CHECKING:
     from kit.queues import Queue
+    from kit.schedules import Schedule
 
 log = logging.getLogger("kit")
 F = TypeVar("F", bound=Callable[..., Any])
-_ID = re.compile(r"^[\x21-\x7e]{1,200}$")  # printable ASCII, no spaces
-
-
-def validate_workflow_id(workflow_id: object) -> str:
-    if not isinstance(workflow_id, str) or not _ID.match(workflow_id):
-        raise UsageError(
-            f"invalid workflow id {workflow_id!r}: use 1-200 printable ASCII characters without spaces"
-        )
-    return workflow_id
 
 
 @dataclass(frozen=True)
 class WorkflowDef:
     name: str
     fn: Callable[..., Any]
+    timeout: float | None = None  # default deadline (seconds from submission) of each run
 
 
 def load_backend(cfg: Config) -> Backend:
@@ -99,6 +95,14 @@ class WorkflowHandle:
         """The workflow's current status as recorded in the database."""
         return self.record().status
 
+    async def result_async(self, timeout: float | None = None) -> Any:
+        """``result`` for asyncio code: waits on a thread, never blocking the event loop."""
+        return await asyncio.to_thread(self.result, timeout)
+
+    def cancel(self) -> list[str]:
+        """Cancel this workflow (and its unfinished children); see :meth:`Kit.cancel`."""
+        return self._app.cancel(self.workflow_id)
+
     def record(self) -> WorkflowRecord:
         rec = self._app.backend.workflow_get(self.workflow_id)
         if rec is None:
@@ -140,7 +144,8 @@ def _decode_outcome(workflow_id: str, status: Status, output: str | None, error:
     module = rec.get("module")
     if module and module != "builtins":
         type_name = f"{module}.{type_name}"
-    raise WorkflowError(workflow_id, type_name, rec.get("message", "workflow cancelled"), rec.get("traceback", ""))
+    cls = WorkflowCancelledError if status == Status.CANCELLED else WorkflowError
+    raise cls(workflow_id, type_name, rec.get("message", "workflow cancelled"), rec.get("traceback", ""))
 
 
 class Kit:
@@ -158,6 +163,7 @@ class Kit:
         schema: str | None = None,
         data_dir: str | None = None,
         app_version: str | None = None,
+        compatible_versions: str | list[str] | None = None,
         lease_seconds: float | None = None,
         heartbeat_seconds: float | None = None,
         poll_seconds: float | None = None,
@@ -168,6 +174,10 @@ class Kit:
         connect_timeout: float | None = None,
         call_timeout: float | None = None,
         notify: bool | None = None,
+        max_input_bytes: int | None = None,
+        max_output_bytes: int | None = None,
+        max_message_bytes: int | None = None,
+        max_event_bytes: int | None = None,
         config_file: str | None = None,
         clock: Clock | None = None,
     ) -> None:
@@ -181,6 +191,7 @@ class Kit:
         self._outcomes: dict[str, Outcome] = {}
         self._queues: dict[str, Queue] = {}
         self._queues_defined = False
+        self._schedules: dict[str, Schedule] = {}  # @app.scheduled (kit.schedules)
 
     # -- lifecycle -------------------------------------------------------------------------------
     @property
@@ -249,8 +260,13 @@ class Kit:
         return info
 
     # -- registration ----------------------------------------------------------------------------
-    def workflow(self, *, name: str | None = None) -> Callable[[F], F]:
-        """Declare a durable workflow. Calling the function runs it durably and returns its result."""
+    def workflow(self, *, name: str | None = None, timeout: float | None = None) -> Callable[[F], F]:
+        """Declare a durable workflow (``def`` or ``async def``). Calling the function runs it durably and
+        returns its result. ``timeout``: seconds from submission after which a run is cancelled at its
+        next step boundary (its children's deadlines are capped by it)."""
+        from kit.lifecycle import check_timeout
+
+        timeout = check_timeout(timeout, "timeout")
 
         def decorate(fn: F) -> F:
             wf_name = name or fn.__qualname__
@@ -258,7 +274,19 @@ class Kit:
             if existing is not None and existing.fn is not fn:
                 raise ConfigError(f"two workflows are named '{wf_name}': give one of them name=...")
             ser.register_types_from_hints(fn)
-            self._workflows[wf_name] = WorkflowDef(wf_name, fn)
+            self._workflows[wf_name] = WorkflowDef(wf_name, fn, timeout)
+
+            if inspect.iscoroutinefunction(fn):
+                @functools.wraps(fn)
+                async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                    if current_context() is not None:  # a child: started (checkpointed) before any await
+                        handle = self.start(wf_name, *args, **kwargs)
+                    else:
+                        handle = await asyncio.to_thread(functools.partial(self.start, wf_name, *args, **kwargs))
+                    return await handle.result_async()
+
+                async_wrapper.__kit_workflow__ = wf_name  # type: ignore[attr-defined]
+                return async_wrapper  # type: ignore[return-value]
 
             @functools.wraps(fn)
             def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -296,6 +324,18 @@ class Kit:
             step_name = name or fn.__qualname__
             ser.register_types_from_hints(fn)
 
+            if inspect.iscoroutinefunction(fn):
+                if opts.transactional:
+                    raise ConfigError(f"transactional step '{step_name}' must be a plain def (its database "
+                                      "connection is synchronous)")
+
+                @functools.wraps(fn)
+                async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                    return await run_step_async(self, step_name, fn, opts, args, kwargs)
+
+                async_wrapper.__kit_step__ = step_name  # type: ignore[attr-defined]
+                return async_wrapper  # type: ignore[return-value]
+
             @functools.wraps(fn)
             def wrapper(*args: Any, **kwargs: Any) -> Any:
                 if opts.transactional and not self.backend.capabilities.transactional_steps:
@@ -307,6 +347,15 @@ class Kit:
             return wrapper  # type: ignore[return-value]
 
         return decorate
+
+    def scheduled(self, cron: str, *, tz: str | None = None, name: str | None = None, queue: str | None = None,
+                  catch_up: str = "latest", max_catch_up: int = 100) -> Callable[[F], F]:
+        """Declare a cron-scheduled workflow taking its tick (an aware datetime in ``tz``): worker processes
+        run it exactly once per tick; ``catch_up`` ("latest", "none", "all") handles ticks missed while no
+        worker ran. Invalid cron, time zone or options raise :class:`~kit.errors.CronError` here."""
+        from kit.schedules import scheduled
+
+        return scheduled(self, cron, tz=tz, name=name, queue=queue, catch_up=catch_up, max_catch_up=max_catch_up)
 
     def workflow_names(self) -> list[str]:
         return list(self._workflows)
@@ -329,24 +378,40 @@ class Kit:
 
     # -- starting and retrieving ----------------------------------------------------------------------
     def start(self, fn: Callable[..., Any] | str, *args: Any, workflow_id: str | None = None,
-              **kwargs: Any) -> WorkflowHandle:
+              workflow_timeout: float | None = None, **kwargs: Any) -> WorkflowHandle:
         """Start a workflow (or return the existing one with that id) and return its handle at once.
 
         The workflow runs in this process under a lease; if the process dies, a worker recovers it.
         Inside a workflow this starts a child workflow with an id derived from the parent's step.
+        ``workflow_timeout`` (seconds) overrides the workflow's declared timeout for this run.
         """
+        from kit.lifecycle import check_timeout, deadline_for
+
         wf = self._resolve(fn)
+        timeout = check_timeout(workflow_timeout) if workflow_timeout is not None else wf.timeout
         parent = current_context()
         if parent is not None and parent.step is None:
-            return self._start_child(parent, wf, workflow_id, args, kwargs)
+            return self._start_child(parent, wf, workflow_id, args, kwargs, timeout)
         wid = validate_workflow_id(workflow_id) if workflow_id is not None else str(uuid.uuid4())
-        return self._create_and_run(wf, wid, args, kwargs, parent_id=None, inline=False)
+        return self._create_and_run(wf, wid, args, kwargs, parent_id=None, inline=False,
+                                    deadline=deadline_for(self, timeout, None))
+
+    async def start_async(self, fn: Callable[..., Any] | str, *args: Any, workflow_id: str | None = None,
+                          workflow_timeout: float | None = None, **kwargs: Any) -> WorkflowHandle:
+        """``start`` for asyncio code (the database round trip runs on a thread)."""
+        if current_context() is not None:
+            return self.start(fn, *args, workflow_id=workflow_id, workflow_timeout=workflow_timeout, **kwargs)
+        return await asyncio.to_thread(functools.partial(self.start, fn, *args, workflow_id=workflow_id,
+                                                         workflow_timeout=workflow_timeout, **kwargs))
 
     def _create_and_run(self, wf: WorkflowDef, wid: str, args: tuple, kwargs: dict, *, parent_id: str | None,
-                        inline: bool) -> WorkflowHandle:
-        inputs = ser.encode_args(args, kwargs, what=f"inputs of workflow '{wf.name}'")
+                        inline: bool, deadline: float | None = None) -> WorkflowHandle:
+        from kit.lifecycle import as_datetime
+
+        inputs = check_size(ser.encode_args(args, kwargs, what=f"inputs of workflow '{wf.name}'"), self.config,
+                            "max_input_bytes", f"inputs of workflow '{wf.name}'")
         runtime = self.runtime
-        ctx = WorkflowContext(wid, wf.name, 1)
+        ctx = WorkflowContext(wid, wf.name, 1, deadline=deadline)
         held = runtime.hold(wid, ctx)  # before the insert, so the heartbeat never mistakes it for a stray claim
         if held is not ctx:  # this process already runs (or is starting) that id: never a second run
             if held.name != wf.name:
@@ -358,6 +423,7 @@ class Kit:
             created = self.backend.workflow_create(NewWorkflow(
                 workflow_id=wid, name=wf.name, inputs=inputs, app_version=self.config.app_version,
                 owner=runtime.worker_id, lease_seconds=self.config.lease_seconds, parent_id=parent_id,
+                deadline=as_datetime(deadline),
             ))
         except BaseException:
             runtime.drop(wid, ctx)
@@ -375,13 +441,17 @@ class Kit:
         return WorkflowHandle(self, wid, future)
 
     def _start_child(self, parent: WorkflowContext, wf: WorkflowDef, workflow_id: str | None, args: tuple,
-                     kwargs: dict) -> WorkflowHandle:
-        """Start a child as a checkpointed step: a recovered parent re-attaches to the same child."""
+                     kwargs: dict, timeout: float | None = None) -> WorkflowHandle:
+        """Start a child as a checkpointed step: a recovered parent re-attaches to the same child. The
+        child's deadline is the earlier of its own and its parent's."""
+        from kit.lifecycle import deadline_for
+
         child_id = workflow_id or f"{parent.workflow_id}/{parent.next_step}"
         validate_workflow_id(child_id)
 
         def start_child() -> str:
-            self._create_and_run(wf, child_id, args, kwargs, parent_id=parent.workflow_id, inline=False)
+            self._create_and_run(wf, child_id, args, kwargs, parent_id=parent.workflow_id, inline=False,
+                                 deadline=deadline_for(self, timeout, parent))
             return child_id
 
         recorded = run_step(self, f"start:{wf.name}", start_child, StepOptions(), (), {})
@@ -404,11 +474,63 @@ class Kit:
         return WorkflowHandle(self, workflow_id)
 
     def enqueue(self, fn: Callable[..., Any] | str, *args: Any, workflow_id: str | None = None,
-                priority: int = 0, **kwargs: Any) -> WorkflowHandle:
+                priority: int = 0, workflow_timeout: float | None = None, **kwargs: Any) -> WorkflowHandle:
         """Submit a workflow to the default queue for any worker to run; idempotent by id."""
         from kit.queues import submit
 
-        return submit(self, fn, args, kwargs, queue=None, workflow_id=workflow_id, priority=priority)
+        return submit(self, fn, args, kwargs, queue=None, workflow_id=workflow_id, priority=priority,
+                      workflow_timeout=workflow_timeout)
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+    def cancel(self, workflow_id: str) -> list[str]:
+        """Cancel a workflow and its unfinished children: running ones stop at their next step boundary
+        (no checkpoint commits after the cancel); returns the ids cancelled (empty if it had finished)."""
+        from kit import lifecycle
+
+        return lifecycle.cancel(self, workflow_id)
+
+    def resume(self, workflow_id: str, *, timeout: float | None = None) -> WorkflowHandle:
+        """Continue a CANCELLED or ERROR workflow from its last checkpoint (the step that failed runs
+        again); ``timeout`` sets a new deadline (the old one is cleared)."""
+        from kit import lifecycle
+
+        return lifecycle.resume(self, workflow_id, timeout)
+
+    def fork(self, workflow_id: str, *, from_step: int, new_workflow_id: str | None = None,
+             timeout: float | None = None) -> WorkflowHandle:
+        """Start a new workflow with the same inputs that reuses the checkpoints of steps before
+        ``from_step`` and runs the rest with this application's code."""
+        from kit import lifecycle
+
+        return lifecycle.fork(self, workflow_id, from_step, new_workflow_id, timeout)
+
+    def gc(self, older_than: Any, *, batch_size: int = 1000, dry_run: bool = False) -> int:
+        """Delete workflows finished more than ``older_than`` ago (timedelta, seconds, or '30d') in
+        batches; never a pending or running one. Returns how many were deleted."""
+        from kit import lifecycle
+
+        return lifecycle.gc(self, older_than, batch_size=batch_size, dry_run=dry_run)
+
+    def patched(self, patch: str) -> bool:
+        """Versioning marker: True in runs that reach this point with the patched code (recorded), False
+        when replaying a run that passed this point before the patch existed."""
+        from kit.engine import patched
+
+        return patched(self, patch)
+
+    def deprecate_patch(self, patch: str) -> None:
+        """Replaces ``if app.patched(patch)`` once no pre-patch run remains: keeps runs that recorded
+        the marker replayable after the check is removed."""
+        from kit.engine import deprecate_patch
+
+        deprecate_patch(patch)
+
+    @property
+    def accepted_versions(self) -> list[str] | None:
+        """Application versions whose workflows this app's worker replays (None: all)."""
+        from kit.lifecycle import accepted_versions
+
+        return accepted_versions(self.config.app_version, self.config.compatible_versions)
 
     def queue(self, name: str, *, concurrency: int | None = None, worker_concurrency: int | None = None,
               rate_limit: tuple[int, float] | None = None, priority: bool = False, partitioned: bool = False,
@@ -452,6 +574,18 @@ class Kit:
         from kit import messaging
 
         messaging.sleep(self, seconds)
+
+    async def sleep_async(self, seconds: float) -> None:
+        """Durable sleep for async workflows: other tasks of the workflow run meanwhile."""
+        from kit import messaging
+
+        await messaging.sleep_async(self, seconds)
+
+    async def recv_async(self, topic: str | None = None, timeout: float = 60.0) -> Any:
+        """``recv`` for async workflows: other tasks of the workflow run while it waits."""
+        from kit import messaging
+
+        return await messaging.recv_async(self, topic, timeout)
 
     def send(self, workflow_id: str, message: Any, topic: str | None = None) -> None:
         """Send a message to a workflow (idempotent when called from workflow code)."""

@@ -12,6 +12,7 @@ from typing import Any
 
 from kit.app import Kit, WorkflowDef, WorkflowHandle
 from kit.errors import UnknownQueueError, UsageError, WorkflowConflictError, WorkflowDuplicateError
+from kit.validation import check_size, validate_queue_name, validate_workflow_id, validate_workflow_name
 
 
 class Client(Kit):
@@ -23,8 +24,9 @@ class Client(Kit):
                          migrate=migrate)
 
     def _resolve(self, fn: Any) -> WorkflowDef:
-        if not isinstance(fn, str) or not fn or len(fn) > 200:
+        if not isinstance(fn, str):
             raise UsageError(f"a client enqueues workflows by name (a non-empty string), got {fn!r}")
+        validate_workflow_name(fn)
 
         def not_here(*args: Any, **kwargs: Any) -> Any:
             raise UsageError("a kit.Client does not run workflows; start a worker with the application")
@@ -40,15 +42,17 @@ class Client(Kit):
     def enqueue(self, workflow_name: str, *args: Any, queue: str | None = None,  # type: ignore[override]
                 workflow_id: str | None = None, dedup_id: str | None = None, priority: int | None = None,
                 delay: float | None = None, partition_key: str | None = None, if_duplicate: str = "error",
-                connection: Any = None, **kwargs: Any) -> WorkflowHandle:
+                connection: Any = None, workflow_timeout: float | None = None, **kwargs: Any) -> WorkflowHandle:
         """Submit ``workflow_name`` with these arguments to ``queue`` (None: the default queue).
 
         ``connection``: a driver connection with an open transaction (for PostgreSQL a psycopg
         ``Connection``): the insert joins that transaction instead of committing on its own.
+        ``workflow_timeout``: seconds from now after which the run is cancelled (queue wait included).
         """
         from kit.queues import Queue, submit
 
         if queue is not None:
+            validate_queue_name(queue)
             spec = self.backend.queue_get(queue)
             if spec is None:
                 raise UnknownQueueError(f"unknown queue {queue!r}: no application has declared it with app.queue()")
@@ -66,29 +70,32 @@ class Client(Kit):
         if connection is None:
             return submit(self, workflow_name, args, kwargs, queue=target.name if target else None,
                           workflow_id=workflow_id, dedup_id=dedup_id, priority=priority or 0, delay=delay,
-                          partition_key=partition_key, if_duplicate=if_duplicate)
+                          partition_key=partition_key, if_duplicate=if_duplicate, workflow_timeout=workflow_timeout)
         return self._enqueue_in(connection, workflow_name, args, kwargs, queue=queue, workflow_id=workflow_id,
                                 dedup_id=dedup_id, priority=priority or 0, delay=delay, partition_key=partition_key,
-                                if_duplicate=if_duplicate)
+                                if_duplicate=if_duplicate, workflow_timeout=workflow_timeout)
 
     def _enqueue_in(self, connection: Any, name: str, args: tuple, kwargs: dict, *, queue: str | None,
                     workflow_id: str | None, dedup_id: str | None, priority: int, delay: float | None,
-                    partition_key: str | None, if_duplicate: str) -> WorkflowHandle:
+                    partition_key: str | None, if_duplicate: str,
+                    workflow_timeout: float | None = None) -> WorkflowHandle:
         import uuid
 
         from kit import serialization as ser
-        from kit.app import validate_workflow_id
+        from kit.lifecycle import as_datetime, check_timeout, deadline_for
         from kit.queues import check_submit_options
         from kit.storage import NewWorkflow
 
         check_submit_options(priority=priority, delay=delay, dedup_id=dedup_id, partition_key=partition_key,
                              if_duplicate=if_duplicate)
         wid = validate_workflow_id(workflow_id) if workflow_id is not None else str(uuid.uuid4())
-        inputs = ser.encode_args(args, kwargs, what=f"inputs of workflow '{name}'")
+        inputs = check_size(ser.encode_args(args, kwargs, what=f"inputs of workflow '{name}'"), self.config,
+                            "max_input_bytes", f"inputs of workflow '{name}'")
         try:
             created = self.backend.workflow_enqueue_in(connection, NewWorkflow(
                 workflow_id=wid, name=name, inputs=inputs, queue=queue, priority=priority, dedup_id=dedup_id,
-                delay_seconds=float(delay or 0.0), partition_key=partition_key, app_version=self.config.app_version))
+                delay_seconds=float(delay or 0.0), partition_key=partition_key, app_version=self.config.app_version,
+                deadline=as_datetime(deadline_for(self, check_timeout(workflow_timeout), None))))
         except WorkflowDuplicateError as exc:
             if if_duplicate == "existing":
                 return WorkflowHandle(self, exc.existing_id)

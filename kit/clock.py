@@ -35,20 +35,23 @@ class Clock:
             return False
         return event.wait(max(0.0, seconds))
 
-    def wait_until(self, event: threading.Event | None, when: float) -> bool:
-        """Wait until the UNIX time ``when`` (or ``event``); True if the event was set."""
-        return self.wait(event, when - self.time())
+    def wait_until(self, event: threading.Event | None, when: float, max_real: float | None = None) -> bool:
+        """Wait until the UNIX time ``when`` (or ``event``, or ``max_real`` real seconds); True if the
+        event was set."""
+        left = when - self.time()
+        return self.wait(event, left if max_real is None else min(left, max_real))
 
 
 SYSTEM_CLOCK = Clock()
 
 
 class _Waiter:
-    __slots__ = ("deadline", "done")
+    __slots__ = ("deadline", "done", "workflow_id")
 
-    def __init__(self, deadline: float) -> None:
+    def __init__(self, deadline: float, workflow_id: str | None) -> None:
         self.deadline = deadline
         self.done = False
+        self.workflow_id = workflow_id
 
 
 class VirtualClock(Clock):
@@ -82,8 +85,12 @@ class VirtualClock(Clock):
             deadline = self._now + max(0.0, seconds)
         return self.wait_until(event, deadline)
 
-    def wait_until(self, event: threading.Event | None, when: float) -> bool:
-        waiter = _Waiter(when)
+    def wait_until(self, event: threading.Event | None, when: float, max_real: float | None = None) -> bool:
+        from kit.engine import current_context  # the workflow (if any) this wait belongs to
+
+        ctx = current_context()
+        waiter = _Waiter(when, ctx.workflow_id if ctx is not None else None)
+        give_up = None if max_real is None else time.monotonic() + max_real
         with self._cond:
             if self._now >= when:
                 return bool(event is not None and event.is_set())
@@ -96,8 +103,13 @@ class VirtualClock(Clock):
                         return True
                     if self._now >= when:
                         return False
-                    # Poll the event every 50 ms of real time: Events cannot share our condition.
-                    self._cond.wait(0.05 if event is not None else None)
+                    slice_ = 0.05 if event is not None else None  # Events cannot share our condition: poll
+                    if give_up is not None:
+                        left = give_up - time.monotonic()
+                        if left <= 0:
+                            return False
+                        slice_ = left if slice_ is None else min(slice_, left)
+                    self._cond.wait(slice_)
             finally:
                 waiter.done = True
                 self._waiting -= 1
@@ -130,6 +142,11 @@ class VirtualClock(Clock):
         """How many threads are blocked in a wait on this clock right now."""
         with self._cond:
             return self._waiting
+
+    def waiting_workflows(self) -> set[str]:
+        """Ids of the workflows with a thread blocked in a wait on this clock right now."""
+        with self._cond:
+            return {w.workflow_id for _, _, w in self._heap if not w.done and w.workflow_id is not None}
 
     def next_deadline(self) -> float | None:
         """The earliest deadline among current waits (None when nothing waits)."""

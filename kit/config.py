@@ -34,7 +34,8 @@ class Config:
     backend: str | None = None  # None: inferred from the URL scheme
     schema: str = "kit"
     data_dir: str = ".kit"
-    app_version: str | None = None
+    app_version: str | None = None  # recorded on every workflow started; None: unversioned
+    compatible_versions: str | None = None  # comma-separated older versions this code can replay ('*': all)
     lease_seconds: float = 10.0  # a dead worker's workflows are reclaimed within about this long
     heartbeat_seconds: float = 2.5
     poll_seconds: float = 1.0  # longest sleep between claim attempts when idle
@@ -45,6 +46,17 @@ class Config:
     connect_timeout: float = 5.0
     call_timeout: float = 20.0  # a database call unanswered this long has its connection broken and retried
     notify: bool = True  # use LISTEN/NOTIFY wake-ups when the backend has them
+    # Largest serialized value kit stores, in UTF-8 bytes (docs/security.md); larger ones are refused.
+    max_input_bytes: int = 16 * 1024 * 1024  # workflow inputs
+    max_output_bytes: int = 16 * 1024 * 1024  # step outputs and workflow results
+    max_message_bytes: int = 16 * 1024 * 1024  # messages
+    max_event_bytes: int = 16 * 1024 * 1024  # event values and stream elements
+
+    def __repr__(self) -> str:  # never show a password from the URL
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.database_url is not None:
+            values["database_url"] = redact_url(self.database_url)
+        return "Config(" + ", ".join(f"{k}={v!r}" for k, v in values.items()) + ")"
 
     @property
     def effective_pool_size(self) -> int:
@@ -57,6 +69,11 @@ _FIELDS = {f.name: f for f in fields(Config)}
 def _coerce(name: str, value: Any, source: str) -> Any:
     """Convert ``value`` to the type of setting ``name``; raise ConfigError naming the source."""
     default = _FIELDS[name].default
+    if name == "compatible_versions" and isinstance(value, (list, tuple)):
+        if not all(isinstance(v, str) and v.strip() and "," not in v for v in value):
+            raise ConfigError(f"invalid value {value!r} for setting '{name}' (from {source}): expected version "
+                              "strings without commas")
+        value = ",".join(v.strip() for v in value)
     kind = type(default) if default is not None else str
     try:
         if isinstance(value, str) and kind is not str:
@@ -98,9 +115,12 @@ def _from_file(cwd: Path, config_file: str | os.PathLike[str] | None) -> tuple[d
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot parse {path}: {exc}") from None
         if is_pyproject:
-            data = data.get("tool", {}).get("kit", {})
+            tool = data.get("tool", {})
+            data = tool.get("kit", {}) if isinstance(tool, dict) else {}
             if not data:
                 continue
+            if not isinstance(data, dict):
+                raise ConfigError(f"[tool.kit] in {path} must be a table of settings")
             return dict(data), f"[tool.kit] in {path}"
         if "kit" in data and isinstance(data["kit"], dict):
             data = data["kit"]
@@ -146,8 +166,12 @@ def validate(cfg: Config) -> None:
             "(at most 58 characters, not starting with a digit)"
         )
     for name in ("lease_seconds", "heartbeat_seconds", "poll_seconds", "db_retry_seconds", "connect_timeout", "call_timeout"):
-        if getattr(cfg, name) <= 0:
-            raise ConfigError(f"setting '{name}' must be positive, got {getattr(cfg, name)}")
+        if not 0 < getattr(cfg, name) < float("inf"):  # also refuses NaN
+            raise ConfigError(f"setting '{name}' must be a positive finite number, got {getattr(cfg, name)}")
+    from kit.validation import SIZE_SETTINGS, check_limit_setting
+
+    for name in SIZE_SETTINGS:
+        check_limit_setting(name, getattr(cfg, name))
     if cfg.heartbeat_seconds * 2 > cfg.lease_seconds:
         raise ConfigError(
             f"heartbeat_seconds ({cfg.heartbeat_seconds}) must be at most half of lease_seconds "
@@ -194,5 +218,5 @@ def redact_url(url: str) -> str:
     if not isinstance(url, str):
         return "<invalid>"
     out = re.sub(r"(://[^:/@?#]*:)[^@/?#]*@", r"\1***@", url)
-    out = re.sub(r"((?:^|[?&\s])password=)[^&\s]*", r"\1***", out, flags=re.IGNORECASE)
+    out = re.sub(r"((?:^|[?&\s])(?:ssl)?password=)[^&\s]*", r"\1***", out, flags=re.IGNORECASE)
     return out

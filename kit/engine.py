@@ -5,6 +5,8 @@ The engine never touches SQL: every durable effect goes through a :class:`kit.st
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 import threading
 from collections.abc import Callable
@@ -16,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from kit import serialization as ser
 from kit.errors import (
     DatabaseUnavailableError,
+    DeadlineExceededError,
     LeaseLostError,
     NonDeterminismError,
     SerializationError,
@@ -24,6 +27,7 @@ from kit.errors import (
     UsageError,
 )
 from kit.storage import Finish, Status, StepRecord, StepResult
+from kit.validation import check_size
 
 if TYPE_CHECKING:
     from kit.app import Kit
@@ -49,6 +53,19 @@ class StepInfo:
         return f"{self.workflow_id}:{self.step_id}"
 
 
+class _StepState:
+    """The running step attempt of one thread or asyncio task (steps of an async workflow may overlap)."""
+
+    __slots__ = ("info", "sends")
+
+    def __init__(self, info: StepInfo) -> None:
+        self.info = info
+        self.sends = 0  # messages sent by this attempt (their idempotency keys)
+
+
+_step_state: ContextVar[_StepState | None] = ContextVar("kit_step", default=None)
+
+
 @dataclass(eq=False)
 class WorkflowContext:
     """State of one workflow execution in this process: its lease epoch and recorded checkpoints."""
@@ -61,16 +78,58 @@ class WorkflowContext:
     lost: threading.Event = field(default_factory=threading.Event)
     confirmed_at: float = 0.0  # monotonic time the lease was confirmed (0: not yet)
     finishing: bool = False  # the terminal write is under way: the lease ends with it, not lost
-    step: StepInfo | None = None  # set while a step body runs
     queue: str | None = None  # the limited queue it was claimed from (its finish frees capacity)
-    sends_in_step: int = 0  # messages sent by the running step attempt (their idempotency keys)
+    deadline: float | None = None  # UNIX time (app clock) after which it is cancelled at a step boundary
+    deadline_hit: bool = False  # the deadline passed: the workflow ends CANCELLED whatever its code does
+
+    @property
+    def step(self) -> StepInfo | None:
+        """The step whose body is running in this thread or task (None in workflow code)."""
+        state = _step_state.get()
+        return state.info if state is not None else None
+
+    @step.setter
+    def step(self, info: StepInfo | None) -> None:
+        _step_state.set(_StepState(info) if info is not None else None)
+
+    @property
+    def sends_in_step(self) -> int:
+        state = _step_state.get()
+        return state.sends if state is not None else 0
+
+    @sends_in_step.setter
+    def sends_in_step(self, value: int) -> None:
+        state = _step_state.get()
+        if state is not None:
+            state.sends = value
 
     def check_lease(self) -> None:
         if self.lost.is_set():
             raise LeaseLostError(f"workflow {self.workflow_id}: lease lost (epoch {self.epoch} superseded)")
 
+    def check_deadline(self, now: float) -> None:
+        """Raise DeadlineExceededError once ``now`` is at or past the deadline (and remember it)."""
+        if self.deadline is not None and now >= self.deadline:
+            self.deadline_hit = True
+            raise DeadlineExceededError(f"workflow {self.workflow_id}: deadline passed; cancelling it")
+
 
 _current: ContextVar[WorkflowContext | None] = ContextVar("kit_workflow", default=None)
+
+
+class SimulatedCrash(LeaseLostError):
+    """Raised by a kit.testing crash point: the run stops as if its process died (nothing more is recorded)."""
+
+
+# kit.testing installs this: called before a new step runs ("before") and after its body returned but
+# before its checkpoint ("after"); raising SimulatedCrash abandons the run there.
+crash_hook: Callable[[WorkflowContext, int, str, str], None] | None = None
+
+
+def _crash_point(ctx: WorkflowContext, step_id: int, name: str, phase: str) -> None:
+    hook = crash_hook
+    if hook is not None:
+        hook(ctx, step_id, name, phase)
 
 
 def current_context() -> WorkflowContext | None:
@@ -144,11 +203,101 @@ def run_step(app: Kit, name: str, fn: Callable[..., Any], opts: StepOptions, arg
     step_id, rec = replay_or_reserve(ctx, name)
     if rec is not None:
         return recorded_value(rec)
+    ctx.check_deadline(app.clock.time())
     try:
+        _crash_point(ctx, step_id, name, "before")
         return _run_new_step(app, ctx, step_id, name, fn, opts, args, kwargs)
     except LeaseLostError:
         ctx.lost.set()  # even if workflow code swallows it, no later step of this run may start
         raise
+
+
+async def run_step_async(app: Kit, name: str, fn: Callable[..., Any], opts: StepOptions, args: tuple,
+                         kwargs: dict) -> Any:
+    """``run_step`` for an ``async def`` step: the position is taken before the first ``await``, so
+    steps gathered concurrently get the same positions on replay (their order of creation)."""
+    ctx = _current.get()
+    if ctx is None or ctx.step is not None:
+        return await fn(*args, **kwargs)
+    step_id, rec = replay_or_reserve(ctx, name)
+    if rec is not None:
+        return recorded_value(rec)
+    ctx.check_deadline(app.clock.time())
+    try:
+        _crash_point(ctx, step_id, name, "before")
+        return await _run_new_step_async(app, ctx, step_id, name, fn, opts, args, kwargs)
+    except LeaseLostError:
+        ctx.lost.set()
+        raise
+
+
+async def _run_new_step_async(app: Kit, ctx: WorkflowContext, step_id: int, name: str, fn: Callable[..., Any],
+                              opts: StepOptions, args: tuple, kwargs: dict) -> Any:
+    backend = app.backend
+    started = utc_now()
+    attempt = 0
+    while True:
+        attempt += 1
+        ctx.step = StepInfo(ctx.workflow_id, step_id, name, attempt)
+        try:
+            value = await fn(*args, **kwargs)
+            ctx.step = None
+            text = check_size(ser.dumps(value, what=f"output of step '{name}'"), app.config, "max_output_bytes",
+                              f"output of step '{name}'")
+        except LeaseLostError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a user step may raise anything
+            ctx.step = None
+            retryable = not isinstance(exc, (SerializationError, StorageError, NonDeterminismError))
+            if retryable and attempt <= opts.retries:
+                delay = opts.delay(attempt)
+                log.info("step %s of %s failed (attempt %d/%d: %s: %s); retrying in %.2fs", name,
+                         ctx.workflow_id, attempt, opts.retries + 1, type(exc).__name__, exc, delay)
+                if await asyncio.to_thread(app.clock.wait, ctx.lost, delay):
+                    ctx.check_lease()
+                continue
+            if isinstance(exc, (DatabaseUnavailableError, TransientStorageError)):
+                raise
+            error = ser.dumps(ser.exception_to_record(exc), what="step error")
+            backend.step_record(StepResult(ctx.workflow_id, step_id, name, ctx.epoch, error=error,
+                                           attempts=attempt, started_at=started))
+            raise
+        finally:
+            ctx.step = None
+        _crash_point(ctx, step_id, name, "after")
+        record = backend.step_record(StepResult(ctx.workflow_id, step_id, name, ctx.epoch, output=text,
+                                                attempts=attempt, started_at=started))
+        if record.epoch != ctx.epoch:
+            return recorded_value(record)
+        return value
+
+
+def patched(app: Kit, patch: str) -> bool:
+    """True when this workflow runs the code after patch ``patch``: new runs record a marker at this
+    position; replays of runs that reached this position before the patch existed get False."""
+    ctx = _current.get()
+    if ctx is None or ctx.step is not None:
+        return True
+    marker = f"patch:{patch}"
+    rec = ctx.steps.get(ctx.next_step)
+    if rec is not None:
+        if rec.name != marker:
+            return False  # recorded by the old code: keep replaying the old path
+        ctx.next_step += 1
+        return True
+    run_step(app, marker, lambda: True, StepOptions(), (), {})
+    return True
+
+
+def deprecate_patch(patch: str) -> None:
+    """Once no workflow replays the pre-patch path: skip the marker that ``patched(patch)`` recorded, so
+    workflows started while the check existed still replay after it is removed."""
+    ctx = _current.get()
+    if ctx is None or ctx.step is not None:
+        return
+    rec = ctx.steps.get(ctx.next_step)
+    if rec is not None and rec.name == f"patch:{patch}":
+        ctx.next_step += 1
 
 
 def _run_new_step(app: Kit, ctx: WorkflowContext, step_id: int, name: str, fn: Callable[..., Any],
@@ -167,14 +316,16 @@ def _run_new_step(app: Kit, ctx: WorkflowContext, step_id: int, name: str, fn: C
                 base = StepResult(ctx.workflow_id, step_id, name, ctx.epoch, attempts=attempt, started_at=started)
                 with backend.step_transaction(base) as tx:
                     value = fn(tx.connection, *args, **kwargs)
-                    text = ser.dumps(value, what=f"output of step '{name}'")
+                    text = check_size(ser.dumps(value, what=f"output of step '{name}'"), app.config,
+                                      "max_output_bytes", f"output of step '{name}'")
                     ctx.step = None
                     tx.checkpoint(text)
                 record = tx.record
             else:
                 value = fn(*args, **kwargs)
                 ctx.step = None
-                text = ser.dumps(value, what=f"output of step '{name}'")
+                text = check_size(ser.dumps(value, what=f"output of step '{name}'"), app.config, "max_output_bytes",
+                                  f"output of step '{name}'")
                 record = None
         except LeaseLostError:
             raise
@@ -194,7 +345,8 @@ def _run_new_step(app: Kit, ctx: WorkflowContext, step_id: int, name: str, fn: C
                 delay = opts.delay(attempt)
                 log.info("step %s of %s failed (attempt %d/%d: %s: %s); retrying in %.2fs", name,
                          ctx.workflow_id, attempt, opts.retries + 1, type(exc).__name__, exc, delay)
-                _pause(ctx, delay)
+                if app.clock.wait(ctx.lost, delay):
+                    ctx.check_lease()
                 continue
             if isinstance(exc, (DatabaseUnavailableError, TransientStorageError)):
                 raise  # the database is away: leave the workflow to be recovered, record nothing
@@ -205,6 +357,7 @@ def _run_new_step(app: Kit, ctx: WorkflowContext, step_id: int, name: str, fn: C
         finally:
             ctx.step = None
         if record is None:
+            _crash_point(ctx, step_id, name, "after")
             record = backend.step_record(StepResult(ctx.workflow_id, step_id, name, ctx.epoch, output=text,
                                                     attempts=attempt, started_at=started))
         if record.epoch != ctx.epoch:
@@ -226,11 +379,20 @@ def execute(app: Kit, ctx: WorkflowContext, fn: Callable[..., Any], args: tuple,
     output: str | None = None
     error: str | None = None
     try:
+        if ctx.deadline is not None and not ctx.steps:
+            ctx.check_deadline(app.clock.time())  # queued past its deadline: never start it
         result = fn(*args, **kwargs)
+        if inspect.isawaitable(result):
+            result = asyncio.run(_await(result))  # an async workflow: its own event loop on this thread
+        if ctx.deadline_hit:
+            raise DeadlineExceededError(f"workflow {ctx.workflow_id}: deadline passed")
         try:
-            output = ser.dumps(result, what=f"result of workflow '{ctx.name}'")
+            output = check_size(ser.dumps(result, what=f"result of workflow '{ctx.name}'"), app.config,
+                                "max_output_bytes", f"result of workflow '{ctx.name}'")
         except SerializationError as exc:
             status, error = Status.ERROR, ser.dumps(ser.exception_to_record(exc))
+    except DeadlineExceededError as exc:
+        status, error = Status.CANCELLED, ser.dumps(ser.exception_to_record(exc))
     except LeaseLostError as exc:
         log.warning("abandoning workflow %s: %s", ctx.workflow_id, exc)
         return Outcome(None)
@@ -241,7 +403,13 @@ def execute(app: Kit, ctx: WorkflowContext, fn: Callable[..., Any], args: tuple,
     except BaseException as exc:  # noqa: BLE001 - anything the workflow raises ends it in ERROR
         if not isinstance(exc, Exception):
             raise
-        status, error = Status.ERROR, ser.dumps(ser.exception_to_record(exc))
+        if ctx.deadline_hit or (ctx.deadline is not None and app.clock.time() >= ctx.deadline):
+            # Its deadline passed: whatever failed meanwhile (a child cancelled by the same deadline, a
+            # cleanup after DeadlineExceededError), the workflow ends as cancelled by its deadline.
+            status, error = Status.CANCELLED, ser.dumps(ser.exception_to_record(
+                DeadlineExceededError(f"workflow {ctx.workflow_id}: deadline passed")))
+        else:
+            status, error = Status.ERROR, ser.dumps(ser.exception_to_record(exc))
     finally:
         _current.reset(token)
     if ctx.lost.is_set():
@@ -258,3 +426,7 @@ def execute(app: Kit, ctx: WorkflowContext, fn: Callable[..., Any], args: tuple,
         return Outcome(None)
     return Outcome(status, output, error)
 
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable

@@ -24,6 +24,16 @@ class SerializationError(UsageError):
     """A value cannot be stored as JSON (or a stored value cannot be decoded safely)."""
 
 
+class LimitExceededError(SerializationError):
+    """A serialized value is larger than the configured ``max_*_bytes`` setting allows; nothing was written."""
+
+    def __init__(self, message: str, *, setting: str, limit: int, size: int) -> None:
+        super().__init__(message)
+        self.setting = setting
+        self.limit = limit
+        self.size = size
+
+
 class NonDeterminismError(KitError):
     """Replay found a different step at a recorded position: the workflow code changed under it."""
 
@@ -52,6 +62,10 @@ class UnknownWorkflowError(UsageError):
     """A workflow name is not registered in this application."""
 
 
+class CronError(UsageError):
+    """A cron expression, time zone or schedule option is invalid: the message names the field and value."""
+
+
 class WorkflowTimeoutError(KitError, TimeoutError):
     """Waiting for a workflow's result took longer than the given timeout."""
 
@@ -65,6 +79,19 @@ class WorkflowError(KitError):
         self.message = message
         self.traceback = traceback
         super().__init__(f"workflow {workflow_id} failed: {type_name}: {message}")
+
+
+class WorkflowCancelledError(WorkflowError):
+    """The workflow was cancelled (``app.cancel``, or its deadline passed) before it finished."""
+
+
+class DeadlineExceededError(KitError):
+    """Raised in workflow code at a step boundary or wait once the workflow's deadline has passed; the
+    workflow then ends CANCELLED (catching it lets code clean up, not continue)."""
+
+
+class WorkflowStateError(UsageError):
+    """The workflow is not in a state that allows the operation (e.g. resuming a running workflow)."""
 
 
 class StepFailedError(KitError):

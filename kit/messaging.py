@@ -8,6 +8,7 @@ Each operation takes step positions like any step, so replay returns what the fi
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 import uuid
@@ -17,12 +18,12 @@ from kit import serialization as ser
 from kit.engine import StepOptions, current_context, replay_or_reserve, run_step, utc_now
 from kit.errors import LeaseLostError, UsageError, WorkflowNotFoundError
 from kit.storage import StepResult
+from kit.validation import check_size, validate_key, validate_topic, validate_workflow_id
 
 if TYPE_CHECKING:
     from kit.app import Kit
     from kit.engine import WorkflowContext
 
-_MAX_TOPIC = 200
 _MAX_WAIT = 366 * 24 * 3600.0  # a year: longer waits are almost certainly a unit mistake
 
 
@@ -33,18 +34,8 @@ def _check_timeout(name: str, value: float | None) -> float:
     return float(value)
 
 
-def _check_key(what: str, key: object) -> str:
-    if not isinstance(key, str) or not key or len(key) > _MAX_TOPIC:
-        raise UsageError(f"{what} must be a non-empty string of at most {_MAX_TOPIC} characters, got {key!r}")
-    return key
-
-
-def _check_topic(topic: str | None) -> str:
-    if topic is None:
-        return ""
-    if not isinstance(topic, str) or len(topic) > _MAX_TOPIC:
-        raise UsageError(f"topic must be a string of at most {_MAX_TOPIC} characters, got {topic!r}")
-    return topic
+_check_key = validate_key
+_check_topic = validate_topic
 
 
 def _workflow_ctx(operation: str) -> WorkflowContext:
@@ -60,9 +51,14 @@ def _recorded_deadline(app: Kit, ctx: WorkflowContext, name: str, seconds: float
 
 
 def _pause(app: Kit, ctx: WorkflowContext, until: float) -> None:
-    """Wait until the UNIX time ``until`` on the app's clock, abandoning at once if the lease is lost."""
-    if app.clock.wait_until(ctx.lost, until):
+    """Wait until the UNIX time ``until`` on the app's clock, abandoning at once if the lease is lost
+    and ending the workflow (DeadlineExceededError) if its deadline comes first."""
+    end = until if ctx.deadline is None else min(until, ctx.deadline)
+    if app.clock.wait_until(ctx.lost, end):
         ctx.check_lease()
+    now = app.clock.time()
+    if now < until:
+        ctx.check_deadline(now)
 
 
 def sleep(app: Kit, seconds: float) -> None:
@@ -80,13 +76,12 @@ def sleep(app: Kit, seconds: float) -> None:
 def send(app: Kit, workflow_id: str, message: Any, topic: str | None = None) -> None:
     """Send ``message`` (JSON-serializable, not None) to a workflow. From workflow code the send is a
     step with an idempotency key, so a replay or a re-run after a crash never sends twice."""
-    from kit.app import validate_workflow_id
-
     validate_workflow_id(workflow_id)
     topic_ = _check_topic(topic)
     if message is None:
         raise UsageError("a message must not be None (recv returns None for 'no message')")
-    body = ser.dumps(message, what=f"message to workflow {workflow_id}")
+    body = check_size(ser.dumps(message, what=f"message to workflow {workflow_id}"), app.config,
+                      "max_message_bytes", f"message to workflow {workflow_id}")
     ctx = current_context()
 
     def deliver(sender_key: str | None) -> None:
@@ -112,6 +107,31 @@ def send(app: Kit, workflow_id: str, message: Any, topic: str | None = None) -> 
 def recv(app: Kit, topic: str | None = None, timeout: float = 60.0) -> Any:
     """Receive the next message of ``topic`` sent to this workflow, waiting up to ``timeout`` seconds;
     None when none came. Each message is received at most once; the timeout itself is durable."""
+    begun = _recv_begin(app, topic, timeout)
+    return begun[0] if len(begun) == 1 else _recv_wait(app, *begun)
+
+
+async def recv_async(app: Kit, topic: str | None = None, timeout: float = 60.0) -> Any:
+    """``recv`` for async workflows: positions are taken at once, the wait runs on a thread."""
+    begun = _recv_begin(app, topic, timeout)
+    if len(begun) == 1:
+        return begun[0]
+    return await asyncio.to_thread(_recv_wait, app, *begun)
+
+
+async def sleep_async(app: Kit, seconds: float) -> None:
+    """``sleep`` for async workflows: the wake time is recorded at once, the wait runs on a thread."""
+    seconds = _check_timeout("sleep seconds", seconds)
+    ctx = current_context()
+    if ctx is None or ctx.step is not None:
+        await asyncio.to_thread(app.clock.wait, None, seconds)
+        return
+    wake_at = _recorded_deadline(app, ctx, "sleep", seconds)
+    await asyncio.to_thread(_pause, app, ctx, wake_at)
+
+
+def _recv_begin(app: Kit, topic: str | None, timeout: float) -> tuple:
+    """Validate, record the deadline and take recv's step position: (replayed value,) or wait args."""
     timeout = _check_timeout("recv timeout", timeout)
     topic_ = _check_topic(topic)
     ctx = _workflow_ctx("recv()")
@@ -119,7 +139,11 @@ def recv(app: Kit, topic: str | None = None, timeout: float = 60.0) -> Any:
     deadline = _recorded_deadline(app, ctx, "recv.deadline", timeout)
     step_id, rec = replay_or_reserve(ctx, name)
     if rec is not None:
-        return ser.loads(rec.output, what="received message")
+        return (ser.loads(rec.output, what="received message"),)
+    return ctx, name, topic_, deadline, step_id
+
+
+def _recv_wait(app: Kit, ctx: WorkflowContext, name: str, topic_: str, deadline: float, step_id: int) -> Any:
     started = utc_now()
     backend = app.backend
     with app.runtime.notifier.watch("m:" + ctx.workflow_id) as watch:
@@ -132,10 +156,13 @@ def recv(app: Kit, topic: str | None = None, timeout: float = 60.0) -> Any:
                 raise
             if got is not None:
                 return ser.loads(got.output, what="received message")
-            left = deadline - time.time()
-            if left <= 0:
+            now = app.clock.time()
+            if now >= deadline:
                 break
-            watch.wait(left)
+            ctx.check_deadline(now)
+            end = deadline if ctx.deadline is None else min(deadline, ctx.deadline)
+            app.clock.wait_until(watch.event, end, max_real=app.runtime.notifier.poll)
+            watch.event.clear()
             ctx.check_lease()
     try:
         record = backend.step_record(StepResult(ctx.workflow_id, step_id, name, ctx.epoch, output="null",
@@ -150,7 +177,7 @@ def set_event(app: Kit, key: str, value: Any) -> None:
     """Publish ``value`` under ``key`` for this workflow; readers see the latest value set by a
     committed step."""
     _check_key("event key", key)
-    text = ser.dumps(value, what=f"event {key!r}")
+    text = check_size(ser.dumps(value, what=f"event {key!r}"), app.config, "max_event_bytes", f"event {key!r}")
     ctx = _workflow_ctx("set_event()")
     step_id, rec = replay_or_reserve(ctx, f"set_event:{key}")
     if rec is not None:
@@ -166,8 +193,6 @@ def set_event(app: Kit, key: str, value: Any) -> None:
 def get_event(app: Kit, workflow_id: str, key: str, timeout: float = 60.0) -> Any:
     """The latest value of another workflow's event ``key``, waiting up to ``timeout`` seconds for it to
     be set; None if it is not set by then. In workflow code the value read is checkpointed."""
-    from kit.app import validate_workflow_id
-
     validate_workflow_id(workflow_id)
     _check_key("event key", key)
     timeout = _check_timeout("get_event timeout", timeout)

@@ -42,6 +42,11 @@ class Watch:
         self._event.clear()
         return got
 
+    @property
+    def event(self) -> threading.Event:
+        """Set when a notification for the key arrives (clear it after waking)."""
+        return self._event
+
     def fired(self) -> bool:
         """Non-blocking: did a notification for the key arrive since the last wait/fired call?"""
         got = self._event.is_set()

@@ -9,7 +9,6 @@ window in a snapshot taken after that lock, and never start more than the limits
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -17,18 +16,12 @@ from typing import TYPE_CHECKING, Any
 from kit import serialization as ser
 from kit.errors import ConfigError, UsageError, WorkflowConflictError, WorkflowDuplicateError
 from kit.storage import NewWorkflow, QueueSpec
+from kit.validation import check_size, validate_key, validate_queue_name
 
 if TYPE_CHECKING:
     from kit.app import Kit, WorkflowHandle
 
-_QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 DEFAULT_QUEUE = "default"
-
-
-def validate_queue_name(name: object) -> str:
-    if not isinstance(name, str) or not _QUEUE_NAME.match(name):
-        raise ConfigError(f"invalid queue name {name!r}: use 1-100 letters, digits, '_', '.', ':' or '-'")
-    return name
 
 
 def _positive_int(what: str, value: object) -> int | None:
@@ -82,23 +75,26 @@ class Queue:
 
     def enqueue(self, fn: Callable[..., Any] | str, *args: Any, workflow_id: str | None = None,
                 dedup_id: str | None = None, priority: int | None = None, delay: float | None = None,
-                partition_key: str | None = None, if_duplicate: str = "error", **kwargs: Any) -> WorkflowHandle:
+                partition_key: str | None = None, if_duplicate: str = "error", workflow_timeout: float | None = None,
+                **kwargs: Any) -> WorkflowHandle:
         """Submit a workflow to this queue and return its handle.
 
         ``dedup_id``: while a workflow with that id is PENDING or RUNNING in this queue, a second enqueue
         raises :class:`~kit.errors.WorkflowDuplicateError` (``if_duplicate="existing"``: returns the live
         workflow's handle instead). ``priority``: lower runs first (queues declared with priority=True).
         ``delay``: seconds before it may start. ``partition_key``: the tenant (partitioned queues only).
+        ``workflow_timeout``: seconds from now after which the run is cancelled (queue wait included).
         """
         spec = self.spec
         if priority not in (None, 0) and not spec.priority:
             raise UsageError(f"queue {spec.name!r} was declared without priority=True; it takes no priority")
-        if spec.partitioned and (not isinstance(partition_key, str) or not partition_key or len(partition_key) > 200):
+        if spec.partitioned and partition_key is None:
             raise UsageError(f"queue {spec.name!r} is partitioned: give partition_key= (a non-empty string)")
         if not spec.partitioned and partition_key is not None:
             raise UsageError(f"queue {spec.name!r} is not partitioned: partition_key= is not accepted")
         return submit(self.app, fn, args, kwargs, queue=spec.name, workflow_id=workflow_id, dedup_id=dedup_id,
-                      priority=priority or 0, delay=delay, partition_key=partition_key, if_duplicate=if_duplicate)
+                      priority=priority or 0, delay=delay, partition_key=partition_key, if_duplicate=if_duplicate,
+                      workflow_timeout=workflow_timeout)
 
 
 def check_submit_options(*, priority: int, delay: float | None, dedup_id: str | None, partition_key: str | None,
@@ -111,23 +107,26 @@ def check_submit_options(*, priority: int, delay: float | None, dedup_id: str | 
     if delay is not None and (isinstance(delay, bool) or not isinstance(delay, (int, float))
                               or not math.isfinite(delay) or delay < 0):
         raise UsageError(f"delay must be a finite number of seconds >= 0, got {delay!r}")
-    if dedup_id is not None and (not isinstance(dedup_id, str) or not 0 < len(dedup_id) <= 200):
-        raise UsageError(f"dedup_id must be a non-empty string of at most 200 characters, got {dedup_id!r}")
-    if partition_key is not None and (not isinstance(partition_key, str) or not 0 < len(partition_key) <= 200):
-        raise UsageError(f"partition_key must be a non-empty string of at most 200 characters, got {partition_key!r}")
+    if dedup_id is not None:
+        validate_key("dedup_id", dedup_id)
+    if partition_key is not None:
+        validate_key("partition_key", partition_key)
     if if_duplicate not in ("error", "existing"):
         raise UsageError(f"if_duplicate must be 'error' or 'existing', got {if_duplicate!r}")
 
 
 def submit(app: Kit, fn: Callable[..., Any] | str, args: tuple, kwargs: dict, *, queue: str | None,
            workflow_id: str | None, dedup_id: str | None = None, priority: int = 0, delay: float | None = None,
-           partition_key: str | None = None, if_duplicate: str = "error") -> WorkflowHandle:
+           partition_key: str | None = None, if_duplicate: str = "error",
+           workflow_timeout: float | None = None) -> WorkflowHandle:
     """Insert a PENDING workflow (one statement, which also wakes idle workers). Validates everything
     and serializes the inputs before writing anything."""
     from kit.app import WorkflowHandle, validate_workflow_id
     from kit.engine import StepOptions, current_context, run_step
+    from kit.lifecycle import as_datetime, check_timeout, deadline_for
 
     wf = app._resolve(fn)
+    timeout = check_timeout(workflow_timeout) if workflow_timeout is not None else wf.timeout
     check_submit_options(priority=priority, delay=delay, dedup_id=dedup_id, partition_key=partition_key,
                          if_duplicate=if_duplicate)
     parent = current_context()
@@ -140,12 +139,13 @@ def submit(app: Kit, fn: Callable[..., Any] | str, args: tuple, kwargs: dict, *,
             app, f"enqueue:{wf.name}",
             lambda: submit(app, wf.name, args, kwargs, queue=queue, workflow_id=child_id, dedup_id=dedup_id,
                            priority=priority, delay=delay, partition_key=partition_key,
-                           if_duplicate=if_duplicate).workflow_id,
+                           if_duplicate=if_duplicate, workflow_timeout=timeout).workflow_id,
             StepOptions(), (), {},
         )
         return WorkflowHandle(app, recorded)
     wid = validate_workflow_id(workflow_id) if workflow_id is not None else str(uuid.uuid4())
-    inputs = ser.encode_args(args, kwargs, what=f"inputs of workflow '{wf.name}'")
+    inputs = check_size(ser.encode_args(args, kwargs, what=f"inputs of workflow '{wf.name}'"), app.config,
+                        "max_input_bytes", f"inputs of workflow '{wf.name}'")
     if queue is not None:
         app._ensure_queues()
     try:
@@ -153,6 +153,7 @@ def submit(app: Kit, fn: Callable[..., Any] | str, args: tuple, kwargs: dict, *,
             workflow_id=wid, name=wf.name, inputs=inputs, queue=queue, app_version=app.config.app_version,
             priority=priority, dedup_id=dedup_id, delay_seconds=float(delay or 0.0), partition_key=partition_key,
             parent_id=parent.workflow_id if parent is not None else None,
+            deadline=as_datetime(deadline_for(app, timeout, parent)),
         ))
     except WorkflowDuplicateError as exc:
         if if_duplicate == "existing":

@@ -63,6 +63,7 @@ class NewWorkflow:
     dedup_id: str | None = None  # one live (PENDING/RUNNING) workflow per (queue, dedup_id)
     delay_seconds: float = 0.0  # not claimable before now + delay (database clock)
     partition_key: str | None = None  # tenant of a partitioned queue
+    deadline: datetime | None = None  # cancelled at its next step boundary after this instant
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,7 @@ class Claim:
     epoch: int
     recovery: bool  # True when it was taken from an expired lease (it ran somewhere before)
     queue: str | None = None
+    deadline: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -193,6 +195,7 @@ class ClaimRequest:
     limit: int
     lease_seconds: float
     queues: Sequence[str] | None = None  # None: any queue; "" stands for the default (no) queue
+    versions: Sequence[str] | None = None  # None: any app_version; else these (and unversioned work)
 
 
 @dataclass(frozen=True)
@@ -204,6 +207,17 @@ class Finish:
     status: Status
     output: str | None = None
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class ForkRequest:
+    """Start ``new_id`` as a copy of ``source_id`` reusing the checkpoints of steps before ``from_step``."""
+
+    source_id: str
+    new_id: str
+    from_step: int
+    app_version: str | None = None
+    deadline: datetime | None = None
 
 
 WORKFLOW_ORDERS = ("created_desc", "created_asc", "finished_desc", "duration_desc")
@@ -515,6 +529,59 @@ class Backend(abc.ABC):
     def stream_list(self, workflow_id: str, limit: int = 1000) -> list[StreamInfo]:
         """A workflow's streams: element count and whether closed, by key."""
 
+    # -- lifecycle ---------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def workflow_cancel(self, workflow_id: str, error: str) -> list[str]:
+        """Cancel a workflow and its unfinished descendants (status CANCELLED, ``error`` recorded, epoch
+        bumped so a running owner is fenced off at its next checkpoint). Returns the ids cancelled;
+        raises WorkflowNotFoundError when the id does not exist."""
+
+    @abc.abstractmethod
+    def workflow_resume(self, workflow_id: str, deadline: datetime | None = None) -> list[str]:
+        """Make a CANCELLED or ERROR workflow (and its CANCELLED descendants) PENDING again, keeping its
+        checkpoints except a final recorded step error. Raises WorkflowStateError for other statuses."""
+
+    @abc.abstractmethod
+    def workflow_fork(self, req: ForkRequest) -> Created:
+        """Create ``req.new_id`` (PENDING, same name, inputs and queue) with the source's checkpoints,
+        events and stream rows of steps before ``req.from_step``, in one transaction."""
+
+    @abc.abstractmethod
+    def workflow_gc(self, older_than_seconds: float, batch_size: int, dry_run: bool = False) -> int:
+        """Delete up to ``batch_size`` workflows finished more than ``older_than_seconds`` ago (database
+        clock) with their steps, messages, events and streams; never one that is PENDING or RUNNING, nor
+        a child of an unfinished parent. Returns how many were deleted (or would be, when ``dry_run``)."""
+
+    @abc.abstractmethod
+    def workflow_version_counts(self) -> dict[str | None, int]:
+        """Unfinished (PENDING or RUNNING) workflows per application version."""
+
+    @abc.abstractmethod
+    def drop_schema(self) -> None:
+        """Delete every kit table, view and function of this backend's schema (kit.testing teardown)."""
+
+    # -- cron schedules ------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def schedule_define(self, spec: ScheduleSpec, now: datetime) -> ScheduleSpec | None:
+        """Store a schedule's definition; a new one (or one whose cron or time zone changed) starts its
+        cursor at ``now`` (the application clock), so ticks before its definition never count as missed.
+        Returns the definition stored before (None when the schedule is new)."""
+
+    @abc.abstractmethod
+    def schedule_get(self, name: str) -> ScheduleState | None:
+        """A schedule's definition and cursor; None when no application defined it."""
+
+    @abc.abstractmethod
+    def schedule_list(self) -> list[ScheduleState]:
+        """Every stored schedule, by name."""
+
+    @abc.abstractmethod
+    def schedule_advance(self, name: str, expected_cursor: datetime, new_cursor: datetime,
+                         workflows: Sequence[NewWorkflow]) -> bool:
+        """In one transaction: move the schedule's cursor from ``expected_cursor`` to ``new_cursor`` and
+        enqueue ``workflows`` (PENDING, idempotent by id, waking workers at commit). Returns False, writing
+        nothing, when the cursor is no longer ``expected_cursor`` (another worker handled those ticks)."""
+
 
 @dataclass(frozen=True)
 class StreamChunk:
@@ -566,3 +633,26 @@ def iter_backend_names() -> Iterator[str]:
     for ep in entry_points(group="kit.backends"):
         yield ep.name
 
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """A cron schedule as declared by ``@app.scheduled`` (stored so every worker and the CLI see it)."""
+
+    name: str
+    workflow_name: str
+    cron: str
+    timezone: str
+    queue: str | None = None
+    catch_up: str = "latest"  # latest | none | all
+    max_catch_up: int = 100
+
+
+@dataclass(frozen=True)
+class ScheduleState:
+    """A stored schedule: every tick at or before ``cursor_at`` has been enqueued or skipped by policy."""
+
+    spec: ScheduleSpec
+    cursor_at: datetime
+    last_tick: datetime | None = None
+    last_workflow_id: str | None = None
+    updated_at: datetime | None = None

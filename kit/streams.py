@@ -24,19 +24,17 @@ from kit.engine import StepOptions, current_context, replay_or_reserve, run_step
 from kit.errors import LeaseLostError, UsageError, WorkflowNotFoundError, WorkflowTimeoutError
 from kit.messaging import _workflow_ctx
 from kit.storage import StepResult
+from kit.validation import check_size, validate_key, validate_workflow_id
 
 if TYPE_CHECKING:
     from kit.app import Kit
     from kit.engine import WorkflowContext
 
-_MAX_KEY = 200
 READ_BATCH = 1000  # elements fetched per database read
 
 
 def _check_key(key: object) -> str:
-    if not isinstance(key, str) or not key or len(key) > _MAX_KEY:
-        raise UsageError(f"stream key must be a non-empty string of at most {_MAX_KEY} characters, got {key!r}")
-    return key
+    return validate_key("stream key", key)
 
 
 def _check_timeout(value: object) -> float | None:
@@ -63,7 +61,8 @@ def _append(app: Kit, ctx: WorkflowContext, name: str, write: Any) -> None:
 def write_stream(app: Kit, key: str, value: Any) -> None:
     """Append ``value`` (JSON-serializable) to this workflow's stream ``key``: step ``write_stream:<key>``."""
     key = _check_key(key)
-    text = ser.dumps(value, what=f"element of stream {key!r}")
+    text = check_size(ser.dumps(value, what=f"element of stream {key!r}"), app.config, "max_event_bytes",
+                      f"element of stream {key!r}")
     ctx = _workflow_ctx("write_stream()")
     _append(app, ctx, f"write_stream:{key}", lambda step: app.backend.stream_write(step, key, text))
 
@@ -82,8 +81,6 @@ def read_stream(app: Kit, workflow_id: str, key: str, timeout: float | None = 60
     element (nor the end) arrives within ``timeout`` seconds of the previous one (None: wait forever), and
     WorkflowNotFoundError (on first iteration) when no such workflow exists. In workflow code the whole
     stream is read at once and recorded as step ``read_stream:<key>``."""
-    from kit.app import validate_workflow_id
-
     validate_workflow_id(workflow_id)
     key = _check_key(key)
     timeout = _check_timeout(timeout)

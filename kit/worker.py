@@ -24,6 +24,7 @@ from kit.storage import Claim, ClaimRequest, Finish, Status, WorkerInfo
 
 if TYPE_CHECKING:
     from kit.app import Kit
+    from kit.schedules import Scheduler
 
 log = logging.getLogger("kit.worker")
 
@@ -54,6 +55,7 @@ class Runtime:
         self.claimed_count = 0
         self._notifier: Notifier | None = None
         self._limited_dirty: set[str] = set()
+        self._scheduler: Scheduler | None = None  # cron ticks (kit.schedules), worker processes only
 
     @property
     def notifier(self) -> Notifier:
@@ -73,6 +75,13 @@ class Runtime:
         """
         with self._lock:
             return self._held.setdefault(workflow_id, ctx)
+
+    def abandon(self, workflow_ids: list[str]) -> None:
+        """Stop the runs of these workflows held here (cancelled): waits end, no further step starts."""
+        with self._lock:
+            ctxs = [self._held[w] for w in workflow_ids if w in self._held]
+        for ctx in ctxs:
+            ctx.lost.set()
 
     def drop(self, workflow_id: str, ctx: WorkflowContext | None = None) -> None:
         with self._lock:
@@ -152,11 +161,21 @@ class Runtime:
         if self._claimer is not None and self._claimer.is_alive():
             return
         self.ensure_heartbeat()
+        if self._scheduler is None:
+            from kit import schedules
+
+            self._scheduler = schedules.start(self.app)  # declares the app's schedules; errors surface here
         self._claimed_pool = ThreadPoolExecutor(max_workers=self.cfg.worker_concurrency,
                                                 thread_name_prefix="kit-worker")
         self._claiming.set()
         self._claimer = threading.Thread(target=self._claim_loop, name="kit-claimer", daemon=True)
         self._claimer.start()
+        from kit.lifecycle import warn_stranded
+
+        try:
+            warn_stranded(self.app)
+        except KitError as exc:
+            log.warning("could not check for work of other application versions: %s", exc)
         log.info("worker %s started (concurrency %d, lease %.1fs)", self.worker_id,
                  self.cfg.worker_concurrency, self.cfg.lease_seconds)
 
@@ -187,6 +206,7 @@ class Runtime:
                 free = self._free_slots()
             try:
                 names = self.app.workflow_names()
+                versions = self.app.accepted_versions
                 mine = [q.name for q in self.app.queues()]
                 if time.monotonic() - last_full >= poll:
                     # The database decides which queues are limited (another app may have declared limits).
@@ -212,16 +232,18 @@ class Runtime:
                         if room <= 0:
                             break
                         self._limited_dirty.discard(queue)  # a finish or notification from now on re-marks it
-                        got = backend.queue_claim(ClaimRequest(self.worker_id, names, room, self.cfg.lease_seconds),
-                                                  queue)
+                        got = backend.queue_claim(ClaimRequest(self.worker_id, names, room, self.cfg.lease_seconds,
+                                                               versions=versions), queue)
                         if got is None or len(got) >= room:
                             self._limited_dirty.add(queue)  # busy elsewhere, or maybe more: try again soon
                         claims += got or []
                     if free - len(claims) > 0:
                         claims += backend.workflow_claim(ClaimRequest(self.worker_id, names, free - len(claims),
-                                                                      self.cfg.lease_seconds, queues=open_queues))
+                                                                      self.cfg.lease_seconds, queues=open_queues,
+                                                                      versions=versions))
                     now = time.monotonic()
-                    ctxs = [WorkflowContext(c.workflow_id, c.name, c.epoch, confirmed_at=now, queue=c.queue)
+                    ctxs = [WorkflowContext(c.workflow_id, c.name, c.epoch, confirmed_at=now, queue=c.queue,
+                                            deadline=c.deadline.timestamp() if c.deadline else None)
                             for c in claims]
                     for ctx in ctxs:
                         self._held[ctx.workflow_id] = ctx
@@ -274,6 +296,9 @@ class Runtime:
     def stop(self, grace: float = 5.0) -> None:
         """Stop claiming, give running workflows ``grace`` seconds, then release the rest's leases."""
         self._claiming.clear()
+        if self._scheduler is not None:
+            self._scheduler.stop()
+            self._scheduler = None
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:  # claimed and locally started workflows alike
             with self._lock:

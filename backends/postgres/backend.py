@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
+from datetime import datetime
 from importlib import resources
 from typing import Any, TypeVar
 
@@ -28,7 +29,10 @@ from kit.errors import (
     StorageError,
     TransientStorageError,
     UsageError,
+    WorkflowConflictError,
     WorkflowDuplicateError,
+    WorkflowNotFoundError,
+    WorkflowStateError,
 )
 from kit.groupcommit import GroupCommitter
 from kit.storage import (
@@ -39,6 +43,7 @@ from kit.storage import (
     Created,
     Finish,
     FinishedBucket,
+    ForkRequest,
     MonitorQuery,
     MonitorStats,
     NewWorkflow,
@@ -105,6 +110,11 @@ def capabilities_from_version(version: str) -> Capabilities:
         advisory_locks=True,
         server_version=version,
     )
+
+
+# PostgreSQL's WARNING when a commit's wait for synchronous replication is cancelled (the commit is then
+# local only): "canceling wait for synchronous replication ..." / "canceling the wait for ...".
+_SYNC_REP_CANCELLED = "wait for synchronous replication"
 
 
 def _is_connection_error(exc: BaseException) -> bool:
@@ -249,6 +259,9 @@ class PostgresBackend(Backend):
         self._listening: set[str] = set()
         self._closed = False
         self._watchdog = _Watchdog(call_timeout)
+        # Connections (by id) that got "canceling wait for synchronous replication": their last commit is
+        # local only, not acknowledged (see _commit_unacknowledged).
+        self._unreplicated: set[int] = set()
         # Checkpoints and finishes of concurrently running workflows share round trips (group commit).
         self._steps_gc: GroupCommitter[StepResult, StepRecord] = GroupCommitter(self._flush_steps)
         self._finish_gc: GroupCommitter[Finish, bool] = GroupCommitter(self._flush_finishes)
@@ -279,6 +292,7 @@ class PostgresBackend(Backend):
         pool = ConnectionPool(
             self.url, min_size=1, max_size=self.pool_size, kwargs=self._conn_kwargs(), open=False,
             name="kit", timeout=max(self.connect_timeout * 2, 10.0), reconnect_timeout=self.retry_seconds,
+            configure=self._configure_conn,
         )
         try:
             pool.open(wait=True, timeout=self.connect_timeout + 1)
@@ -291,6 +305,35 @@ class PostgresBackend(Backend):
         self._pool = pool
         version = self._run(lambda c: c.execute("SELECT version()").fetchone()[0])
         self._caps = capabilities_from_version(version)
+
+    def _configure_conn(self, conn: psycopg.Connection) -> None:
+        """Watch every pooled connection's notices for a synchronous-replication wait that was cancelled."""
+        key = id(conn)
+        self._unreplicated.discard(key)
+
+        def on_notice(diag: psycopg.errors.Diagnostic, key: int = key) -> None:
+            if _SYNC_REP_CANCELLED in (diag.message_primary or "").lower():
+                self._unreplicated.add(key)
+
+        conn.add_notice_handler(on_notice)
+
+    def _commit_unacknowledged(self, conn: psycopg.Connection) -> bool:
+        """True (once) if a commit on ``conn`` returned with PostgreSQL's "canceling wait for synchronous
+        replication" warning: committed locally but not replicated, so not acknowledged; the connection is
+        closed (the pool drops it) and the caller resolves the outcome after a replication barrier."""
+        if id(conn) not in self._unreplicated:
+            return False
+        self._unreplicated.discard(id(conn))
+        log.warning("commit not acknowledged by synchronous replication: resolving its outcome")
+        conn.close()
+        return True
+
+    def _sync_barrier(self, conn: psycopg.Connection) -> None:
+        """Commit a transaction that writes WAL: under synchronous replication it returns only once every
+        earlier commit of this server is replicated, so a following read-back reads acknowledged state."""
+        conn.execute("SELECT txid_current()")
+        if self._commit_unacknowledged(conn):
+            raise psycopg.OperationalError("synchronous replication barrier not acknowledged")
 
     def _probe_error(self) -> str:
         """One direct connection attempt, to report why the pool could not connect."""
@@ -336,13 +379,21 @@ class PostgresBackend(Backend):
         deadline = time.monotonic() + self.retry_seconds
         delay = 0.05
         watchdog = self._watchdog
+        barrier = False
         while True:
             try:
                 # Waiting for a pooled connection counts against the same retry budget.
                 with self._pool.connection(timeout=max(0.1, deadline - time.monotonic())) as conn:
                     watchdog.enter(conn)
                     try:
-                        return fn(conn)
+                        if barrier:
+                            self._sync_barrier(conn)
+                        result = fn(conn)
+                        if self._commit_unacknowledged(conn):
+                            # Never taken as success: retry fn (idempotent / read-back) after a barrier.
+                            barrier = True
+                            raise psycopg.OperationalError("commit not acknowledged by synchronous replication")
+                        return result
                     finally:
                         watchdog.leave(conn)
             except LeaseLostError:
@@ -351,6 +402,11 @@ class PostgresBackend(Backend):
                 raise SchemaError(
                     f"kit tables are missing in schema '{self.schema}': run `kit migrate` "
                     "(or let the app migrate on start)"
+                ) from exc
+            except psycopg.errors.InsufficientPrivilege as exc:
+                raise StorageError(_scrub(
+                    f"the database role lacks a privilege kit needs ({str(exc).strip()}): grant it with the "
+                    f"statements of `kit migrate --print-grants --worker-role ROLE` (docs/security.md)", self.url)
                 ) from exc
             except (psycopg.Error, PoolTimeout) as exc:
                 if not _is_connection_error(exc):
@@ -375,6 +431,12 @@ class PostgresBackend(Backend):
             parts.append(self._migration_statements(body).as_string(None))
         return "\n".join(parts) + "\n"
 
+    def grants_sql(self, *, worker_role: str | None = None, monitor_role: str | None = None) -> str:
+        """GRANT statements for a least-privilege worker role and a read-only monitor role."""
+        from kit.backends.postgres.grants import grants_sql
+
+        return grants_sql(self.schema, _QUERIES, _MIGRATIONS, worker_role=worker_role, monitor_role=monitor_role)
+
     def _migrations_table_sql(self) -> sql.Composed:
         return sql.SQL(
             "CREATE TABLE IF NOT EXISTS {schema}.schema_migrations "
@@ -382,6 +444,15 @@ class PostgresBackend(Backend):
         ).format(schema=sql.Identifier(self.schema))
 
     def migrate(self) -> list[int]:
+        newest = max((v for v, _, _ in _MIGRATIONS), default=0)
+        # Already at the latest version: no DDL and no lock, so a role without DDL privileges can open.
+        current = self.schema_version()
+        if current is not None and current > newest:
+            raise SchemaError(f"schema '{self.schema}' is at version {current}, newer than this kit "
+                              f"understands ({newest}): upgrade kit")
+        if current == newest:
+            return []
+
         def apply(conn: psycopg.Connection) -> list[int]:
             applied: list[int] = []
             with conn.transaction():
@@ -413,7 +484,17 @@ class PostgresBackend(Backend):
                     applied.append(version)
             return applied
 
-        return self._run(apply)
+        try:
+            return self._run(apply)
+        except StorageError as exc:
+            if not isinstance(exc.__cause__, psycopg.errors.InsufficientPrivilege):
+                raise
+            where = "has no kit tables" if current is None else f"is at version {current}"
+            raise SchemaError(
+                f"schema '{self.schema}' {where} and this kit needs version {newest}, but the database role "
+                "may not change the schema: run `kit migrate` as the schema owner first (then open workers "
+                "with migrate=False or leave it on: an up-to-date schema needs no privileges to check)"
+            ) from exc.__cause__
 
     def schema_version(self) -> int | None:
         def read(conn: psycopg.Connection) -> int | None:
@@ -437,6 +518,7 @@ class PostgresBackend(Backend):
             "priority": wf.priority, "app_version": wf.app_version, "parent_id": wf.parent_id,
             "owner": wf.owner, "lease": wf.lease_seconds, "dedup_id": wf.dedup_id,
             "delay": float(wf.delay_seconds), "partition_key": wf.partition_key, "channel": self.wake_channel,
+            "deadline": wf.deadline,
         }
 
         attempts = 0
@@ -573,9 +655,11 @@ class PostgresBackend(Backend):
         params = {
             "owner": req.owner, "names": list(req.names), "limit": req.limit, "lease": req.lease_seconds,
             "any_queue": req.queues is None, "queues": list(req.queues or []),
+            "versions": None if req.versions is None else list(req.versions),
         }
         rows = self._run(lambda c: c.execute(self._q["workflow_claim"], params).fetchall())
-        return [Claim(workflow_id=r[0], name=r[1], inputs=r[2], epoch=r[3], recovery=r[4]) for r in rows]
+        return [Claim(workflow_id=r[0], name=r[1], inputs=r[2], epoch=r[3], recovery=r[4], deadline=r[5])
+                for r in rows]
 
     def lease_renew(self, owner: str, lease_seconds: float, worker: WorkerInfo | None = None) -> dict[str, int]:
         if worker is not None:
@@ -669,15 +753,17 @@ class PostgresBackend(Backend):
                     yield tx
                     if tx.pending is None:
                         raise StorageError("transactional step finished without a checkpoint")
+                if self._commit_unacknowledged(conn):  # local-only commit: resolve it as ambiguous
+                    raise psycopg.OperationalError("commit not acknowledged by synchronous replication")
                 committed = True
             except psycopg.OperationalError as exc:
                 if not (conn.broken or conn.closed):
                     raise  # an error of the user's SQL (e.g. statement timeout): a normal step failure
                 if tx.pending is None:
                     raise TransientStorageError(_scrub(f"connection lost during step: {exc}", self.url)) from exc
-                # Ambiguous commit: learn the outcome.
-                rec = self._run(lambda c: c.execute(self._q["step_get"], {
-                    "workflow_id": step.workflow_id, "step_id": step.step_id}).fetchone())
+                # Ambiguous commit: learn the outcome (after a replication barrier: acknowledged state only).
+                rec = self._run(lambda c: (self._sync_barrier(c), c.execute(self._q["step_get"], {
+                    "workflow_id": step.workflow_id, "step_id": step.step_id}).fetchone())[1])
                 if rec is not None and rec[5] == step.epoch:
                     tx.record = _step(rec)
                     return
@@ -867,7 +953,7 @@ class PostgresBackend(Backend):
             "workflow_id": wf.workflow_id, "name": wf.name, "inputs": wf.inputs, "queue": wf.queue,
             "priority": wf.priority, "app_version": wf.app_version, "parent_id": wf.parent_id,
             "dedup_id": wf.dedup_id, "delay": float(wf.delay_seconds), "partition_key": wf.partition_key,
-            "channel": self.wake_channel,
+            "channel": self.wake_channel, "deadline": wf.deadline,
         }
         if not connection.autocommit and connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
             # No transaction open yet: open the caller's, so their commit or rollback decides (a bare
@@ -915,7 +1001,8 @@ class PostgresBackend(Backend):
                     return None
                 concurrency, worker_conc, partition_conc, rate_count, rate_period, partitioned, cursor = lock
                 base = {"queue": queue, "owner": req.owner, "names": list(req.names), "limit": req.limit,
-                        "lease": req.lease_seconds}
+                        "lease": req.lease_seconds,
+                        "versions": None if req.versions is None else list(req.versions)}
                 n_new, n_reclaim = conn.execute(self._q["queue_room"], {
                     **base, "concurrency": concurrency, "worker_concurrency": worker_conc, "rate_count": rate_count,
                     "rate_period": rate_period if rate_period is not None else 1.0}).fetchone()
@@ -927,12 +1014,12 @@ class PostgresBackend(Backend):
                         **base, "n": n_new, "partition_concurrency": partition_conc, "cursor": cursor,
                         "max_partitions": 1000}).fetchall()
                     if got:  # continue after the last tenant served, next time
-                        conn.execute(self._q["queue_cursor"], {"queue": queue, "cursor": max(r[5] for r in got)})
-                    rows += [r[:5] for r in got]
+                        conn.execute(self._q["queue_cursor"], {"queue": queue, "cursor": max(r[6] for r in got)})
+                    rows += [r[:6] for r in got]
                 elif n_new > 0:
                     rows += conn.execute(self._q["queue_claim"], {**base, "n": n_new}).fetchall()
-            return [Claim(workflow_id=r[0], name=r[1], inputs=r[2], epoch=r[3], recovery=r[4], queue=queue)
-                    for r in rows]
+            return [Claim(workflow_id=r[0], name=r[1], inputs=r[2], epoch=r[3], recovery=r[4], queue=queue,
+                          deadline=r[5]) for r in rows]
 
         return self._run(claim)
 
@@ -1013,6 +1100,133 @@ class PostgresBackend(Backend):
         params = {"workflow_id": workflow_id, "limit": max(1, min(int(limit), 100_000))}
         rows = self._run(lambda c: c.execute(self._q["stream_list"], params).fetchall())
         return [StreamInfo(key=r[0], count=int(r[1]), closed=bool(r[2]), last_write_at=r[3]) for r in rows]
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+    def workflow_cancel(self, workflow_id: str, error: str) -> list[str]:
+        def cancel(conn: psycopg.Connection) -> list[str]:
+            with conn.transaction():
+                rows = conn.execute(self._q["workflow_cancel"], {"workflow_id": workflow_id, "error": error}).fetchall()
+                if not rows and conn.execute(self._q["workflow_epoch"], {"workflow_id": workflow_id}).fetchone() is None:
+                    raise WorkflowNotFoundError(f"no workflow with id {workflow_id!r}")
+            return [r[0] for r in rows]
+
+        return self._run(cancel)
+
+    def workflow_resume(self, workflow_id: str, deadline: datetime | None = None) -> list[str]:
+        def resume(conn: psycopg.Connection) -> list[str]:
+            with conn.transaction():
+                row = conn.execute(self._q["workflow_lock_status"], {"workflow_id": workflow_id}).fetchone()
+                if row is None:
+                    raise WorkflowNotFoundError(f"no workflow with id {workflow_id!r}")
+                if row[0] not in (Status.CANCELLED.value, Status.ERROR.value):
+                    raise WorkflowStateError(
+                        f"workflow {workflow_id!r} is {row[0]}: only CANCELLED or ERROR workflows can be resumed"
+                        + (" (a SUCCESS workflow never runs again; fork it to run it anew)"
+                           if row[0] == Status.SUCCESS.value else " (it has not finished)"))
+                ids = [r[0] for r in conn.execute(self._q["workflow_resume_tree"],
+                                                  {"workflow_id": workflow_id}).fetchall()]
+                conn.execute(self._q["steps_drop_final_error"], {"workflow_ids": ids})
+                try:
+                    done = conn.execute(self._q["workflow_resume"], {"workflow_ids": ids, "deadline": deadline,
+                                                                     "channel": self.wake_channel}).fetchall()
+                except psycopg.errors.UniqueViolation:
+                    raise WorkflowStateError(
+                        f"cannot resume {workflow_id!r}: a live workflow now holds its queue's deduplication id"
+                    ) from None
+            return [r[0] for r in done]
+
+        return self._run(resume)
+
+    def workflow_fork(self, req: ForkRequest) -> Created:
+        params = {"source_id": req.source_id, "new_id": req.new_id, "from_step": req.from_step,
+                  "app_version": req.app_version, "deadline": req.deadline, "channel": self.wake_channel}
+
+        def fork(conn: psycopg.Connection) -> Created:
+            with conn.transaction():
+                src = conn.execute(self._q["workflow_fork_source"], params).fetchone()
+                if src is None:
+                    raise WorkflowNotFoundError(f"cannot fork {req.source_id!r}: no such workflow")
+                last = -1 if src[4] is None else src[4]
+                if not 0 <= req.from_step <= last + 1:
+                    raise UsageError(
+                        f"cannot fork {req.source_id!r} from step {req.from_step}: it has "
+                        + (f"steps 0..{last}, so from_step must be between 0 and {last + 1}" if last >= 0
+                           else "no recorded steps, so from_step must be 0"))
+                row = conn.execute(self._q["workflow_fork_insert"], params).fetchone()
+                if row is None:
+                    raise WorkflowConflictError(f"cannot fork into {req.new_id!r}: a workflow with that id exists")
+                for name in ("workflow_fork_steps", "workflow_fork_events", "workflow_fork_streams"):
+                    conn.execute(self._q[name], params)
+            return Created(True, row[0], src[0], Status.PENDING)
+
+        return self._run(fork)
+
+    def workflow_gc(self, older_than_seconds: float, batch_size: int, dry_run: bool = False) -> int:
+        params = {"age": float(older_than_seconds), "batch": max(1, int(batch_size))}
+        if dry_run:
+            return int(self._run(lambda c: c.execute(self._q["workflow_gc_count"], params).fetchone()[0]))
+
+        def gc(conn: psycopg.Connection) -> int:
+            with conn.transaction():
+                n = len(conn.execute(self._q["workflow_gc"], params).fetchall())
+                conn.execute(self._q["workers_gc"], params)
+            return n
+
+        return self._run(gc)
+
+    def workflow_version_counts(self) -> dict[str | None, int]:
+        rows = self._run(lambda c: c.execute(self._q["workflow_version_counts"]).fetchall())
+        return {r[0]: int(r[1]) for r in rows}
+
+    def drop_schema(self) -> None:
+        stmt = sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(self.schema))
+        self._run(lambda c: c.execute(stmt))
+
+    # -- cron schedules ------------------------------------------------------------------------------------
+    def schedule_define(self, spec: Any, now: datetime) -> Any:
+        params = {"name": spec.name, "workflow_name": spec.workflow_name, "cron": spec.cron,
+                  "timezone": spec.timezone, "queue": spec.queue, "catch_up": spec.catch_up,
+                  "max_catch_up": spec.max_catch_up, "now": now}
+
+        def define(conn: psycopg.Connection) -> Any:
+            with conn.transaction():
+                before = conn.execute(self._q["schedule_get_locked"], {"name": spec.name}).fetchone()
+                conn.execute(self._q["schedule_define"], params)
+            return None if before is None else _schedule(before).spec
+
+        return self._run(define)
+
+    def schedule_get(self, name: str) -> Any:
+        row = self._run(lambda c: c.execute(self._q["schedule_get"], {"name": name}).fetchone())
+        return None if row is None else _schedule(row)
+
+    def schedule_list(self) -> list[Any]:
+        return [_schedule(r) for r in self._run(lambda c: c.execute(self._q["schedule_list"]).fetchall())]
+
+    def schedule_advance(self, name: str, expected_cursor: datetime, new_cursor: datetime,
+                         workflows: Sequence[NewWorkflow]) -> bool:
+        last = workflows[-1] if workflows else None
+        params = {"name": name, "expected": expected_cursor, "new_cursor": new_cursor,
+                  "last_tick": new_cursor if last is not None else None,
+                  "last_workflow_id": last.workflow_id if last is not None else None}
+
+        def advance(conn: psycopg.Connection) -> bool:
+            with conn.transaction():
+                if conn.execute(self._q["schedule_advance"], params).fetchone() is None:
+                    return False  # another worker moved the cursor first: it enqueued these ticks
+                for wf in workflows:  # idempotent by workflow id, and committed with the cursor
+                    self.workflow_enqueue_in(conn, wf)
+            return True
+
+        return self._run(advance)
+
+
+def _schedule(row: tuple) -> Any:
+    from kit.storage import ScheduleSpec, ScheduleState
+
+    spec = ScheduleSpec(name=row[0], workflow_name=row[1], cron=row[2], timezone=row[3], queue=row[4],
+                        catch_up=row[5], max_catch_up=row[6])
+    return ScheduleState(spec=spec, cursor_at=row[7], last_tick=row[8], last_workflow_id=row[9], updated_at=row[10])
 
 
 def _scrub(text: str, url: str) -> str:

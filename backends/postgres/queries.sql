@@ -5,13 +5,13 @@
 -- Insert a workflow unless the id exists. Owned inserts start RUNNING at epoch 1 with a lease.
 INSERT INTO {schema}.workflows
     (workflow_id, name, status, inputs, queue, priority, app_version, parent_id, owner, epoch,
-     lease_expires_at, started_at)
+     lease_expires_at, started_at, deadline_at)
 VALUES
     (%(workflow_id)s, %(name)s, CASE WHEN %(owner)s::text IS NULL THEN 'PENDING' ELSE 'RUNNING' END,
      %(inputs)s, %(queue)s, %(priority)s, %(app_version)s, %(parent_id)s, %(owner)s,
      CASE WHEN %(owner)s::text IS NULL THEN 0 ELSE 1 END,
      CASE WHEN %(owner)s::text IS NULL THEN NULL ELSE now() + make_interval(secs => %(lease)s) END,
-     CASE WHEN %(owner)s::text IS NULL THEN NULL ELSE now() END)
+     CASE WHEN %(owner)s::text IS NULL THEN NULL ELSE now() END, %(deadline)s)
 ON CONFLICT (workflow_id) DO NOTHING
 RETURNING epoch
 
@@ -21,10 +21,11 @@ RETURNING epoch
 -- (queue, dedup_id) fails on workflows_dedup_idx.
 WITH ins AS (
     INSERT INTO {schema}.workflows (workflow_id, name, status, inputs, queue, priority, app_version, parent_id,
-                                    dedup_id, run_at, partition_key)
+                                    dedup_id, run_at, partition_key, deadline_at)
     VALUES (%(workflow_id)s, %(name)s, 'PENDING', %(inputs)s, %(queue)s, %(priority)s, %(app_version)s,
             %(parent_id)s, %(dedup_id)s,
-            CASE WHEN %(delay)s > 0 THEN now() + make_interval(secs => %(delay)s) END, %(partition_key)s)
+            CASE WHEN %(delay)s > 0 THEN now() + make_interval(secs => %(delay)s) END, %(partition_key)s,
+            %(deadline)s)
     ON CONFLICT (workflow_id) DO NOTHING
     RETURNING epoch
 )
@@ -67,6 +68,7 @@ RETURNING pg_notify(%(channel)s, 'q:' || coalesce(queue, ''))
 WITH ready_default AS (
     SELECT workflow_id FROM {schema}.workflows
      WHERE status = 'PENDING' AND queue IS NULL AND name = ANY(%(names)s)
+       AND (%(versions)s::text[] IS NULL OR app_version IS NULL OR app_version = ANY(%(versions)s))
        AND (%(any_queue)s OR '' = ANY(%(queues)s))
        AND (run_at IS NULL OR run_at <= now())
      ORDER BY priority, created_at
@@ -75,6 +77,7 @@ WITH ready_default AS (
 ), ready_named AS (
     SELECT workflow_id FROM {schema}.workflows w
      WHERE status = 'PENDING' AND queue IS NOT NULL AND name = ANY(%(names)s)
+       AND (%(versions)s::text[] IS NULL OR app_version IS NULL OR app_version = ANY(%(versions)s))
        AND (%(any_queue)s OR queue = ANY(%(queues)s))
        AND (run_at IS NULL OR run_at <= now())
        AND NOT EXISTS (SELECT 1 FROM {schema}.queues q WHERE q.name = w.queue
@@ -87,6 +90,7 @@ WITH ready_default AS (
 ), expired AS (
     SELECT workflow_id FROM {schema}.workflows w
      WHERE status = 'RUNNING' AND lease_expires_at < now() AND name = ANY(%(names)s)
+       AND (%(versions)s::text[] IS NULL OR app_version IS NULL OR app_version = ANY(%(versions)s))
        AND (%(any_queue)s OR coalesce(queue, '') = ANY(%(queues)s))
        AND NOT EXISTS (SELECT 1 FROM {schema}.queues q WHERE q.name = w.queue
                           AND (q.concurrency IS NOT NULL OR q.worker_concurrency IS NOT NULL
@@ -112,7 +116,7 @@ UPDATE {schema}.workflows w
        recoveries = w.recoveries + picked.recovery::int
   FROM picked
  WHERE w.workflow_id = picked.workflow_id
-RETURNING w.workflow_id, w.name, w.inputs, w.epoch, picked.recovery
+RETURNING w.workflow_id, w.name, w.inputs, w.epoch, picked.recovery, w.deadline_at
 
 -- name: lease_renew
 -- Heartbeat: record the worker and extend every lease it still holds; returns what it holds. Rows are
@@ -408,6 +412,7 @@ SELECT greatest(0, least(
 WITH picked AS (
     SELECT workflow_id FROM {schema}.workflows
      WHERE queue = %(queue)s AND status = 'RUNNING' AND lease_expires_at < now() AND name = ANY(%(names)s)
+       AND (%(versions)s::text[] IS NULL OR app_version IS NULL OR app_version = ANY(%(versions)s))
      ORDER BY lease_expires_at
      LIMIT %(n)s
        FOR UPDATE SKIP LOCKED
@@ -417,7 +422,7 @@ UPDATE {schema}.workflows w
        recoveries = w.recoveries + 1
   FROM picked
  WHERE w.workflow_id = picked.workflow_id
-RETURNING w.workflow_id, w.name, w.inputs, w.epoch, true
+RETURNING w.workflow_id, w.name, w.inputs, w.epoch, true, w.deadline_at
 
 -- name: queue_claim
 -- Start up to %(n)s of the oldest ready workflows (unpartitioned queues), n computed by queue_room.
@@ -425,6 +430,7 @@ WITH picked AS (
     SELECT workflow_id FROM {schema}.workflows
      WHERE status = 'PENDING' AND queue = %(queue)s AND name = ANY(%(names)s)
        AND (run_at IS NULL OR run_at <= now())
+       AND (%(versions)s::text[] IS NULL OR app_version IS NULL OR app_version = ANY(%(versions)s))
      ORDER BY priority, created_at
      LIMIT %(n)s
        FOR UPDATE SKIP LOCKED
@@ -435,7 +441,7 @@ UPDATE {schema}.workflows w
        claimed_at = now()
   FROM picked
  WHERE w.workflow_id = picked.workflow_id
-RETURNING w.workflow_id, w.name, w.inputs, w.epoch, false
+RETURNING w.workflow_id, w.name, w.inputs, w.epoch, false, w.deadline_at
 
 -- name: queue_claim_partitioned
 -- Partitioned queues: walk the tenants with ready work (a loose index scan) starting after the tenant
@@ -484,6 +490,7 @@ WITH RECURSIVE keys(k, depth, wrapped) AS (
             SELECT w.workflow_id, w.partition_key, w.priority, w.created_at FROM {schema}.workflows w
              WHERE w.status = 'PENDING' AND w.queue = %(queue)s AND w.partition_key = walk.k
                AND w.name = ANY(%(names)s) AND (w.run_at IS NULL OR w.run_at <= now())
+               AND (%(versions)s::text[] IS NULL OR w.app_version IS NULL OR w.app_version = ANY(%(versions)s))
              ORDER BY w.priority, w.created_at
              LIMIT greatest(0, least(
                     %(n)s,
@@ -505,7 +512,7 @@ UPDATE {schema}.workflows w
        claimed_at = now()
   FROM picked
  WHERE w.workflow_id = picked.workflow_id
-RETURNING w.workflow_id, w.name, w.inputs, w.epoch, false, w.partition_key
+RETURNING w.workflow_id, w.name, w.inputs, w.epoch, false, w.deadline_at, w.partition_key
 
 -- name: queue_cursor
 UPDATE {schema}.queues SET last_partition = %(cursor)s WHERE name = %(queue)s
@@ -585,3 +592,168 @@ SELECT key, count(*) FILTER (WHERE NOT closed), bool_or(closed), max(created_at)
 SELECT EXISTS (SELECT 1 FROM {schema}.messages
                 WHERE workflow_id = %(workflow_id)s AND topic = %(topic)s AND consumed_at IS NULL)
     OR EXISTS (SELECT 1 FROM {schema}.steps WHERE workflow_id = %(workflow_id)s AND step_id = %(step_id)s)
+
+-- Lifecycle: cancel, resume, fork, retention (kit/lifecycle.py; docs/lifecycle.md).
+
+-- name: workflow_cancel
+-- Cancel a workflow and its unfinished descendants. FOR UPDATE waits for checkpoints in flight (they hold
+-- FOR KEY SHARE); the epoch bump fences the owner off, so no step commits after the cancel does.
+WITH RECURSIVE tree(workflow_id) AS (
+    SELECT workflow_id FROM {schema}.workflows WHERE workflow_id = %(workflow_id)s
+    UNION
+    SELECT c.workflow_id FROM {schema}.workflows c JOIN tree ON c.parent_id = tree.workflow_id
+), doomed AS (
+    SELECT w.workflow_id FROM {schema}.workflows w JOIN tree USING (workflow_id)
+     WHERE w.status IN ('PENDING', 'RUNNING')
+     ORDER BY w.workflow_id
+       FOR UPDATE OF w
+)
+UPDATE {schema}.workflows w
+   SET status = 'CANCELLED', error = %(error)s, error_type = 'WorkflowCancelledError', finished_at = now(),
+       owner = NULL, lease_expires_at = NULL, epoch = w.epoch + 1
+  FROM doomed
+ WHERE w.workflow_id = doomed.workflow_id AND w.status IN ('PENDING', 'RUNNING')
+RETURNING w.workflow_id
+
+-- name: workflow_lock_status
+SELECT status FROM {schema}.workflows WHERE workflow_id = %(workflow_id)s FOR UPDATE
+
+-- name: workflow_resume_tree
+-- The workflow and its CANCELLED descendants (cancelling a parent cancels its children).
+WITH RECURSIVE tree(workflow_id) AS (
+    SELECT workflow_id FROM {schema}.workflows WHERE workflow_id = %(workflow_id)s
+    UNION
+    SELECT c.workflow_id FROM {schema}.workflows c JOIN tree ON c.parent_id = tree.workflow_id
+     WHERE c.status = 'CANCELLED'
+)
+SELECT w.workflow_id FROM {schema}.workflows w JOIN tree USING (workflow_id)
+ ORDER BY w.workflow_id
+   FOR UPDATE OF w
+
+-- name: steps_drop_final_error
+-- A resumed workflow retries the step whose error ended it: drop that last checkpoint if it is an error.
+DELETE FROM {schema}.steps s
+ WHERE s.workflow_id = ANY(%(workflow_ids)s) AND s.error IS NOT NULL
+   AND s.step_id = (SELECT max(x.step_id) FROM {schema}.steps x WHERE x.workflow_id = s.workflow_id)
+
+-- name: workflow_resume
+UPDATE {schema}.workflows
+   SET status = 'PENDING', output = NULL, error = NULL, error_type = NULL, finished_at = NULL, owner = NULL,
+       lease_expires_at = NULL, epoch = epoch + 1, run_at = NULL, deadline_at = %(deadline)s
+ WHERE workflow_id = ANY(%(workflow_ids)s) AND status IN ('CANCELLED', 'ERROR')
+RETURNING workflow_id, pg_notify(%(channel)s, 'q:' || coalesce(queue, ''))
+
+-- name: workflow_fork_source
+SELECT w.name, w.inputs, w.queue, w.priority,
+       (SELECT max(s.step_id) FROM {schema}.steps s WHERE s.workflow_id = w.workflow_id)
+  FROM {schema}.workflows w WHERE w.workflow_id = %(source_id)s
+
+-- name: workflow_fork_insert
+WITH ins AS (
+    -- epoch 1: its first claim (epoch 2) loads the copied checkpoints, as for any workflow that ran before.
+    INSERT INTO {schema}.workflows (workflow_id, name, status, inputs, queue, priority, app_version,
+                                    forked_from, deadline_at, epoch)
+    SELECT %(new_id)s, w.name, 'PENDING', w.inputs, w.queue, w.priority, %(app_version)s, w.workflow_id,
+           %(deadline)s, 1
+      FROM {schema}.workflows w WHERE w.workflow_id = %(source_id)s
+    ON CONFLICT (workflow_id) DO NOTHING
+    RETURNING epoch, queue
+)
+SELECT ins.epoch, pg_notify(%(channel)s, 'q:' || coalesce(ins.queue, '')) FROM ins
+
+-- name: workflow_fork_steps
+INSERT INTO {schema}.steps (workflow_id, step_id, name, output, error, epoch, attempts, started_at, finished_at)
+SELECT %(new_id)s, step_id, name, output, error, 0, attempts, started_at, finished_at
+  FROM {schema}.steps WHERE workflow_id = %(source_id)s AND step_id < %(from_step)s
+
+-- name: workflow_fork_events
+INSERT INTO {schema}.events (workflow_id, key, value, step_id, updated_at)
+SELECT %(new_id)s, key, value, step_id, updated_at
+  FROM {schema}.events WHERE workflow_id = %(source_id)s AND step_id < %(from_step)s
+
+-- name: workflow_fork_streams
+INSERT INTO {schema}.streams (workflow_id, key, seq, value, closed, step_id, created_at)
+SELECT %(new_id)s, key, seq, value, closed, step_id, created_at
+  FROM {schema}.streams WHERE workflow_id = %(source_id)s AND step_id < %(from_step)s
+
+-- name: workflow_gc
+-- One batch of retention: finished long enough ago (workflows_finished_idx), never in flight, never a
+-- child of an unfinished parent; rows a resume holds are skipped, and re-checked after locking.
+WITH doomed AS (
+    SELECT w.workflow_id FROM {schema}.workflows w
+     WHERE w.finished_at IS NOT NULL AND w.finished_at < now() - make_interval(secs => %(age)s)
+       AND w.status IN ('SUCCESS', 'ERROR', 'CANCELLED')
+       AND NOT EXISTS (SELECT 1 FROM {schema}.workflows p
+                        WHERE p.workflow_id = w.parent_id AND p.status IN ('PENDING', 'RUNNING'))
+     ORDER BY w.finished_at
+     LIMIT %(batch)s
+       FOR UPDATE SKIP LOCKED
+), del_steps AS (
+    DELETE FROM {schema}.steps x USING doomed d WHERE x.workflow_id = d.workflow_id
+), del_messages AS (
+    DELETE FROM {schema}.messages x USING doomed d WHERE x.workflow_id = d.workflow_id
+), del_events AS (
+    DELETE FROM {schema}.events x USING doomed d WHERE x.workflow_id = d.workflow_id
+), del_streams AS (
+    DELETE FROM {schema}.streams x USING doomed d WHERE x.workflow_id = d.workflow_id
+)
+DELETE FROM {schema}.workflows w USING doomed d WHERE w.workflow_id = d.workflow_id
+RETURNING w.workflow_id
+
+-- name: workflow_gc_count
+SELECT count(*) FROM (
+    SELECT 1 FROM {schema}.workflows w
+     WHERE w.finished_at IS NOT NULL AND w.finished_at < now() - make_interval(secs => %(age)s)
+       AND w.status IN ('SUCCESS', 'ERROR', 'CANCELLED')
+       AND NOT EXISTS (SELECT 1 FROM {schema}.workflows p
+                        WHERE p.workflow_id = w.parent_id AND p.status IN ('PENDING', 'RUNNING'))
+     LIMIT %(batch)s) c
+
+-- name: workers_gc
+DELETE FROM {schema}.workers WHERE heartbeat_at < now() - make_interval(secs => %(age)s)
+
+-- name: workflow_version_counts
+SELECT app_version, count(*) FROM {schema}.workflows WHERE status IN ('PENDING', 'RUNNING') GROUP BY 1
+
+-- name: schedule_get
+-- A schedule's definition and cursor (FOR UPDATE variant: schedule_get_locked).
+SELECT name, workflow_name, cron, timezone, queue, catch_up, max_catch_up, cursor_at, last_tick,
+       last_workflow_id, updated_at
+  FROM {schema}.schedules WHERE name = %(name)s
+
+-- name: schedule_get_locked
+SELECT name, workflow_name, cron, timezone, queue, catch_up, max_catch_up, cursor_at, last_tick,
+       last_workflow_id, updated_at
+  FROM {schema}.schedules WHERE name = %(name)s FOR UPDATE
+
+-- name: schedule_list
+SELECT name, workflow_name, cron, timezone, queue, catch_up, max_catch_up, cursor_at, last_tick,
+       last_workflow_id, updated_at
+  FROM {schema}.schedules ORDER BY name
+
+-- name: schedule_define
+-- Store a schedule's definition. A new schedule, or one whose cron or time zone changed, starts its cursor
+-- at the application's "now": ticks of the new definition before it was declared are not missed ticks.
+INSERT INTO {schema}.schedules (name, workflow_name, cron, timezone, queue, catch_up, max_catch_up, cursor_at)
+VALUES (%(name)s, %(workflow_name)s, %(cron)s, %(timezone)s, %(queue)s, %(catch_up)s, %(max_catch_up)s, %(now)s)
+ON CONFLICT (name) DO UPDATE
+   SET workflow_name = EXCLUDED.workflow_name, cron = EXCLUDED.cron, timezone = EXCLUDED.timezone,
+       queue = EXCLUDED.queue, catch_up = EXCLUDED.catch_up, max_catch_up = EXCLUDED.max_catch_up,
+       cursor_at = CASE WHEN (schedules.cron, schedules.timezone) IS DISTINCT FROM (EXCLUDED.cron, EXCLUDED.timezone)
+                        THEN greatest(schedules.cursor_at, EXCLUDED.cursor_at) ELSE schedules.cursor_at END,
+       updated_at = now()
+ WHERE (schedules.workflow_name, schedules.cron, schedules.timezone, schedules.queue, schedules.catch_up,
+        schedules.max_catch_up)
+       IS DISTINCT FROM (EXCLUDED.workflow_name, EXCLUDED.cron, EXCLUDED.timezone, EXCLUDED.queue,
+                         EXCLUDED.catch_up, EXCLUDED.max_catch_up)
+
+-- name: schedule_advance
+-- Compare-and-set of the cursor: a worker that lost the race (the cursor moved) updates nothing. Under
+-- READ COMMITTED a concurrent advance waits for the row lock, then re-checks the condition on the new row.
+UPDATE {schema}.schedules
+   SET cursor_at = %(new_cursor)s,
+       last_tick = coalesce(%(last_tick)s, last_tick),
+       last_workflow_id = coalesce(%(last_workflow_id)s, last_workflow_id),
+       updated_at = now()
+ WHERE name = %(name)s AND cursor_at = %(expected)s AND %(new_cursor)s > cursor_at
+RETURNING name
