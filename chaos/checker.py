@@ -17,7 +17,8 @@ How each guarantee is decided (``E`` is the epoch recorded on a step's checkpoin
   application row lacks its checkpoint.
 - G5: every expected workflow exists and ended in SUCCESS.
 - G6: no checkpoint and no acknowledgement from a superseded epoch after the newer epoch's first
-  ledger entry (the takeover); checkpoint epochs never go backwards along a workflow's steps. Under
+  ledger entry (the takeover); checkpoint epochs never go backwards along a workflow's steps; no epoch
+  is held by two workers (a lost claim). Under
   asynchronous replication a late acknowledgement whose checkpoint is gone came from a deposed primary
   and epochs can go backwards around a lost checkpoint: both are lost writes, reported under G9.
 - G7: the maximum overlap of the limited step's begin/end intervals never exceeds the queue limit; an
@@ -277,10 +278,7 @@ def evaluate(history: History, *, sync_replication: bool, queue_limit: int | Non
                 else:
                     g2.append(f"{wid}#{step} ({name}) ran {count}x at e{cp.epoch} attempt {attempt} by {worker}")
         if len(owners) > 1:
-            if sync_replication:
-                g3.append(f"{wid}#{step} ({name}) ran under e{cp.epoch} by {len(owners)} different workers")
-            else:
-                duplicates += len(owners) - 1  # an epoch reused after a lost claim (asynchronous failover)
+            duplicates += len(owners) - 1  # one epoch, two owners: a lost claim (G6 decides whether allowed)
         older = [e for e in entries if e.epoch < cp.epoch]
         for e in older:
             duplicates += 1
@@ -330,6 +328,18 @@ def evaluate(history: History, *, sync_replication: bool, queue_limit: int | Non
     by_wf_steps: dict[str, list[StepRow]] = defaultdict(list)
     for s in h.steps:
         by_wf_steps[s.workflow_id].append(s)
+    # One epoch held by two workers: a claim that was acknowledged and then lost. Under synchronous
+    # replication that breaks fencing; under asynchronous replication it is a lost write (reported), and
+    # the late writes of the owners involved are not fencing failures either.
+    owners_of: dict[tuple[str, int], set[str]] = defaultdict(set)
+    for e in list(h.ledger) + list(h.acks):
+        if e.worker:
+            owners_of[(e.workflow_id, e.epoch)].add(e.worker)
+    reused = sorted(k for k, v in owners_of.items() if len(v) > 1)
+    reused_wf = {w for w, _ep in reused}
+    if sync_replication:
+        problems += [f"{w} epoch {ep} held by {len(owners_of[(w, ep)])} workers" for w, ep in reused]
+    lost_claim_writes = 0
     for wid, rows in by_wf_steps.items():
         ordered = sorted(rows, key=lambda r: r.step_id)
         for prev, cur in zip(ordered, ordered[1:], strict=False):
@@ -341,6 +351,9 @@ def evaluate(history: History, *, sync_replication: bool, queue_limit: int | Non
         for r in rows:
             t_new = takeover_after(wid, r.epoch)
             if t_new is not None and r.finished_at is not None and r.finished_at > t_new:
+                if not sync_replication and wid in reused_wf:
+                    lost_claim_writes += 1
+                    continue
                 problems.append(f"{wid}#{r.step_id} committed by e{r.epoch} at {r.finished_at:.3f} after a newer "
                                 f"epoch started at {t_new:.3f}")
     takeovers = sum(max(0, w.epoch - 1) for w in h.workflows)  # claims after the first
@@ -365,7 +378,9 @@ def evaluate(history: History, *, sync_replication: bool, queue_limit: int | Non
                 stale_runs += 1
     g["G6"] = _verdict(problems, f"{takeovers} takeover(s); no write from a superseded epoch after takeover"
                        + (f"; {deposed_acks} acknowledgement(s) from a deposed primary after takeover, lost "
-                          "(asynchronous replication, see G9)" if deposed_acks else ""))
+                          "(asynchronous replication, see G9)" if deposed_acks else "")
+                       + (f"; {len(reused)} epoch(s) reused after a lost claim with {lost_claim_writes} late "
+                          "write(s) (asynchronous replication)" if reused and not sync_replication else ""))
 
     # -- G7: concurrency limit of the limited queue --------------------------------------------------------
     max_overlap = 0
@@ -467,6 +482,7 @@ def evaluate(history: History, *, sync_replication: bool, queue_limit: int | Non
         "takeovers": takeovers,
         "stale_runs_after_takeover": stale_runs,
         "deposed_acks": deposed_acks,
+        "reused_epochs": len(reused),
         "max_overlap": max_overlap,
         "queue_limit": queue_limit,
         "duplicates_after_lost_ack": dup_after_lost_ack,
