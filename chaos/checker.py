@@ -21,7 +21,8 @@ How each guarantee is decided (``E`` is the epoch recorded on a step's checkpoin
   is held by two workers (a lost claim). Under
   asynchronous replication a late acknowledgement whose checkpoint is gone came from a deposed primary
   and epochs can go backwards around a lost checkpoint: both are lost writes, reported under G9.
-- G7: the maximum overlap of the limited step's begin/end intervals never exceeds the queue limit; an
+- G7: the maximum overlap of the limited step's begin/end intervals never exceeds the queue limit (nor,
+  per worker process, the per-worker limit); an
   interval ends at its end mark or at the workflow's next epoch's first entry, whichever comes first
   (a superseded owner holds no slot).
 - G8: each message is recorded by at most one ``recv`` checkpoint and consumed by the workflow it was
@@ -192,8 +193,12 @@ def _verdict(problems: list[str], ok_detail: str) -> GuaranteeResult:
     return GuaranteeResult(PASS, ok_detail)
 
 
-def evaluate(history: History, *, sync_replication: bool, queue_limit: int | None) -> CheckResult:
-    """Decide G1-G9 over a history; why: the same rules apply to the lab and to hand-made histories."""
+def evaluate(history: History, *, sync_replication: bool, queue_limit: int | None,
+             worker_queue_limit: int | None = None) -> CheckResult:
+    """Decide G1-G9 over a history; why: the same rules apply to the lab and to hand-made histories.
+
+    ``queue_limit``: the limited queue's global concurrency (None: G7 is n-a); ``worker_queue_limit``: its
+    per-worker-process limit (None: not checked)."""
     h = history
     g: dict[str, GuaranteeResult] = {}
     rows_by_id: dict[str, list[WorkflowRow]] = defaultdict(list)
@@ -387,17 +392,31 @@ def evaluate(history: History, *, sync_replication: bool, queue_limit: int | Non
     if queue_limit is None:
         g["G7"] = GuaranteeResult(NA, "no limited queue in this workload")
     else:
-        intervals = _limited_intervals(h, takeover_after)
+        spans = _limited_intervals(h, takeover_after)
+        intervals = [(a, b) for a, b, _w in spans]
         max_overlap, at = _max_overlap(intervals)
+        per_worker: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        for a, b, w in spans:
+            per_worker[w].append((a, b))
+        worst_worker, worst_worker_at, worst_worker_overlap = "", 0.0, 0
+        for w, ivs in per_worker.items():
+            n_w, t_w = _max_overlap(ivs)
+            if n_w > worst_worker_overlap:
+                worst_worker, worst_worker_at, worst_worker_overlap = w, t_w, n_w
+        worker_note = (f"; per worker max {worst_worker_overlap} <= {worker_queue_limit}"
+                       if worker_queue_limit is not None else "")
         if max_overlap > queue_limit:
             g["G7"] = GuaranteeResult(FAIL, f"max overlap {max_overlap} > limit {queue_limit} at t={at:.3f} "
                                       f"over {len(intervals)} executions")
+        elif worker_queue_limit is not None and worst_worker_overlap > worker_queue_limit:
+            g["G7"] = GuaranteeResult(FAIL, f"worker {worst_worker} ran {worst_worker_overlap} at once > per-worker "
+                                      f"limit {worker_queue_limit} at t={worst_worker_at:.3f}")
         elif not intervals:
             g["G7"] = GuaranteeResult(FAIL, f"no execution of {sorted(h.limited_step_names)} in the ledger: "
                                       "the limit was never exercised")
         else:
             g["G7"] = GuaranteeResult(PASS, f"max overlap {max_overlap} <= limit {queue_limit} over "
-                                      f"{len(intervals)} executions")
+                                      f"{len(intervals)} executions{worker_note}")
 
     # -- G8: messages received at most once ----------------------------------------------------------------
     problems = []
@@ -418,6 +437,10 @@ def evaluate(history: History, *, sync_replication: bool, queue_limit: int | Non
     for msg, where in handled.items():
         if len(where) > 1:
             problems.append(f"message {msg} handled at {len(where)} step positions {sorted(where)}")
+    sent = Counter(m.msg for m in h.messages if m.msg is not None)
+    for msg, count in sent.items():
+        if count > 1:
+            problems.append(f"message {msg} was sent {count}x (a workflow's send must deliver once)")
     unconsumed = 0
     for m in h.messages:
         if m.consumed_step is None:
@@ -485,6 +508,7 @@ def evaluate(history: History, *, sync_replication: bool, queue_limit: int | Non
         "reused_epochs": len(reused),
         "max_overlap": max_overlap,
         "queue_limit": queue_limit,
+        "worker_queue_limit": worker_queue_limit,
         "duplicates_after_lost_ack": dup_after_lost_ack,
         "torn_ledger_lines": h.torn_lines,
         "recoveries": sum(w.recoveries for w in h.workflows),
@@ -493,8 +517,10 @@ def evaluate(history: History, *, sync_replication: bool, queue_limit: int | Non
                        workflows=len(h.expected_ids), stats=stats)
 
 
-def _limited_intervals(h: History, takeover_after: Callable[[str, int], float | None]) -> list[tuple[float, float]]:
-    """Begin/end intervals of the limited step, each cut at the workflow's next epoch (slot given up)."""
+def _limited_intervals(h: History, takeover_after: Callable[[str, int], float | None]
+                       ) -> list[tuple[float, float, str]]:
+    """Begin/end intervals (and worker) of the limited step, each cut at the workflow's next epoch (the
+    superseded owner's slot is given up at the takeover)."""
     begins: dict[tuple[str, int, int, str, int | None], list[float]] = defaultdict(list)
     ends: dict[tuple[str, int, int, str, int | None], list[float]] = defaultdict(list)
     finished: dict[str, float] = {}
@@ -518,7 +544,7 @@ def _limited_intervals(h: History, takeover_after: Callable[[str, int], float | 
             end = stops[i] if i < len(stops) else (cut if cut is not None else finished.get(wid, start))
             if cut is not None:
                 end = min(end, cut)
-            intervals.append((start, max(start, end)))
+            intervals.append((start, max(start, end), key[3]))
     return intervals
 
 
@@ -589,8 +615,9 @@ def _json(text: str | None) -> Any:
 
 
 def load_history(database_url: str, schema: str, ledger_dir: str | os.PathLike[str], expected_ids: Sequence[str],
-                 *, acked_log: Any = None) -> tuple[History, int | None]:
-    """Read a lab run into a History plus the limited queue's concurrency limit (None if undeclared)."""
+                 *, acked_log: Any = None) -> tuple[History, int | None, int | None]:
+    """Read a lab run into a History plus the limited queue's global and per-worker concurrency limits
+    (None when not declared)."""
     import psycopg
     from psycopg import sql
 
@@ -607,8 +634,8 @@ def load_history(database_url: str, schema: str, ledger_dir: str | os.PathLike[s
             s, sql.Identifier(lab_app.APP_TABLE))).fetchall()
         event_rows = conn.execute(sql.SQL("SELECT workflow_id, key, value, step_id FROM {}.events").format(s)).fetchall()
         msg_rows = conn.execute(sql.SQL("SELECT workflow_id, body, consumed_step FROM {}.messages").format(s)).fetchall()
-        limit_row = conn.execute(sql.SQL("SELECT concurrency_limit FROM {}.v_queues WHERE queue = %s").format(s),
-                                 (lab_app.LIMITED_QUEUE,)).fetchone()
+        limit_row = conn.execute(sql.SQL("SELECT concurrency_limit, worker_concurrency_limit FROM {}.v_queues "
+                                         "WHERE queue = %s").format(s), (lab_app.LIMITED_QUEUE,)).fetchone()
     entries, acks, torn = read_ledger(ledger_dir)
     if acked_log is not None:
         acks = read_acks(acked_log)
@@ -638,12 +665,13 @@ def load_history(database_url: str, schema: str, ledger_dir: str | os.PathLike[s
         limited_step_names=frozenset({lab_app.LIMITED_STEP}),
         torn_lines=torn,
     )
-    limit = limit_row[0] if limit_row and limit_row[0] is not None else None
-    return history, (int(limit) if limit is not None else None)
+    limit = int(limit_row[0]) if limit_row and limit_row[0] is not None else None
+    worker_limit = int(limit_row[1]) if limit_row and limit_row[1] is not None else None
+    return history, limit, worker_limit
 
 
 def check(database_url: str, schema: str, ledger_dir: str | os.PathLike[str], expected_ids: Sequence[str], *,
           sync_replication: bool, acked_log: Any = None) -> CheckResult:
     """Load a lab run (database + ledger) and evaluate G1-G9; why: the verdict after every scenario."""
-    history, limit = load_history(database_url, schema, ledger_dir, expected_ids, acked_log=acked_log)
-    return evaluate(history, sync_replication=sync_replication, queue_limit=limit)
+    history, limit, worker_limit = load_history(database_url, schema, ledger_dir, expected_ids, acked_log=acked_log)
+    return evaluate(history, sync_replication=sync_replication, queue_limit=limit, worker_queue_limit=worker_limit)

@@ -6,7 +6,8 @@ Workers run it with ``kit worker chaos.lab_app:app``; it is configured by the en
   defaults below: lease 4 s, heartbeat 1 s, poll 0.5 s, call timeout 5 s, connect timeout 3 s,
   database retry budget 180 s so a worker rides through a failover);
 - ``LAB_LEDGER_DIR``: directory of the ledger (required by workers; outside the database cluster);
-- ``LAB_QUEUE_LIMIT`` (4): global concurrency of the limited queue ``lab_limited`` (G7);
+- ``LAB_QUEUE_LIMIT`` (4) and ``LAB_WORKER_QUEUE_LIMIT`` (2): global and per-worker-process concurrency
+  of the limited queue ``lab_limited`` (G7);
 - ``LAB_SLEEP_SECONDS`` (0.2): the durable sleep of every workflow; ``LAB_WORK_SECONDS`` (0.2): how long
   the limited step holds its slot; ``LAB_RECV_TIMEOUT`` (600): how long a receiver waits for its message.
 
@@ -65,6 +66,7 @@ MESSAGE_TOPIC = "pair"
 EVENT_KEY = "progress"
 
 QUEUE_LIMIT = int(os.environ.get("LAB_QUEUE_LIMIT", "4"))
+WORKER_QUEUE_LIMIT = int(os.environ.get("LAB_WORKER_QUEUE_LIMIT", "2"))
 SLEEP_SECONDS = float(os.environ.get("LAB_SLEEP_SECONDS", "0.2"))
 WORK_SECONDS = float(os.environ.get("LAB_WORK_SECONDS", "0.2"))
 RECV_TIMEOUT = float(os.environ.get("LAB_RECV_TIMEOUT", "600"))
@@ -186,7 +188,7 @@ def make_app(ledger_dir: str | os.PathLike[str] | None = None, **settings: Any) 
     defaults.update(settings)
     app = kit.Kit(**defaults)
     ledger = Ledger(ledger_dir)
-    limited = app.queue(LIMITED_QUEUE, concurrency=QUEUE_LIMIT)
+    limited = app.queue(LIMITED_QUEUE, concurrency=QUEUE_LIMIT, worker_concurrency=WORKER_QUEUE_LIMIT)
 
     def worker_id() -> str:
         runtime = app._runtime

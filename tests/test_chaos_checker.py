@@ -155,11 +155,17 @@ def test_duplicate_execution_outside_the_crash_window_fails() -> None:
 
 def test_exceeded_concurrency_limit_fails_g7() -> None:
     h = clean_history()
-    h.ledger += [run(W2, 9, "lab.limited_work", 101.5, kind="begin"), run(W2, 9, "lab.limited_work", 101.8, kind="end")]
+    other = "lab-00009"  # a limited workflow whose run overlaps W1's
+    h.ledger += [run(other, 1, "lab.limited_work", 101.5, kind="begin"),
+                 run(other, 1, "lab.limited_work", 101.8, kind="end")]
     r = verdict(h, limit=1)
     assert set(r.failures()) == {"G7"}
     assert r.stats["max_overlap"] == 2
     assert verdict(h, limit=2).ok
+    # The same two overlapping executions by one worker process break a per-worker limit of 1.
+    assert set(evaluate(h, sync_replication=True, queue_limit=2, worker_queue_limit=1).failures()) == {"G7"}
+    h.ledger[-2:] = [dataclasses.replace(e, worker="host:200:bbbb") for e in h.ledger[-2:]]
+    assert evaluate(h, sync_replication=True, queue_limit=2, worker_queue_limit=1).ok
 
 
 def test_zombie_execution_past_takeover_does_not_hold_a_slot() -> None:
@@ -179,6 +185,9 @@ def test_message_received_twice_fails_g8() -> None:
     h = clean_history()
     h.ledger.append(run(W2, 5, "lab.got", 107.0, msg=f"{W3}->{W2}"))
     assert "G8" in failed(h)
+    h = clean_history()
+    h.messages.append(MessageRow(W2, f"{W3}->{W2}", None))  # the sender delivered it twice
+    assert failed(h) == {"G8"}
 
 
 def test_event_not_holding_the_latest_committed_value_fails_g8() -> None:
