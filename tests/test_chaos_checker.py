@@ -317,3 +317,13 @@ def test_workload_with_a_sigkilled_and_a_frozen_worker_passes_the_checker(pg_url
         result.summary()
     assert result.lost_acks == 0
     assert result.stats["recoveries"] > 0, "the SIGKILL never landed on a workflow in flight"
+
+    # The same run with one acknowledged checkpoint removed from the database: a lost acknowledgement.
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DELETE FROM {}.steps WHERE workflow_id = %s AND step_id = 0")
+                     .format(sql.Identifier(schema)), [ids[0]])
+    tampered = check(pg_url, schema, tmp_path / "ledger", ids, sync_replication=True)
+    assert set(tampered.failures()) == {"G9"} and tampered.lost_acks == 1, tampered.summary()
