@@ -111,6 +111,19 @@ class WorkflowHandle:
 
     def result(self, timeout: float | None = None) -> Any:
         """Wait for the workflow to end; return its result or raise :class:`WorkflowError`."""
+        waiter = current_context()
+        if waiter is None or waiter.step is not None:
+            return self._result(timeout)
+        runtime = self._app.runtime
+        with runtime._lock:
+            runtime.awaiting.add(waiter.workflow_id)
+        try:
+            return self._result(timeout)
+        finally:
+            with runtime._lock:
+                runtime.awaiting.discard(waiter.workflow_id)
+
+    def _result(self, timeout: float | None) -> Any:
         deadline = None if timeout is None else time.monotonic() + timeout
         if self._future is not None:
             try:

@@ -26,6 +26,7 @@ EXIT_USAGE = 2
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2 (argparse's usage dump is noise here)
+        message = message.replace("\r", "\\r").replace("\n", "\\n")  # an argument may hold a line break
         self.exit(EXIT_USAGE, f"kit: error: {message} (see `{self.prog} --help`)\n")
 
 
@@ -60,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("migrate", help="create or upgrade kit's schema")
     _common(p)
     p.add_argument("--print-sql", action="store_true", help="print the DDL instead of applying it")
+    p.add_argument("--print-grants", action="store_true",
+                   help="print least-privilege GRANTs for --worker-role / --monitor-role (docs/security.md)")
+    p.add_argument("--worker-role", help="with --print-grants: the role workers log in as (DML only)")
+    p.add_argument("--monitor-role", help="with --print-grants: a read-only role for kit monitor and queries")
     p.set_defaults(handler=cmd_migrate)
 
     p = sub.add_parser("workflows", help="query workflows")
@@ -89,6 +94,32 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("workflow_id", metavar="ID")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(handler=cmd_workflow_show)
+    cp = wsub.add_parser("cancel", help="cancel a workflow and its unfinished children (stops at the next step)")
+    _common(cp)
+    cp.add_argument("workflow_id", metavar="ID")
+    cp.set_defaults(handler=cmd_workflow_cancel)
+    rp = wsub.add_parser("resume", help="run a CANCELLED or ERROR workflow again from its last checkpoint")
+    _common(rp)
+    rp.add_argument("workflow_id", metavar="ID")
+    rp.add_argument("--timeout", type=_positive_float, help="new deadline, seconds from now (default: none)")
+    rp.set_defaults(handler=cmd_workflow_resume)
+    fp = wsub.add_parser("fork", help="start a copy that reuses the checkpoints of steps before --from-step")
+    _common(fp)
+    fp.add_argument("workflow_id", metavar="ID")
+    fp.add_argument("--from-step", type=_non_negative_int, required=True,
+                    help="first step to run anew (steps before it are reused)")
+    fp.add_argument("--new-id", help="id of the new workflow (default: a random UUID)")
+    fp.add_argument("--app-version", help="application version to record on the fork (default: unversioned, "
+                    "so any worker that has the workflow runs it)")
+    fp.add_argument("--timeout", type=_positive_float, help="deadline of the fork, seconds from now")
+    fp.set_defaults(handler=cmd_workflow_fork)
+
+    p = sub.add_parser("gc", help="delete finished workflows older than an age, in batches (never live ones)")
+    _common(p)
+    p.add_argument("--older-than", required=True, metavar="AGE", help="age like 30d, 12h, 90m (finish time)")
+    p.add_argument("--batch-size", type=_positive_int, default=1000, help="workflows per transaction (default 1000)")
+    p.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
+    p.set_defaults(handler=cmd_gc)
 
     p = sub.add_parser("monitor", help="live dashboard: workers, throughput, queues, latency, failures")
     _common(p)
@@ -102,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--json", action="store_true", help="print JSON lines")
     p.set_defaults(handler=cmd_queues)
+
+    p = sub.add_parser("schedules", help="cron schedules: expression, time zone, last and next tick")
+    _common(p)
+    p.add_argument("--json", action="store_true", help="print JSON lines")
+    p.set_defaults(handler=cmd_schedules)
 
     p = sub.add_parser("db", help="backend, URL (password hidden), schema version")
     _common(p)
@@ -140,6 +176,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -159,7 +205,10 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 def _when(text: str) -> datetime:
     m = _AGE.match(text.strip())
     if m:
-        return datetime.now(timezone.utc) - timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+        try:
+            return datetime.now(timezone.utc) - timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+        except OverflowError:
+            raise argparse.ArgumentTypeError(f"age {text!r} is too far in the past") from None
     try:
         value = datetime.fromisoformat(text)
     except ValueError:
@@ -248,12 +297,20 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     app = _app_from_args(args, migrate=False)
-    if args.print_sql:
+    if (args.worker_role or args.monitor_role) and not args.print_grants:
+        raise UsageError("--worker-role and --monitor-role go with --print-grants")
+    if args.print_sql or args.print_grants:
         from kit.app import _backend_class, load_backend
 
         backend = load_backend(app.config) if app.config.database_url else _backend_class("postgres")(
             "postgresql:///kit", schema=app.config.schema)
-        sys.stdout.write(backend.migration_sql())
+        if args.print_sql:
+            sys.stdout.write(backend.migration_sql())
+        if args.print_grants:
+            grants = getattr(backend, "grants_sql", None)
+            if grants is None:
+                raise UsageError(f"backend '{backend.name}' cannot print grants")
+            sys.stdout.write(grants(worker_role=args.worker_role, monitor_role=args.monitor_role))
         return 0
     try:
         applied = app.backend.migrate()
@@ -409,6 +466,69 @@ def cmd_workflow_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_workflow_cancel(args: argparse.Namespace) -> int:
+    from kit.validation import validate_workflow_id
+
+    validate_workflow_id(args.workflow_id)
+    app = _app_from_args(args, migrate=False)
+    try:
+        _require_schema(app)
+        ids = app.cancel(args.workflow_id)
+        status = app.backend.workflow_get(args.workflow_id)
+    finally:
+        app.close()
+    if not ids:
+        print(f"{args.workflow_id} had already finished ({status.status.value if status else 'gone'}); "
+              "nothing cancelled")
+        return 0
+    print(f"cancelled {len(ids)} workflow(s): {', '.join(ids)}")
+    return 0
+
+
+def cmd_workflow_resume(args: argparse.Namespace) -> int:
+    from kit.validation import validate_workflow_id
+
+    validate_workflow_id(args.workflow_id)
+    app = _app_from_args(args, migrate=False)
+    try:
+        _require_schema(app)
+        app.resume(args.workflow_id, timeout=args.timeout)
+    finally:
+        app.close()
+    print(f"resumed {args.workflow_id}: PENDING, a worker will continue it from its last checkpoint")
+    return 0
+
+
+def cmd_workflow_fork(args: argparse.Namespace) -> int:
+    from kit.validation import validate_workflow_id
+
+    validate_workflow_id(args.workflow_id)
+    app = _app_from_args(args, migrate=False, app_version=args.app_version)
+    try:
+        _require_schema(app)
+        handle = app.fork(args.workflow_id, from_step=args.from_step, new_workflow_id=args.new_id,
+                          timeout=args.timeout)
+    finally:
+        app.close()
+    print(f"forked {args.workflow_id} from step {args.from_step} as {handle.workflow_id}")
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from kit.lifecycle import parse_age
+
+    age = parse_age(args.older_than)
+    app = _app_from_args(args, migrate=False)
+    try:
+        _require_schema(app)
+        n = app.gc(age, batch_size=args.batch_size, dry_run=args.dry_run)
+    finally:
+        app.close()
+    verb = "would delete" if args.dry_run else "deleted"
+    print(f"{verb} {n} workflow(s) finished more than {args.older_than} ago")
+    return 0
+
+
 def _print_messages_events_streams(console: Any, messages: list, events: list, streams: list) -> None:
     from rich.text import Text  # user data is never read as markup
 
@@ -507,6 +627,48 @@ def cmd_queues(args: argparse.Namespace) -> int:
                       limit(q.concurrency_limit), limit(q.worker_concurrency_limit),
                       limit(q.partition_concurrency_limit), limit(q.rate_limit_per_second))
     Console().print(table)
+    return 0
+
+
+def cmd_schedules(args: argparse.Namespace) -> int:
+    from kit.cron import CronError, parse
+
+    app = _app_from_args(args, migrate=False)
+    try:
+        _require_schema(app)
+        states = app.backend.schedule_list()
+    finally:
+        app.close()
+    now = datetime.now(timezone.utc)
+    rows = []
+    for st in states:
+        try:
+            nxt: datetime | None = parse(st.spec.cron, st.spec.timezone).next_after(max(now, st.cursor_at))
+        except CronError:
+            nxt = None  # written by a kit whose cron dialect this one does not understand
+        rows.append({**st.spec.__dict__, "queue": st.spec.queue or "default", "cursor_at": st.cursor_at,
+                     "last_tick": st.last_tick, "last_workflow_id": st.last_workflow_id, "next_tick": nxt})
+    if args.json:
+        for row in rows:
+            print(json.dumps({k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}))
+        return 0
+    from rich.console import Console
+
+    def local(value: datetime | None, tz: str) -> str:
+        if value is None:
+            return "—"
+        try:
+            from zoneinfo import ZoneInfo
+
+            return value.astimezone(ZoneInfo(tz)).strftime("%Y-%m-%d %H:%M:%S %Z")
+        except (KeyError, ValueError, OSError):
+            return _fmt_time(value) + " UTC"
+
+    _print_table(Console(), "schedules", f"{len(rows)} schedule(s)",
+                 ("schedule", "cron", "time zone", "queue", "catch-up", "last tick", "next tick"),
+                 [(r["name"], r["cron"], r["timezone"], r["queue"],
+                   r["catch_up"] + (f" (max {r['max_catch_up']})" if r["catch_up"] == "all" else ""),
+                   local(r["last_tick"], r["timezone"]), local(r["next_tick"], r["timezone"])) for r in rows])
     return 0
 
 

@@ -62,7 +62,15 @@ class Harness:
             return False
         with runtime._lock:
             active = {w for w, c in runtime._held.items() if c.confirmed_at > 0 and not c.finishing}
-        return bool(active) and active <= self.clock.waiting_workflows()
+        on_clock = self.clock.waiting_workflows()
+        with runtime._lock:
+            awaiting = set(runtime.awaiting)  # parents blocked on a child's result
+        if not active or not active & on_clock or not active <= on_clock | awaiting:
+            return False
+        # A message sent to a waiting workflow is on its way (its notification may not have landed yet):
+        # jumping the clock now could time its recv out, so wait for the workflow to take it.
+        backend = self.app.backend
+        return not any(m.consumed_at is None for w in active for m in backend.message_list(w))
 
     def result(self, handle: WorkflowHandle, timeout: float = 30.0) -> Any:
         """Wait for ``handle``'s result, advancing the virtual clock to the next timer whenever every

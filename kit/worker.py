@@ -56,6 +56,7 @@ class Runtime:
         self._notifier: Notifier | None = None
         self._limited_dirty: set[str] = set()
         self._scheduler: Scheduler | None = None  # cron ticks (kit.schedules), worker processes only
+        self.awaiting: set[str] = set()  # workflows here blocked on another workflow's result (kit.testing)
 
     @property
     def notifier(self) -> Notifier:
