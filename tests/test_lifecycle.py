@@ -18,7 +18,6 @@ from psycopg import sql
 import kit
 from kit.clock import VirtualClock
 from kit.errors import UsageError, WorkflowCancelledError, WorkflowConflictError, WorkflowNotFoundError
-from kit.storage import Status
 from tests.conformance.helpers import wait_for
 
 FAST = {"lease_seconds": 2.0, "heartbeat_seconds": 0.25, "poll_seconds": 0.1}
