@@ -148,6 +148,7 @@ class GuaranteeResult:
 
     @property
     def ok(self) -> bool:
+        """Not failed (pass or n-a)."""
         return self.status != FAIL
 
 
@@ -228,18 +229,21 @@ def evaluate(history: History, *, sync_replication: bool, queue_limit: int | Non
         return min(times) if times else None
 
     # Acknowledged checkpoints: lost when missing or replaced by a newer epoch's row.
-    lost: list[str] = []
+    # Acknowledged checkpoints: lost when missing or replaced by a newer epoch's row. Counted once per
+    # checkpoint position, whatever number of acknowledgements (fresh and replayed) it had.
+    lost_epochs: dict[tuple[str, int], set[int]] = defaultdict(set)
     lost_keys: set[tuple[str, int, int]] = set()
     acked: set[tuple[str, int, int]] = set()
     for a in h.acks:
         acked.add((a.workflow_id, a.step_id, a.epoch))
         rows = checkpoints.get((a.workflow_id, a.step_id))
         if not rows or min(r.epoch for r in rows) > a.epoch:
-            key = (a.workflow_id, a.step_id, a.epoch)
-            if key not in lost_keys:
-                lost_keys.add(key)
-                lost.append(f"{a.workflow_id}#{a.step_id}@e{a.epoch}"
-                            + (" (missing)" if not rows else f" (now e{rows[0].epoch})"))
+            lost_keys.add((a.workflow_id, a.step_id, a.epoch))
+            lost_epochs[(a.workflow_id, a.step_id)].add(a.epoch)
+    lost: list[str] = []
+    for (wid, step), epochs in sorted(lost_epochs.items()):
+        rows = checkpoints.get((wid, step))
+        lost.append(f"{wid}#{step} acked at e{sorted(epochs)}" + (" (missing)" if not rows else f" (now e{rows[0].epoch})"))
 
     # -- G1: one row per id, one terminal status, the one expected result -------------------------------
     problems = []
@@ -495,7 +499,8 @@ def evaluate(history: History, *, sync_replication: bool, queue_limit: int | Non
         g["G9"] = GuaranteeResult(FAIL, "no acknowledged checkpoints in the ledger: nothing to check G9 against")
     else:
         mode = "synchronous" if sync_replication else "asynchronous"
-        g["G9"] = GuaranteeResult(PASS, f"{len(acked)} acknowledged checkpoints all present ({mode} replication)")
+        positions = len({(w, st) for w, st, _ep in acked})
+        g["G9"] = GuaranteeResult(PASS, f"{positions} acknowledged checkpoints all present ({mode} replication)")
 
     stats = {
         "statuses": dict(statuses),

@@ -191,6 +191,7 @@ def make_app(ledger_dir: str | os.PathLike[str] | None = None, **settings: Any) 
     limited = app.queue(LIMITED_QUEUE, concurrency=QUEUE_LIMIT, worker_concurrency=WORKER_QUEUE_LIMIT)
 
     def worker_id() -> str:
+        """This process's kit worker id (host:pid:random) for ledger entries."""
         runtime = app._runtime
         return runtime.worker_id if runtime is not None else f"{socket.gethostname()}:{os.getpid()}"
 
@@ -222,16 +223,19 @@ def make_app(ledger_dir: str | os.PathLike[str] | None = None, **settings: Any) 
 
     @app.step(name="lab.prepare")
     def prepare(n: int) -> int:
+        """First side effect of every workflow."""
         mark("run")
         return n * 10 + 1
 
     @app.step(name="lab.settle")
     def settle(n: int) -> int:
+        """Last ordinary side effect of every workflow."""
         mark("run")
         return n * 10 + 2
 
     @app.step(name=LIMITED_STEP)
     def limited_work(n: int) -> int:
+        """Hold a slot of the limited queue for WORK_SECONDS between begin/end marks (G7)."""
         mark("run")
         mark("begin")
         time.sleep(WORK_SECONDS)
@@ -240,11 +244,13 @@ def make_app(ledger_dir: str | os.PathLike[str] | None = None, **settings: Any) 
 
     @app.step(name=GOT_STEP)
     def got(msg_id: str) -> str:
+        """Handle a received message (its id in the ledger: the same message at two positions fails G8)."""
         mark("run", msg=msg_id)
         return msg_id
 
     @app.transaction(name=TX_STEP)
     def record(conn: psycopg.Connection, n: int) -> int:
+        """Write the application row in the checkpoint's transaction (G4)."""
         ctx = current_context()
         info = kit.step_info()
         assert ctx is not None and info is not None
@@ -258,6 +264,7 @@ def make_app(ledger_dir: str | os.PathLike[str] | None = None, **settings: Any) 
 
     @app.workflow(name=WORKFLOW)
     def flow(n: int, kind: str, partner: str | None = None) -> dict[str, Any]:
+        """The lab workflow (see the module docstring); acknowledges every step position in the ledger."""
         ctx = current_context()
         assert ctx is not None
         ack = Acker(ctx)

@@ -70,6 +70,7 @@ def _bounded_query(url: str, stmt: sql.Composable, params: Any, timeout: float) 
     conn_box: dict[str, psycopg.Connection] = {}
 
     def run() -> None:
+        """Connect and run the statement (in a thread the caller can give up on)."""
         try:
             conn = psycopg.connect(url, autocommit=True, connect_timeout=max(1, int(timeout)))
             conn_box["conn"] = conn
@@ -115,9 +116,11 @@ class WorkerProc:
 
     @property
     def pid(self) -> int:
+        """The process id."""
         return self.proc.pid
 
     def alive(self) -> bool:
+        """Whether the process has not exited (a SIGSTOPped one is alive)."""
         return self.proc.poll() is None
 
 
@@ -164,6 +167,7 @@ class Workload:
     def prepare(self) -> None:
         """Create/upgrade kit's schema, the app table and the limited queue; retries through a failover."""
         def once() -> None:
+            """One attempt: migrate, declare the queue, create the application table."""
             app = lab_app.make_app(ledger_dir=self.ledger_dir, database_url=self.database_url, schema=self.schema,
                                    db_retry_seconds=30.0)
             try:
@@ -184,6 +188,7 @@ class Workload:
 
             def once(n: int = n, wid: str = wid, kind: str = kind, partner: str | None = partner,
                      queue: str | None = queue) -> None:
+                """One enqueue attempt; a broken client is replaced before the retry."""
                 try:
                     self._kit_client().enqueue(lab_app.WORKFLOW, n, kind, partner, queue=queue, workflow_id=wid)
                 except Exception as exc:
