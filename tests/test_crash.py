@@ -74,17 +74,19 @@ class Worker:
 class Workers:
     """Starts worker subprocesses; kills every one it started on exit."""
 
-    def __init__(self, env: dict[str, str], logdir: Path) -> None:
+    def __init__(self, env: dict[str, str], logdir: Path, app_spec: str = APP_SPEC) -> None:
         self.env = env
         self.logdir = logdir
+        self.app_spec = app_spec
         self.all: list[Worker] = []
 
-    def start(self, concurrency: int = 3) -> Worker:
+    def start(self, concurrency: int = 3, env: dict[str, str] | None = None) -> Worker:
         log = self.logdir / f"worker-{len(self.all)}.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "kit.cli", "worker", APP_SPEC, "--concurrency", str(concurrency)],
-                cwd=REPO, env=self.env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                [sys.executable, "-m", "kit.cli", "worker", self.app_spec, "--concurrency", str(concurrency)],
+                cwd=REPO, env={**self.env, **(env or {})}, stdin=subprocess.DEVNULL, stdout=out,
+                stderr=subprocess.STDOUT,
             )
         w = Worker(proc, log)
         self.all.append(w)
@@ -187,7 +189,8 @@ def assert_no_engine_failures(workers: Workers) -> None:
         assert "NonDeterminismError" not in text, text
 
 
-def check_ledger(db: DB, kinds: tuple[str, ...] = ("step", "slow", "whoami")) -> int:
+def check_ledger(db: DB, kinds: tuple[str, ...] = ("step", "slow", "whoami"), *,
+                 step_names: set[str] | None = None) -> int:
     """G2/G3 against the ledger: for every checkpointed ordinary step, exactly one execution in the
     checkpoint's epoch and none in a newer epoch. Returns the number of G3 re-runs (older epochs)."""
     checkpoints = {(w, s): (name, ep) for w, s, name, ep in
@@ -200,7 +203,7 @@ def check_ledger(db: DB, kinds: tuple[str, ...] = ("step", "slow", "whoami")) ->
     for key, epochs in runs.items():
         assert key in checkpoints, f"step {key} ran (epochs {epochs}) but was never checkpointed"
     for key, (name, ep) in checkpoints.items():
-        if name == "ledger_tx":
+        if name == "ledger_tx" or (step_names is not None and name not in step_names):
             continue
         epochs = runs.get(key, [])
         newer = [e for e in epochs if e > ep]
