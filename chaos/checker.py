@@ -228,7 +228,6 @@ def evaluate(history: History, *, sync_replication: bool, queue_limit: int | Non
         times = [t for ep, t in epochs_of.get(wid, ()) if ep > epoch]
         return min(times) if times else None
 
-    # Acknowledged checkpoints: lost when missing or replaced by a newer epoch's row.
     # Acknowledged checkpoints: lost when missing or replaced by a newer epoch's row. Counted once per
     # checkpoint position, whatever number of acknowledgements (fresh and replayed) it had.
     lost_epochs: dict[tuple[str, int], set[int]] = defaultdict(set)
