@@ -8,16 +8,17 @@ and imports the tests::
 Areas: :mod:`.lifecycle` (open/close, migrations, describe, capabilities), :mod:`.workflows` (create,
 get, list, finish, release, wait), :mod:`.leases` (claims, lease renewal, heartbeats), :mod:`.steps`
 (fenced checkpoints, transactional steps), :mod:`.notifications` (wake-ups), :mod:`.messaging`
-(messages and events), :mod:`.streams` (streams; listings of messages, events, streams).
+(messages and events), :mod:`.streams` (streams; listings of messages, events, streams), :mod:`.control`
+(cancel, resume, fork, retention, version filters, deadlines).
 """
 
 from __future__ import annotations
 
-from . import leases, lifecycle, messaging, notifications, steps, streams, workflows
+from . import control, leases, lifecycle, messaging, notifications, steps, streams, workflows
 
 __all__: list[str] = []
 
-for _module in (lifecycle, workflows, leases, steps, notifications, messaging, streams):
+for _module in (lifecycle, workflows, leases, steps, notifications, messaging, streams, control):
     for _name in dir(_module):
         if _name.startswith("test_"):
             if _name in globals():
