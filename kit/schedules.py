@@ -200,28 +200,26 @@ class Scheduler:
 
     def _loop(self) -> None:
         clock = self.app.clock
+        due_at = {s.name: clock.now() for s in self.schedules}  # each schedule's next tick (all due at start)
         while not self._stop.is_set():
-            wake: datetime | None = None
             failed = False
+            now = clock.now()
             for s in self.schedules:
+                if due_at[s.name] > now:
+                    continue  # not due: no database work for it this round
                 try:
-                    nxt = self.run_due(s)
+                    due_at[s.name] = self.run_due(s)
                 except KitError as exc:
                     log.warning("schedule %r: %s; retrying", s.name, exc)
                     failed = True
-                    continue
                 except Exception:  # pragma: no cover - never let the scheduler die silently
                     log.exception("schedule %r: unexpected failure; retrying", s.name)
                     failed = True
-                    continue
-                wake = nxt if wake is None else min(wake, nxt)
             if failed:
                 if self._stop.wait(_ERROR_BACKOFF):
                     return
                 continue
-            if wake is None:  # pragma: no cover - start() never runs without schedules
-                return
-            when = wake.timestamp()
+            when = min(due_at.values()).timestamp()
             if not clock.virtual:
                 when = min(when, clock.time() + _REAL_WAIT_CAP)
             if clock.wait_until(self._stop, when):
