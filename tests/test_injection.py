@@ -145,3 +145,39 @@ def test_sql_enqueue_function_validates_its_arguments(pg_url: str, schema: str) 
         wid = conn.execute(sql.SQL("SELECT {}.enqueue(%s)").format(s), ("n'); DROP TABLE x; --",)).fetchone()[0]
         assert conn.execute(sql.SQL("SELECT name FROM {}.workflows WHERE workflow_id = %s").format(s),
                             (wid,)).fetchone()[0] == "n'); DROP TABLE x; --"
+
+
+@pytest.mark.parametrize("check, value, fragment", [
+    ("id", "has space", "invalid workflow id"),
+    ("id", "é", "invalid workflow id"),
+    ("id", "x" * 201, "invalid workflow id"),
+    ("id", "", "invalid workflow id"),
+    ("id", 42, "invalid workflow id"),
+    ("name", "", "invalid workflow name"),
+    ("name", "nul\x00", "invalid workflow name"),
+    ("queue", "has space", "invalid queue name"),
+    ("queue", "q" * 101, "invalid queue name"),
+    ("queue", "semi;colon", "invalid queue name"),
+    ("topic", "line\nbreak", "topic must be"),
+    ("topic", "t" * 201, "topic must be"),
+    ("key", "", "event key must be"),
+    ("key", "nul\x00", "event key must be"),
+    ("key", "\ud800", "event key must be"),
+])
+def test_validation_rules_name_the_problem(check: str, value: object, fragment: str) -> None:
+    from kit import validation as v
+
+    run = {"id": v.validate_workflow_id, "name": v.validate_workflow_name, "queue": v.validate_queue_name,
+           "topic": v.validate_topic, "key": lambda x: v.validate_key("event key", x)}[check]
+    with pytest.raises(UsageError, match=fragment):
+        run(value)
+
+
+def test_validation_accepts_what_it_documents() -> None:
+    from kit import validation as v
+
+    assert v.validate_workflow_id("order-42/3:a") == "order-42/3:a"
+    assert v.validate_workflow_name("shop.checkout v2 ✓") == "shop.checkout v2 ✓"
+    assert v.validate_queue_name("emails.eu-west:1") == "emails.eu-west:1"
+    assert v.validate_topic(None) == "" and v.validate_topic("") == ""
+    assert v.validate_key("stream key", "логи 📜") == "логи 📜"

@@ -73,7 +73,8 @@ def test_verify_full_with_the_ca_runs_a_workflow(tls_pg: TlsPostgres) -> None:
     assert tls_pg.password not in out + err
 
 
-def test_wrong_ca_fails_with_a_clear_error(tls_pg: TlsPostgres) -> None:
+def test_wrong_ca_fails_with_a_clear_error(tls_pg: TlsPostgres, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KIT_CONNECT_TIMEOUT", "1")
     url = tls_pg.tls_url(ca="wrong_ca.crt")
     with pytest.raises(DatabaseUnavailableError, match="certificate verify failed") as info:
         kit.Kit(url, connect_timeout=1).backend  # noqa: B018
