@@ -48,7 +48,7 @@ def _setup(pg_url: str, schema: str, made: dict[str, tuple[str, str]]) -> tuple[
 
 
 def test_worker_and_monitor_roles_run_with_least_privilege(pg_url: str, schema: str) -> None:
-    with roles(pg_url, "owner", "worker", "monitor") as made:
+    with roles(pg_url, "owner", "worker", "monitor", "viewer") as made:
         sales, secret = _setup(pg_url, schema, made)
         worker_url, monitor_url = made["worker"][1], made["monitor"][1]
         s = sql.Identifier(schema)
@@ -132,6 +132,18 @@ def test_worker_and_monitor_roles_run_with_least_privilege(pg_url: str, schema: 
         with psycopg.connect(pg_url) as conn:
             statuses = conn.execute(sql.SQL("SELECT status FROM {}.workflows").format(s)).fetchall()
         assert sorted(statuses) == [("SUCCESS",), ("SUCCESS",)]
+
+        # A views-only role for SQL dashboards (docs/security.md): the views, not the payload tables.
+        viewer, viewer_url = made["viewer"]
+        with psycopg.connect(made["owner"][1], autocommit=True) as conn:
+            conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(s, sql.Identifier(viewer)))
+            conn.execute(sql.SQL("GRANT SELECT ON {}.v_workflows, {}.v_queues, {}.v_workers TO {}").format(
+                s, s, s, sql.Identifier(viewer)))
+        with psycopg.connect(viewer_url) as conn:
+            rows = conn.execute(sql.SQL("SELECT status, count(*) FROM {}.v_workflows GROUP BY 1").format(s))
+            assert rows.fetchall() == [("SUCCESS", 2)]
+        assert denied(viewer_url, sql.SQL("SELECT inputs FROM {}.workflows").format(s))
+        assert denied(viewer_url, sql.SQL("SELECT * FROM {}.v_steps").format(s))
 
 
 def test_worker_role_on_a_missing_or_outdated_schema_gets_a_clear_error(pg_url: str, schema: str) -> None:
