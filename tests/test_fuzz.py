@@ -223,10 +223,13 @@ def test_config_files_raise_only_config_error(tmp_path_factory: pytest.TempPathF
 
 # -- command line -------------------------------------------------------------------------------------------
 COMMANDS = [["workflows", "list"], ["workflow", "show"], ["db"], ["monitor", "--once"], ["queues"],
-            ["migrate", "--print-sql"], ["migrate", "--print-grants"], ["migrate"], ["workflows"], ["workflow"]]
+            ["migrate", "--print-sql"], ["migrate", "--print-grants"], ["migrate"], ["workflows"], ["workflow"],
+            ["workflow", "cancel"], ["workflow", "resume"], ["workflow", "fork"], ["gc", "--dry-run"],
+            ["schedules"]]
 OPTIONS = ["--status", "--name", "--queue", "--version", "--since", "--until", "--error", "--sort", "--limit",
            "--json", "--oldest-first", "--interval", "--schema", "--config", "--worker-role", "--monitor-role",
-           "--print-sql", "--concurrency", "-v", "--help", "--database-url", "--backend", "--data-dir", "-x", "--"]
+           "--print-sql", "--concurrency", "-v", "--help", "--database-url", "--backend", "--data-dir", "-x", "--",
+           "--older-than", "--batch-size", "--from-step", "--new-id", "--timeout", "--app-version"]
 OPTION_VALUES = ["RUNNING", "success", "bogus", "10", "0", "-5", "1e9", "99999999999d", "2h", "2026-13-45",
                  "2026-01-01T00:00+14:00", "0001-01-01", "oldest", "slowest", "nan", "inf", "x'; DROP TABLE x; --",
                  "Bad-Schema", "/nonexistent/kit.toml", "mysql://u:p@h/db", "postgresql://u:p@h:notaport/db",
