@@ -9,9 +9,11 @@ from kit.client import Client
 from kit.engine import StepInfo, step_info
 from kit.errors import (
     ConfigError,
+    CronError,
     DeadlineExceededError,
     KitError,
     LeaseLostError,
+    LimitExceededError,
     NonDeterminismError,
     SerializationError,
     StepFailedError,
@@ -33,10 +35,12 @@ __version__ = "0.1.0"
 __all__ = [
     "Client",
     "ConfigError",
+    "CronError",
     "DeadlineExceededError",
     "Kit",
     "KitError",
     "LeaseLostError",
+    "LimitExceededError",
     "NonDeterminismError",
     "SerializationError",
     "Status",

@@ -26,7 +26,8 @@ EXIT_USAGE = 2
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2 (argparse's usage dump is noise here)
-        message = message.replace("\r", "\\r").replace("\n", "\\n")  # an argument may hold a line break
+        # An argument may hold a line break or another control character: escape them, one line stays one.
+        message = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in message)
         self.exit(EXIT_USAGE, f"kit: error: {message} (see `{self.prog} --help`)\n")
 
 

@@ -27,7 +27,7 @@ class SerializationError(UsageError):
 class LimitExceededError(SerializationError):
     """A serialized value is larger than the configured ``max_*_bytes`` setting allows; nothing was written."""
 
-    def __init__(self, message: str, *, setting: str, limit: int, size: int) -> None:
+    def __init__(self, message: str, *, setting: str = "", limit: int = 0, size: int = 0) -> None:
         super().__init__(message)
         self.setting = setting
         self.limit = limit
