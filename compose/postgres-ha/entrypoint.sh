@@ -72,6 +72,8 @@ postgresql:
     unix_socket_directories: /var/run/postgresql
   pg_hba:
     - local all all trust
+    - local replication all trust
+    - host replication replicator 127.0.0.1/32 scram-sha-256
     - host replication replicator ${LAB_SUBNET} scram-sha-256
     - host all all ${LAB_SUBNET} scram-sha-256
     - host all all 127.0.0.1/32 scram-sha-256

@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Prepare the HA chaos lab (docs/lab.md) on Debian 12: idempotent, fast when everything is there.
+#   - apt: docker.io, docker-compose, debootstrap (and golang-go when no Go toolchain exists)
+#   - starts dockerd in the background when no Docker engine answers
+#   - pip install -e ".[lab]" (docker, toxiproxy-python) into the interpreter scripts/setup.sh chose
+#   - images: debian:bookworm-slim (pulled, or debootstrapped + docker import), toxiproxy (official image,
+#     or built from `go install github.com/Shopify/toxiproxy/v2/cmd/server@v2.12.0`), and the
+#     etcd/PostgreSQL 15/Patroni 3.1.2 image (Patroni wheels fetched on the host, installed --no-index)
+# Exit codes: 0 ready; 3 no Docker engine can run here (the chaos tests then skip with that reason);
+# anything else: a setup step failed.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+REPO="$(pwd)"
+LAB="$REPO/compose/postgres-ha"
+PATRONI_IMAGE="kit-lab/patroni:3.1.2-pg15"
+OFFICIAL_TOXIPROXY="ghcr.io/shopify/toxiproxy:2.12.0"
+LOCAL_TOXIPROXY="kit-lab/toxiproxy:2.12.0"
+TOXIPROXY_VERSION="v2.12.0"
+
+say() { echo "[lab-setup] $*"; }
+no_engine() {
+    say "NO DOCKER ENGINE: $*" >&2
+    say "the chaos lab cannot run on this machine; pytest chaos/ will skip with this reason" >&2
+    exit 3
+}
+
+if [ "$(id -u)" -eq 0 ]; then SUDO=()
+elif command -v sudo >/dev/null 2>&1; then SUDO=(sudo)
+else SUDO=()
+fi
+
+# Same interpreter choice as scripts/setup.sh.
+if [ -n "${PYTHON:-}" ]; then PY="$PYTHON"
+elif [ -x .venv/bin/python ]; then PY=.venv/bin/python
+elif command -v python >/dev/null 2>&1; then PY=python
+else PY=python3
+fi
+
+# -- Debian packages ----------------------------------------------------------------------------------
+export PATH="$PATH:/usr/local/go/bin:${HOME:-/root}/go/bin"
+apt_pkgs=()
+command -v dockerd >/dev/null 2>&1 || docker info >/dev/null 2>&1 || apt_pkgs+=(docker.io)
+if ! command -v docker-compose >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1; then
+    apt_pkgs+=(docker-compose)
+fi
+command -v debootstrap >/dev/null 2>&1 || apt_pkgs+=(debootstrap)
+command -v go >/dev/null 2>&1 || apt_pkgs+=(golang-go)
+if [ "${#apt_pkgs[@]}" -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ] && [ "${#SUDO[@]}" -eq 0 ]; then
+        say "ERROR: need ${apt_pkgs[*]} but not root and no sudo" >&2
+        exit 1
+    fi
+    say "installing: ${apt_pkgs[*]}"
+    "${SUDO[@]}" apt-get update -qq
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${apt_pkgs[@]}" \
+        >/dev/null || no_engine "apt-get install ${apt_pkgs[*]} failed"
+fi
+
+# -- Docker engine ------------------------------------------------------------------------------------
+if ! docker info >/dev/null 2>&1; then
+    command -v dockerd >/dev/null 2>&1 || no_engine "dockerd is not installed and could not be installed"
+    if [ "$(id -u)" -ne 0 ] && [ "${#SUDO[@]}" -eq 0 ]; then no_engine "dockerd must be started as root"; fi
+    log=/var/log/kit-lab-dockerd.log
+    say "starting dockerd in the background (log: $log)"
+    "${SUDO[@]}" sh -c "nohup dockerd >$log 2>&1 &"
+    for _ in $(seq 1 60); do
+        [ -S /var/run/docker.sock ] && docker info >/dev/null 2>&1 && break
+        sleep 0.5
+    done
+    docker info >/dev/null 2>&1 || no_engine "dockerd did not come up: $(tail -n 3 "$log" 2>/dev/null | tr '\n' ' ')"
+fi
+if command -v docker-compose >/dev/null 2>&1; then COMPOSE=(docker-compose)
+elif docker compose version >/dev/null 2>&1; then COMPOSE=(docker compose)
+else no_engine "no compose tool (docker-compose or the docker compose plugin)"
+fi
+say "engine $(docker version --format '{{.Server.Version}}'), compose: ${COMPOSE[*]}"
+
+# -- Python packages for the lab controller -----------------------------------------------------------
+if ! "$PY" -c "import docker, toxiproxy" >/dev/null 2>&1; then
+    say "pip install -e .[lab]"
+    "$PY" -m pip install -q --disable-pip-version-check --root-user-action=ignore -e ".[test,lab]"
+fi
+
+# -- images -------------------------------------------------------------------------------------------
+bash "$LAB/make-base-image.sh"
+
+have_image() { docker image inspect "$1" >/dev/null 2>&1; }
+# docker build, its output shown only when it fails (the legacy builder's deprecation notice is noise).
+quiet_build() {
+    local out
+    out="$(mktemp)"
+    if ! docker build "$@" >"$out" 2>&1; then
+        tail -n 30 "$out" >&2
+        rm -f "$out"
+        say "ERROR: docker build $* failed" >&2
+        exit 1
+    fi
+    rm -f "$out"
+}
+toxiproxy_image=""
+if have_image "$OFFICIAL_TOXIPROXY"; then toxiproxy_image="$OFFICIAL_TOXIPROXY"
+elif have_image "$LOCAL_TOXIPROXY"; then toxiproxy_image="$LOCAL_TOXIPROXY"
+elif timeout 120 docker pull -q "$OFFICIAL_TOXIPROXY" >/dev/null 2>&1; then toxiproxy_image="$OFFICIAL_TOXIPROXY"
+else
+    bin="$LAB/toxiproxy/bin"
+    mkdir -p "$bin"
+    if [ ! -x "$bin/toxiproxy-server" ] || [ ! -x "$bin/toxiproxy-cli" ]; then
+        command -v go >/dev/null 2>&1 || { say "ERROR: no Go toolchain to build toxiproxy" >&2; exit 1; }
+        say "building toxiproxy $TOXIPROXY_VERSION with $(go version | awk '{print $3}')"
+        gobin="$(mktemp -d)"
+        (cd /tmp && GOBIN="$gobin" GOTOOLCHAIN="${GOTOOLCHAIN:-auto}" go install \
+            "github.com/Shopify/toxiproxy/v2/cmd/server@$TOXIPROXY_VERSION" \
+            "github.com/Shopify/toxiproxy/v2/cmd/cli@$TOXIPROXY_VERSION") \
+            || { say "ERROR: go install of toxiproxy failed (it needs Go >= 1.23)" >&2; exit 1; }
+        install -m 0755 "$gobin/server" "$bin/toxiproxy-server"
+        install -m 0755 "$gobin/cli" "$bin/toxiproxy-cli"
+        rm -rf "$gobin"
+    fi
+    say "building $LOCAL_TOXIPROXY (no registry reachable)"
+    quiet_build -t "$LOCAL_TOXIPROXY" "$LAB/toxiproxy"
+    toxiproxy_image="$LOCAL_TOXIPROXY"
+fi
+# compose reads .env: a plain `docker-compose up` in compose/postgres-ha then uses the same image.
+echo "KIT_LAB_TOXIPROXY_IMAGE=$toxiproxy_image" > "$LAB/.env"
+say "toxiproxy image: $toxiproxy_image"
+
+if ! ls "$LAB"/wheels/patroni-3.1.2-*.whl >/dev/null 2>&1 || ! ls "$LAB"/wheels/ydiff-1.2-*.whl >/dev/null 2>&1; then
+    say "fetching Patroni 3.1.2 wheels on the host (containers can't reach PyPI over HTTPS)"
+    mkdir -p "$LAB/wheels"
+    "$PY" -m pip wheel -q --disable-pip-version-check --no-deps -w "$LAB/wheels" patroni==3.1.2 ydiff==1.2
+fi
+# Rebuild the Patroni image only when its inputs changed (cached between runs otherwise).
+inputs="$(cd "$LAB" && cat Dockerfile entrypoint.sh && ls wheels/*.whl && docker image inspect -f '{{.Id}}' debian:bookworm-slim)"
+digest="$(printf '%s' "$inputs" | sha256sum | cut -c1-16)"
+current="$(docker image inspect -f '{{index .Config.Labels "kit.lab.inputs"}}' "$PATRONI_IMAGE" 2>/dev/null || true)"
+if [ "$current" != "$digest" ]; then
+    say "building $PATRONI_IMAGE (PostgreSQL 15, etcd, Patroni 3.1.2; about a minute)"
+    quiet_build --label "kit.lab.inputs=$digest" -t "$PATRONI_IMAGE" "$LAB"
+else
+    say "$PATRONI_IMAGE up to date"
+fi
+say "ready"
