@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import bisect
 import calendar
+import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -318,19 +319,23 @@ class CronSchedule:
                             f"after the start of the datetime range (year 1)") from None
 
     def _previous_before(self, dt: datetime) -> datetime:
+        # Find a window (dt - w, dt) holding a tick, growing w fourfold; then binary-search whole seconds
+        # (ticks are whole seconds) for the last start from which the next tick is still before dt.
         window = 2 * self.resolution
-        while window < timedelta(days=366 * _SEARCH_YEARS):
-            last = None
-            t = self._next_after(dt - window)
-            while t < dt:
-                last = t
-                t = self._next_after(t)
-            if last is not None:
-                return last
+        while self._next_after(dt - window) >= dt:
             window *= 4
-        raise CronError(f"cron expression {self.expression!r} has no tick "  # pragma: no cover
-                        f"within {_SEARCH_YEARS} years before {dt.isoformat()}")
-
+            if window > timedelta(days=366 * _SEARCH_YEARS):  # pragma: no cover - parse() rejects these
+                raise CronError(f"cron expression {self.expression!r} has no tick "
+                                f"within {_SEARCH_YEARS} years before {dt.isoformat()}")
+        lo = math.floor((dt - window).timestamp())  # next tick after lo is before dt
+        hi = math.ceil(dt.timestamp())  # next tick after hi is after dt
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if self._next_after(datetime.fromtimestamp(mid, timezone.utc)) < dt:
+                lo = mid
+            else:
+                hi = mid
+        return self._next_after(datetime.fromtimestamp(lo, timezone.utc))
 
 def _check_aware(dt: object, what: str) -> None:
     if not isinstance(dt, datetime):

@@ -7,6 +7,8 @@ from itertools import pairwise
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kit.cron import CronError, parse
 from kit.errors import UsageError
@@ -222,3 +224,23 @@ def test_non_string_and_naive_datetimes_are_refused():
         parse("* * * * *").next_after(datetime(2026, 1, 1))
     with pytest.raises(CronError, match="limit"):
         parse("* * * * *").ticks_between(utc(2026, 1, 1), utc(2026, 1, 2), limit=-1)
+
+
+# -- properties ---------------------------------------------------------------------------------------------
+_ITEMS = st.one_of(st.just("*"), st.integers(0, 59).map(str), st.integers(1, 12).map(lambda s: f"*/{s}"),
+                   st.tuples(st.integers(0, 28), st.integers(0, 28)).map(lambda t: f"{min(t)}-{max(t)}"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(minute=_ITEMS, hour=st.sampled_from(["*", "2", "1-3", "*/5", "23"]), dom=st.sampled_from(["*", "1", "*/10", "29"]),
+       dow=st.sampled_from(["*", "sun", "1-5"]), tz=st.sampled_from(["UTC", "Europe/Paris", "America/New_York",
+                                                                     "Australia/Lord_Howe", "America/St_Johns"]),
+       dt=st.datetimes(min_value=datetime(1990, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)))
+def test_next_and_previous_bracket_every_instant(minute, hour, dom, dow, tz, dt):
+    try:
+        s = parse(f"{minute} {hour} {dom} * {dow}", tz=tz)
+    except CronError:
+        return
+    n, p = s.next_after(dt), s.previous_before(dt)
+    assert p < dt < n
+    assert s.previous_before(n) <= dt <= s.next_after(p)  # nothing between p and n but maybe dt itself
