@@ -356,3 +356,21 @@ def test_the_docs_example_and_an_async_schedule(pg_url, schema):
             wait_for_tick(app, "report", datetime(2026, 11, 27, 10, 10, tzinfo=timezone.utc), timeout=0.2)
     finally:
         app.close()
+
+
+def test_the_monitor_shows_schedules(apps, pg_url, schema):
+    from kit.monitor import MonitorSource, render_text
+    from kit.storage import MonitorQuery
+
+    app = apps()
+    schedule = Schedule("nightly", parse("30 2 * * *", tz="Europe/Paris"), None, "latest", 100)
+    app.backend.schedule_define(schedule.spec, START)
+    tick = datetime(2026, 11, 28, 1, 30, tzinfo=UTC)
+    wf = NewWorkflow(workflow_id=schedule.workflow_id(tick), name="nightly", inputs='{"args":[],"kwargs":{}}')
+    assert app.backend.schedule_advance("nightly", START, tick, [wf])
+    source = MonitorSource(lambda: app.backend, backend_name="postgres", endpoint=pg_url, query=MonitorQuery())
+    snap = source.poll()
+    assert snap.error is None and [s.spec.name for s in snap.schedules] == ["nightly"]
+    text = render_text(snap, datetime(2026, 11, 28, 1, 40, tzinfo=UTC), width=160)
+    assert "schedules: 1" in text
+    assert re.search(r"nightly\s+30 2 \* \* \*\s+Europe/Paris\s+10m00s ago\s+in 23h50m", text), text
