@@ -125,6 +125,8 @@ def scheduled(app: Kit, cron: str, *, tz: str | None = None, name: str | None = 
         def localize(tick: datetime | str) -> datetime:
             if isinstance(tick, str):  # enqueued from SQL or another language as ISO 8601 text
                 tick = datetime.fromisoformat(tick.replace("Z", "+00:00"))
+            if tick.tzinfo is None:  # ticks are UTC instants when no offset was given
+                tick = tick.replace(tzinfo=timezone.utc)
             return tick.astimezone(zone)
 
         if inspect.iscoroutinefunction(fn):

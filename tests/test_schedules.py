@@ -131,6 +131,8 @@ def test_tick_workflow_id_is_stable_and_the_tick_is_in_the_schedule_zone(apps, p
     again = app.enqueue("report", tick, workflow_id=tick_workflow_id("report", tick))  # the same tick: no new run
     assert again.result(timeout=10) == tick.isoformat()
     assert len(runs) == 1 and len(_tick_rows(pg_url, schema, "report")) == 1
+    by_hand = app.enqueue("report", "2026-11-27T10:10:00Z", workflow_id="manual-1")  # as SQL's kit.enqueue would
+    assert by_hand.result(timeout=10) == "2026-11-27T11:10:00+01:00" and runs[-1].tzinfo == PARIS
 
 
 def test_in_process_workers_racing_on_one_virtual_clock_run_each_tick_once(apps, pg_url, schema):
