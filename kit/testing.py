@@ -101,6 +101,20 @@ class Harness:
         """Start a workflow and return its result, skipping idle virtual time."""
         return self.result(self.app.start(fn, *args, **kwargs), timeout=timeout)
 
+    def next_tick(self, schedule: Callable[..., Any] | str, timeout: float = 10.0) -> WorkflowHandle:
+        """Jump the virtual clock to the next tick of an ``@app.scheduled`` schedule and return the handle of
+        the workflow a worker enqueued for it (exactly one per tick)."""
+        from kit.schedules import _registry, wait_for_tick
+
+        name = schedule if isinstance(schedule, str) else getattr(schedule, "__kit_workflow__", None)
+        found = _registry(self.app).get(name) if name is not None else None
+        if found is None:
+            known = ", ".join(sorted(_registry(self.app))) or "none"
+            raise UsageError(f"{schedule!r} is not a schedule of this app (schedules: {known})")
+        tick = found.cron.next_after(self.clock.now())
+        self.clock.set(tick)
+        return wait_for_tick(self.app, found.name, tick, timeout=timeout)
+
     # -- crashes --------------------------------------------------------------------------------------
     def crash_at(self, workflow: Callable[..., Any] | str, step: int, *, after_body: bool = False,
                  times: int = 1) -> None:

@@ -123,3 +123,23 @@ def test_embedded_default_needs_no_server(tmp_path):
     with harness(app, start=START) as h:
         assert h.run(nap) == "rested"
         assert h.now() == START + timedelta(days=3)
+
+
+def test_cron_ticks_advance_instantly(pg_url):
+    app = kit.Kit(database_url=pg_url)
+    seen: list[str] = []
+
+    @app.scheduled("0 9 * * mon-fri", tz="Europe/Paris", catch_up="none", name="morning_report")
+    def morning_report(tick: datetime) -> str:
+        seen.append(tick.isoformat())
+        return tick.strftime("%a %H:%M")
+
+    with harness(app, start=datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)) as h:  # a Friday, 13:00 Paris
+        first = h.next_tick(morning_report)
+        assert first.workflow_id == "sched:morning_report:2026-11-30T08:00:00Z"  # Monday 09:00 Paris
+        assert h.result(first) == "Mon 09:00"
+        second = h.next_tick("morning_report")
+        assert h.result(second) == "Tue 09:00"
+        assert len(seen) == 2
+        with pytest.raises(UsageError, match="not a schedule"):
+            h.next_tick("nope")
