@@ -376,3 +376,44 @@ def test_the_monitor_shows_schedules(apps, pg_url, schema):
     text = render_text(snap, datetime(2026, 11, 28, 1, 40, tzinfo=UTC), width=160)
     assert "schedules: 1" in text
     assert re.search(r"nightly\s+30 2 \* \* \*\s+Europe/Paris\s+10m00s ago\s+in 23h50m", text), text
+
+
+def test_a_frozen_holder_of_the_schedule_row_is_cut_off(apps, pg_url, schema):
+    """A process that freezes inside the advance transaction (holding the row lock) is disconnected by the
+    server, so another worker enqueues the tick; when the frozen one resumes it finds the cursor moved."""
+    import threading
+
+    from kit.backends.postgres import PostgresBackend
+
+    app = apps()
+    schedule = Schedule("frozen", parse("* * * * *"), None, "latest", 100)
+    app.backend.schedule_define(schedule.spec, START)
+    tick = datetime(2026, 11, 27, 10, 3, tzinfo=UTC)
+    wf = NewWorkflow(workflow_id=schedule.workflow_id(tick), name="frozen", inputs='{"args":[],"kwargs":{}}')
+
+    zombie = PostgresBackend(pg_url, schema=schema, pool_size=2, retry_seconds=10)
+    zombie.open()
+    zombie.schedule_idle_timeout_ms = 300
+    frozen, resume = threading.Event(), threading.Event()
+    original = zombie.workflow_enqueue_in
+
+    def freeze_once(conn, new):  # after the cursor update, before the insert: the transaction is open
+        if not frozen.is_set():
+            frozen.set()
+            resume.wait(30)
+        return original(conn, new)
+
+    zombie.workflow_enqueue_in = freeze_once
+    result: list[bool] = []
+    t = threading.Thread(target=lambda: result.append(zombie.schedule_advance("frozen", START, tick, [wf])))
+    t.start()
+    try:
+        assert frozen.wait(30)
+        assert app.backend.schedule_advance("frozen", START, tick, [wf])  # waits for the lock, then wins
+    finally:
+        resume.set()
+        t.join(30)
+        zombie.close()
+    assert result == [False]  # resumed: its transaction was gone; the retry found the cursor moved
+    assert app.backend.schedule_get("frozen").cursor_at == tick
+    assert len(_tick_rows(pg_url, schema, "frozen")) == 1
