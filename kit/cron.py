@@ -72,10 +72,12 @@ _MONTH = _Field("month", 1, 12, _MONTHS)
 _DOW = _Field("day-of-week", 0, 7, _DAYS)
 
 
-def validate_timezone(tz: str | None) -> ZoneInfo:
+def validate_timezone(tz: str | ZoneInfo | None) -> ZoneInfo:
     """The ZoneInfo for an IANA zone name (None means UTC); CronError naming the zone otherwise."""
     if tz is None:
         return ZoneInfo("UTC")
+    if isinstance(tz, ZoneInfo) and tz.key:
+        tz = tz.key
     if not isinstance(tz, str) or not tz.strip():
         raise CronError(f"invalid time zone {tz!r}: give an IANA zone name such as 'Europe/Paris' or 'UTC'")
     try:
@@ -139,7 +141,7 @@ def _parse_field(expr: str, fld: _Field, text: str) -> frozenset[int]:
     return frozenset(values)
 
 
-def parse(expr: str, tz: str | None = None) -> CronSchedule:
+def parse(expr: str, tz: str | ZoneInfo | None = None) -> CronSchedule:
     """Parse a 5-field cron expression (6 with a leading seconds field, or a macro) in time zone ``tz``."""
     if not isinstance(expr, str):
         raise CronError(f"a cron expression must be a string, got {type(expr).__name__}")

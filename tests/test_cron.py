@@ -244,3 +244,9 @@ def test_next_and_previous_bracket_every_instant(minute, hour, dom, dow, tz, dt)
     n, p = s.next_after(dt), s.previous_before(dt)
     assert p < dt < n
     assert s.previous_before(n) <= dt <= s.next_after(p)  # nothing between p and n but maybe dt itself
+
+
+def test_a_zoneinfo_object_is_accepted_and_other_tzinfos_are_not():
+    assert parse("* * * * *", tz=PARIS).timezone == "Europe/Paris"
+    with pytest.raises(CronError, match="IANA zone name"):
+        parse("* * * * *", tz=UTC)  # type: ignore[arg-type]
