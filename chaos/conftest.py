@@ -32,6 +32,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="leave the cluster running after the session (env KIT_LAB_KEEP=1)")
 
 
+def _slug(text: str) -> str:
+    """The file-name form of a scenario or variant name (as chaos/report.py writes it)."""
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text).strip("-") or "scenario"
+
+
 def _log(msg: str) -> None:
     print(f"[lab {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
@@ -83,6 +88,9 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatu
 
     d = Path(config.getoption("--lab-reports", default=str(REPO / ".kit" / "lab-reports")))
     reports = load_reports(d) if d.is_dir() else []
+    # In the order the scenarios ran (report files are written when a scenario ends).
+    order = {p.name: p.stat().st_mtime for p in d.glob("*.json")} if d.is_dir() else {}
+    reports.sort(key=lambda r: order.get(f"{_slug(r.name)}-{_slug(r.variant)}.json", 0.0))
     if not reports:
         return
     buf = io.StringIO()

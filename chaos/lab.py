@@ -481,8 +481,9 @@ class Lab:
         self.toxiproxy().reset()
         self.timeline.add("toxics cleared")
 
-    def restart_cluster(self, stop_timeout: int = 10) -> None:
-        """Stop every PostgreSQL node and etcd (in parallel), then start them again."""
+    def restart_cluster(self, stop_timeout: int = 10) -> float:
+        """Stop every PostgreSQL node and etcd (in parallel), then start them again; returns the UNIX time
+        at which the whole cluster was down (recovery is measured from there)."""
         cs = self.containers()
         nodes = [cs[m] for m in MEMBERS]
         self.timeline.add("stopping the whole cluster")
@@ -492,11 +493,12 @@ class Lab:
         for t in threads:
             t.join()
         cs["etcd"].stop(timeout=stop_timeout)
-        self.timeline.add("cluster stopped")
+        down = self.timeline.add("cluster stopped")
         cs["etcd"].start()
         for c in nodes:
             c.start()
         self.timeline.add("cluster started")
+        return down
 
     def heal(self, timeout: float = 180.0) -> float:
         """Undo every fault: toxics, paused/stopped/disconnected containers; wait until healthy."""

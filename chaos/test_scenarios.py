@@ -53,6 +53,21 @@ def _wait_progress(wl: Workload, fraction: float, timeout: float = 120.0) -> Non
                          + wl.worker_logs())
 
 
+FENCED_MARKS = ("fenced (lease lost)", "lease lost (epoch", "its lease was taken over")
+
+
+def _count_fenced(ledger: Path) -> int:
+    """Writes the workers' logs report as refused by fencing (a superseded epoch), for the report."""
+    n = 0
+    for log in ledger.glob("worker-*.log"):
+        try:
+            text = log.read_text(errors="replace")
+        except OSError:
+            continue
+        n += sum(text.count(mark) for mark in FENCED_MARKS)
+    return n
+
+
 def _drop_schema(url: str, schema: str) -> None:
     try:
         with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
@@ -90,6 +105,7 @@ def run_scenario(lab: Lab, name: str, variant: str, fault: Callable[[Run], float
         for fn in run.cleanup:
             fn()
         report.extra["heal_s"] = round(lab.heal(), 3)
+    report.extra["fenced_logged"] = _count_fenced(ledger)
     result = check(lab.database_url(), schema, ledger, ids, sync_replication=(variant == "sync"))
     report.apply_check(result)
     report.extra.update(run.extra)
@@ -199,12 +215,11 @@ def zombie_worker(run: Run) -> float:
 
 
 def restart_cluster(run: Run) -> float:
-    """Stop every node and etcd, start them again, wait for a leader."""
-    t = run.lab.timeline.add("restart whole cluster")
-    run.lab.restart_cluster()
+    """Stop every node and etcd, start them again, wait for a leader; recovery counts from "all down"."""
+    down = run.lab.restart_cluster()
     run.lab.wait_healthy(timeout=180)
     run.lab.timeline.add("cluster healthy again")
-    return t
+    return down
 
 
 # -- the scenarios (async scenarios first, then the synchronous variant: one switch of the cluster) ---------
