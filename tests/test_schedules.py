@@ -282,10 +282,17 @@ def test_worker_processes_racing_run_each_tick_exactly_once(pg_url, schema, tmp_
                  timeout=60, what=f"the first ticks to finish\n{logs()}")
         victim, _ = procs[0]
         owner = f"%:{victim.pid}:%"
-        held = wait_for(lambda: q("SELECT workflow_id FROM {s}.workflows WHERE status = 'RUNNING' AND owner LIKE %s",
-                                  (owner,)), timeout=60, what="the victim to run a tick")
+        running = "SELECT workflow_id FROM {s}.workflows WHERE status = 'RUNNING' AND owner LIKE %s"
+        for _ in range(100):  # freeze it while it holds a tick workflow (frozen, it cannot finish it)
+            wait_for(lambda: q(running, (owner,)), timeout=60, what="the victim to run a tick")
+            victim.send_signal(signal.SIGSTOP)
+            if q(running, (owner,)):
+                break
+            victim.send_signal(signal.SIGCONT)
         victim.send_signal(signal.SIGKILL)  # mid-run: it holds a tick workflow, maybe mid-step
         victim.wait(10)
+        held = q(running, (owner,))  # orphaned for sure: their owner is dead
+        assert held, logs()
         killed_at = q("SELECT max(workflow_id) FROM {s}.workflows WHERE name = 'race'")[0][0]
 
         def settled() -> bool:
