@@ -21,6 +21,7 @@ from kit.config import Config, check_url, load_config, redact_url
 from kit.engine import Outcome, StepOptions, WorkflowContext, current_context, run_step, run_step_async
 from kit.errors import (
     ConfigError,
+    LeaseLostError,
     UnknownWorkflowError,
     UsageError,
     WorkflowCancelledError,
@@ -103,6 +104,12 @@ class WorkflowHandle:
         """Cancel this workflow (and its unfinished children); see :meth:`Kit.cancel`."""
         return self._app.cancel(self.workflow_id)
 
+    def _check_waiter(self, waiter: WorkflowContext) -> None:
+        if waiter.ended.is_set():
+            raise LeaseLostError(f"workflow {waiter.workflow_id}: its run ended while waiting for {self.workflow_id}")
+        waiter.check_lease()
+        waiter.check_deadline(self._app.clock.time())
+
     def record(self) -> WorkflowRecord:
         rec = self._app.backend.workflow_get(self.workflow_id)
         if rec is None:
@@ -116,28 +123,40 @@ class WorkflowHandle:
             return self._result(timeout)
         runtime = self._app.runtime
         with runtime._lock:
-            runtime.awaiting.add(waiter.workflow_id)
+            runtime.awaiting[waiter.workflow_id] += 1
         try:
-            return self._result(timeout)
+            return self._result(timeout, waiter)
         finally:
             with runtime._lock:
-                runtime.awaiting.discard(waiter.workflow_id)
+                runtime.awaiting[waiter.workflow_id] -= 1
+                if runtime.awaiting[waiter.workflow_id] <= 0:
+                    del runtime.awaiting[waiter.workflow_id]
 
-    def _result(self, timeout: float | None) -> Any:
+    def _result(self, timeout: float | None, waiter: WorkflowContext | None = None) -> Any:
+        """Wait for the end; a waiting workflow (``waiter``) checks its lease, deadline and run between
+        short slices, so a cancelled, expired or finished run stops waiting on its children."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        slice_ = 5.0 if waiter is None else 0.25
         if self._future is not None:
-            try:
-                outcome = self._future.result(timeout=timeout)
-            except (TimeoutError, FutureTimeoutError):
-                raise WorkflowTimeoutError(f"workflow {self.workflow_id} did not finish within {timeout}s") from None
+            while True:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                try:
+                    outcome = self._future.result(timeout=slice_ if left is None else min(left, slice_))
+                    break
+                except (TimeoutError, FutureTimeoutError):
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise WorkflowTimeoutError(
+                            f"workflow {self.workflow_id} did not finish within {timeout}s") from None
+                    if waiter is not None:
+                        self._check_waiter(waiter)
             if outcome.status is not None:
                 return _decode_outcome(self.workflow_id, outcome.status, outcome.output, outcome.error)
-        local = self._app._local_outcome(self.workflow_id)
+        # The database decides (not an outcome cached here: the workflow may have been resumed elsewhere).
         while True:
-            if local is not None and local.status is not None:
-                return _decode_outcome(self.workflow_id, local.status, local.output, local.error)
-            left = 5.0 if deadline is None else max(0.0, deadline - time.monotonic())
-            done = self._app.backend.workflow_wait([self.workflow_id], min(left, 5.0))
+            if waiter is not None:
+                self._check_waiter(waiter)
+            left = slice_ if deadline is None else max(0.0, deadline - time.monotonic())
+            done = self._app.backend.workflow_wait([self.workflow_id], min(left, slice_))
             if done:
                 rec = done[0]
                 return _decode_outcome(self.workflow_id, rec.status, rec.output, rec.error)
@@ -418,7 +437,8 @@ class Kit:
                                                          workflow_timeout=workflow_timeout, **kwargs))
 
     def _create_and_run(self, wf: WorkflowDef, wid: str, args: tuple, kwargs: dict, *, parent_id: str | None,
-                        inline: bool, deadline: float | None = None) -> WorkflowHandle:
+                        inline: bool, deadline: float | None = None,
+                        parent_epoch: int | None = None) -> WorkflowHandle:
         from kit.lifecycle import as_datetime
 
         inputs = check_size(ser.encode_args(args, kwargs, what=f"inputs of workflow '{wf.name}'"), self.config,
@@ -436,7 +456,7 @@ class Kit:
             created = self.backend.workflow_create(NewWorkflow(
                 workflow_id=wid, name=wf.name, inputs=inputs, app_version=self.config.app_version,
                 owner=runtime.worker_id, lease_seconds=self.config.lease_seconds, parent_id=parent_id,
-                deadline=as_datetime(deadline),
+                deadline=as_datetime(deadline), parent_epoch=parent_epoch,
             ))
         except BaseException:
             runtime.drop(wid, ctx)
@@ -459,12 +479,12 @@ class Kit:
         child's deadline is the earlier of its own and its parent's."""
         from kit.lifecycle import deadline_for
 
-        child_id = workflow_id or f"{parent.workflow_id}/{parent.next_step}"
+        child_id = workflow_id or f"{parent.workflow_id}/{parent.peek_position()}"
         validate_workflow_id(child_id)
 
         def start_child() -> str:
             self._create_and_run(wf, child_id, args, kwargs, parent_id=parent.workflow_id, inline=False,
-                                 deadline=deadline_for(self, timeout, parent))
+                                 deadline=deadline_for(self, timeout, parent), parent_epoch=parent.epoch)
             return child_id
 
         recorded = run_step(self, f"start:{wf.name}", start_child, StepOptions(), (), {})

@@ -6,10 +6,13 @@ The engine never touches SQL: every durable effect goes through a :class:`kit.st
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
+import re
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -64,6 +67,18 @@ class _StepState:
 
 
 _step_state: ContextVar[_StepState | None] = ContextVar("kit_step", default=None)
+# The asyncio task of an async workflow that runs this code: "" for the workflow's main task (and all
+# sync code), "0", "1", "0.2", ... for tasks it created, numbered in creation order per parent task.
+# Steps of a task are replayed by (task, n-th step of that task), so concurrent branches that each take
+# several steps replay to the same checkpoints whatever order they interleaved in.
+_task_path: ContextVar[str] = ContextVar("kit_task", default="")
+_TASK_SUFFIX = re.compile(r"@t:(\d+(?:\.\d+)*)$")
+
+
+def stored_name(name: str) -> str:
+    """The name a step is recorded under: its own, plus the task it ran in when not the main task."""
+    path = _task_path.get()
+    return f"{name}@t:{path}" if path else name
 
 
 @dataclass(eq=False)
@@ -81,6 +96,31 @@ class WorkflowContext:
     queue: str | None = None  # the limited queue it was claimed from (its finish frees capacity)
     deadline: float | None = None  # UNIX time (app clock) after which it is cancelled at a step boundary
     deadline_hit: bool = False  # the deadline passed: the workflow ends CANCELLED whatever its code does
+    ended: threading.Event = field(default_factory=threading.Event)  # this run is over (waits of it stop)
+    path_next: dict[str, int] = field(default_factory=dict)  # next step number of each task path
+    task_children: dict[str, int] = field(default_factory=dict)  # tasks created so far by each task path
+    _index: dict[tuple[str, int], StepRecord] | None = None
+
+    def replay_at(self, path: str, n: int) -> StepRecord | None:
+        """The checkpoint of the ``n``-th step taken by task ``path`` in an earlier run, if any."""
+        if self._index is None:
+            index: dict[tuple[str, int], StepRecord] = {}
+            counts: dict[str, int] = {}
+            for step_id in sorted(self.steps):
+                rec = self.steps[step_id]
+                m = _TASK_SUFFIX.search(rec.name)
+                p = m.group(1) if m else ""
+                index[(p, counts.get(p, 0))] = rec
+                counts[p] = counts.get(p, 0) + 1
+            self._index = index
+        return self._index.get((path, n))
+
+    def peek_position(self) -> int:
+        """The step id the next new step will get (recorded positions are skipped)."""
+        n = self.next_step
+        while n in self.steps:
+            n += 1
+        return n
 
     @property
     def step(self) -> StepInfo | None:
@@ -171,18 +211,27 @@ def utc_now() -> datetime:
 
 
 def replay_or_reserve(ctx: WorkflowContext, name: str) -> tuple[int, StepRecord | None]:
-    """Take the next step position; return the recorded checkpoint there, checking the name matches."""
+    """Take this task's next step: return the checkpoint an earlier run recorded for it (checking the name
+    matches), or a new step id."""
     ctx.check_lease()
-    step_id = ctx.next_step
-    ctx.next_step += 1
-    rec = ctx.steps.get(step_id)
-    if rec is not None and rec.name != name:
-        raise NonDeterminismError(
-            f"workflow {ctx.workflow_id} ('{ctx.name}'): step {step_id} was recorded as '{rec.name}' but the "
-            f"code now calls '{name}' at that position; the workflow code changed while this workflow was "
-            "in flight (keep in-flight workflows on the code that started them, or version the workflow name)"
-        )
-    return step_id, rec
+    path = _task_path.get()
+    n = ctx.path_next.get(path, 0)
+    ctx.path_next[path] = n + 1
+    rec = ctx.replay_at(path, n)
+    if rec is not None:
+        expected = stored_name(name)
+        if rec.name != expected:
+            raise NonDeterminismError(
+                f"workflow {ctx.workflow_id} ('{ctx.name}'): step {rec.step_id} was recorded as '{rec.name}' but "
+                f"the code now calls '{expected}' at that position; the workflow code changed while this workflow "
+                "was in flight (keep in-flight workflows on the code that started them, use app.patched(), or "
+                "version the workflow name)"
+            )
+        ctx.next_step = max(ctx.next_step, rec.step_id + 1)
+        return rec.step_id, rec
+    step_id = ctx.peek_position()
+    ctx.next_step = step_id + 1
+    return step_id, None
 
 
 def recorded_value(rec: StepRecord) -> Any:
@@ -253,19 +302,18 @@ async def _run_new_step_async(app: Kit, ctx: WorkflowContext, step_id: int, name
                 delay = opts.delay(attempt)
                 log.info("step %s of %s failed (attempt %d/%d: %s: %s); retrying in %.2fs", name,
                          ctx.workflow_id, attempt, opts.retries + 1, type(exc).__name__, exc, delay)
-                if await asyncio.to_thread(app.clock.wait, ctx.lost, delay):
-                    ctx.check_lease()
+                await asyncio.to_thread(retry_wait, app, ctx, delay)
                 continue
             if isinstance(exc, (DatabaseUnavailableError, TransientStorageError)):
                 raise
             error = ser.dumps(ser.exception_to_record(exc), what="step error")
-            backend.step_record(StepResult(ctx.workflow_id, step_id, name, ctx.epoch, error=error,
+            backend.step_record(StepResult(ctx.workflow_id, step_id, stored_name(name), ctx.epoch, error=error,
                                            attempts=attempt, started_at=started))
             raise
         finally:
             ctx.step = None
         _crash_point(ctx, step_id, name, "after")
-        record = backend.step_record(StepResult(ctx.workflow_id, step_id, name, ctx.epoch, output=text,
+        record = backend.step_record(StepResult(ctx.workflow_id, step_id, stored_name(name), ctx.epoch, output=text,
                                                 attempts=attempt, started_at=started))
         if record.epoch != ctx.epoch:
             return recorded_value(record)
@@ -279,11 +327,14 @@ def patched(app: Kit, patch: str) -> bool:
     if ctx is None or ctx.step is not None:
         return True
     marker = f"patch:{patch}"
-    rec = ctx.steps.get(ctx.next_step)
+    path = _task_path.get()
+    n = ctx.path_next.get(path, 0)
+    rec = ctx.replay_at(path, n)
     if rec is not None:
-        if rec.name != marker:
+        if rec.name != stored_name(marker):
             return False  # recorded by the old code: keep replaying the old path
-        ctx.next_step += 1
+        ctx.path_next[path] = n + 1
+        ctx.next_step = max(ctx.next_step, rec.step_id + 1)
         return True
     run_step(app, marker, lambda: True, StepOptions(), (), {})
     return True
@@ -295,9 +346,12 @@ def deprecate_patch(patch: str) -> None:
     ctx = _current.get()
     if ctx is None or ctx.step is not None:
         return
-    rec = ctx.steps.get(ctx.next_step)
-    if rec is not None and rec.name == f"patch:{patch}":
-        ctx.next_step += 1
+    path = _task_path.get()
+    n = ctx.path_next.get(path, 0)
+    rec = ctx.replay_at(path, n)
+    if rec is not None and rec.name == stored_name(f"patch:{patch}"):
+        ctx.path_next[path] = n + 1
+        ctx.next_step = max(ctx.next_step, rec.step_id + 1)
 
 
 def _run_new_step(app: Kit, ctx: WorkflowContext, step_id: int, name: str, fn: Callable[..., Any],
@@ -313,12 +367,13 @@ def _run_new_step(app: Kit, ctx: WorkflowContext, step_id: int, name: str, fn: C
         ctx.sends_in_step = 0
         try:
             if opts.transactional:
-                base = StepResult(ctx.workflow_id, step_id, name, ctx.epoch, attempts=attempt, started_at=started)
+                base = StepResult(ctx.workflow_id, step_id, stored_name(name), ctx.epoch, attempts=attempt, started_at=started)
                 with backend.step_transaction(base) as tx:
                     value = fn(tx.connection, *args, **kwargs)
                     text = check_size(ser.dumps(value, what=f"output of step '{name}'"), app.config,
                                       "max_output_bytes", f"output of step '{name}'")
                     ctx.step = None
+                    _crash_point(ctx, step_id, name, "after")  # a simulated crash rolls the step back
                     tx.checkpoint(text)
                 record = tx.record
             else:
@@ -345,25 +400,34 @@ def _run_new_step(app: Kit, ctx: WorkflowContext, step_id: int, name: str, fn: C
                 delay = opts.delay(attempt)
                 log.info("step %s of %s failed (attempt %d/%d: %s: %s); retrying in %.2fs", name,
                          ctx.workflow_id, attempt, opts.retries + 1, type(exc).__name__, exc, delay)
-                if app.clock.wait(ctx.lost, delay):
-                    ctx.check_lease()
+                retry_wait(app, ctx, delay)
                 continue
             if isinstance(exc, (DatabaseUnavailableError, TransientStorageError)):
                 raise  # the database is away: leave the workflow to be recovered, record nothing
             error = ser.dumps(ser.exception_to_record(exc), what="step error")
-            backend.step_record(StepResult(ctx.workflow_id, step_id, name, ctx.epoch, error=error,
+            backend.step_record(StepResult(ctx.workflow_id, step_id, stored_name(name), ctx.epoch, error=error,
                                            attempts=attempt, started_at=started))
             raise
         finally:
             ctx.step = None
         if record is None:
             _crash_point(ctx, step_id, name, "after")
-            record = backend.step_record(StepResult(ctx.workflow_id, step_id, name, ctx.epoch, output=text,
+            record = backend.step_record(StepResult(ctx.workflow_id, step_id, stored_name(name), ctx.epoch, output=text,
                                                     attempts=attempt, started_at=started))
         if record.epoch != ctx.epoch:
             # Another run of this workflow recorded the step first: keep the recorded outcome (G2).
             return recorded_value(record)
         return value
+
+
+def retry_wait(app: Kit, ctx: WorkflowContext, delay: float) -> None:
+    """Back off before a step's next attempt: on the app clock, ending early (and raising) when the lease
+    is lost or the workflow's deadline comes first."""
+    until = app.clock.time() + delay
+    end = until if ctx.deadline is None else min(until, ctx.deadline)
+    if app.clock.wait_until(ctx.lost, end):
+        ctx.check_lease()
+    ctx.check_deadline(app.clock.time())
 
 
 def _pause(ctx: WorkflowContext, seconds: float) -> None:
@@ -374,6 +438,15 @@ def _pause(ctx: WorkflowContext, seconds: float) -> None:
 
 def execute(app: Kit, ctx: WorkflowContext, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Outcome:
     """Run a workflow function under ``ctx`` to its end and record the terminal status (fenced)."""
+    try:
+        return _execute(app, ctx, fn, args, kwargs)
+    finally:
+        ctx.ended.set()
+        if ctx.task_children:  # an async run that created tasks: wake any of their waits still pending
+            ctx.lost.set()
+
+
+def _execute(app: Kit, ctx: WorkflowContext, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Outcome:
     token = _current.set(ctx)
     status = Status.SUCCESS
     output: str | None = None
@@ -383,7 +456,7 @@ def execute(app: Kit, ctx: WorkflowContext, fn: Callable[..., Any], args: tuple,
             ctx.check_deadline(app.clock.time())  # queued past its deadline: never start it
         result = fn(*args, **kwargs)
         if inspect.isawaitable(result):
-            result = asyncio.run(_await(result))  # an async workflow: its own event loop on this thread
+            result = _run_async(ctx, result)  # an async workflow: its own event loop on this thread
         if ctx.deadline_hit:
             raise DeadlineExceededError(f"workflow {ctx.workflow_id}: deadline passed")
         try:
@@ -430,3 +503,37 @@ def execute(app: Kit, ctx: WorkflowContext, fn: Callable[..., Any], args: tuple,
 
 async def _await(awaitable: Any) -> Any:
     return await awaitable
+
+
+def _run_async(ctx: WorkflowContext, awaitable: Any) -> Any:
+    """Run an async workflow on a fresh event loop whose tasks get deterministic task paths. Threads its
+    waits run on are never joined: when the workflow ends, waits still pending (a gathered branch blocked
+    on a child, a sleep) stop within a fraction of a second instead of holding the run open."""
+    loop = asyncio.new_event_loop()
+    executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix=f"kit-async-{ctx.workflow_id}"[:60])
+    loop.set_default_executor(executor)
+
+    def task_factory(loop: asyncio.AbstractEventLoop, coro: Any, context: contextvars.Context | None = None,
+                     **kw: Any) -> asyncio.Task:
+        base = context if context is not None else contextvars.copy_context()
+        if asyncio.current_task(loop) is not None and _step_state.get() is None and _current.get() is ctx:
+            parent = _task_path.get()
+            i = ctx.task_children.get(parent, 0)
+            ctx.task_children[parent] = i + 1
+            base.run(_task_path.set, f"{parent}.{i}" if parent else str(i))
+        return asyncio.Task(coro, loop=loop, context=base, **kw)
+
+    loop.set_task_factory(task_factory)
+    try:
+        return loop.run_until_complete(_await(awaitable))
+    finally:
+        ctx.ended.set()
+        try:
+            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for task in pending:
+                task.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            loop.close()  # shuts the executor down without waiting for its threads

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("kit.lifecycle")
 
 MAX_TIMEOUT = 10 * 366 * 24 * 3600.0  # ten years: longer is almost certainly a unit mistake
+MAX_AGE = 100 * 366 * 24 * 3600.0  # retention ages beyond a century are a unit mistake
 
 
 def check_timeout(value: object, what: str = "workflow_timeout") -> float | None:
@@ -112,13 +113,16 @@ def parse_age(value: Any) -> float:
     if isinstance(value, timedelta):
         seconds = value.total_seconds()
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:
+            seconds = math.inf
     elif isinstance(value, str) and (m := _AGE.match(value)):
         seconds = float(m.group(1)) * _UNITS[m.group(2)]
     else:
         raise UsageError(f"invalid age {value!r}: use a timedelta, seconds, or text like 30d, 12h, 90m, 45s, 2w")
-    if not math.isfinite(seconds) or seconds < 0:
-        raise UsageError(f"age must be zero or more, got {value!r}")
+    if not math.isfinite(seconds) or not 0 <= seconds <= MAX_AGE:
+        raise UsageError(f"age must be between 0 and 100 years, got {value!r}")
     return seconds
 
 
@@ -131,10 +135,10 @@ def gc(app: Kit, older_than: Any, *, batch_size: int = 1000, dry_run: bool = Fal
     if dry_run:
         return app.backend.workflow_gc(age, 10_000_000, dry_run=True)
     total = 0
-    while True:
+    while True:  # until a batch finds nothing: deleting parents frees their children for the next batch
         n = app.backend.workflow_gc(age, batch_size)
         total += n
-        if n < batch_size:
+        if n == 0:
             return total
 
 

@@ -15,7 +15,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from kit import serialization as ser
-from kit.engine import StepOptions, current_context, replay_or_reserve, run_step, utc_now
+from kit.engine import StepOptions, current_context, replay_or_reserve, run_step, stored_name, utc_now
 from kit.errors import LeaseLostError, UsageError, WorkflowNotFoundError
 from kit.storage import StepResult
 from kit.validation import check_size, validate_key, validate_topic, validate_workflow_id
@@ -56,9 +56,7 @@ def _pause(app: Kit, ctx: WorkflowContext, until: float) -> None:
     end = until if ctx.deadline is None else min(until, ctx.deadline)
     if app.clock.wait_until(ctx.lost, end):
         ctx.check_lease()
-    now = app.clock.time()
-    if now < until:
-        ctx.check_deadline(now)
+    ctx.check_deadline(app.clock.time())  # also when both passed (e.g. recovered after a long outage)
 
 
 def sleep(app: Kit, seconds: float) -> None:
@@ -85,7 +83,14 @@ def send(app: Kit, workflow_id: str, message: Any, topic: str | None = None) -> 
     ctx = current_context()
 
     def deliver(sender_key: str | None) -> None:
-        if not app.backend.message_send(workflow_id, topic_, body, sender_key):
+        sender = (ctx.workflow_id, ctx.epoch) if ctx is not None else None
+        try:
+            delivered = app.backend.message_send(workflow_id, topic_, body, sender_key, sender)
+        except LeaseLostError:
+            if ctx is not None:
+                ctx.lost.set()
+            raise
+        if not delivered:
             raise WorkflowNotFoundError(f"cannot send to workflow {workflow_id!r}: no such workflow")
 
     if ctx is None:
@@ -148,7 +153,7 @@ def _recv_wait(app: Kit, ctx: WorkflowContext, name: str, topic_: str, deadline:
     backend = app.backend
     with app.runtime.notifier.watch("m:" + ctx.workflow_id) as watch:
         while True:
-            step = StepResult(ctx.workflow_id, step_id, name, ctx.epoch, started_at=started)
+            step = StepResult(ctx.workflow_id, step_id, stored_name(name), ctx.epoch, started_at=started)
             try:
                 got = backend.message_receive(step, topic_)
             except LeaseLostError:
@@ -157,15 +162,15 @@ def _recv_wait(app: Kit, ctx: WorkflowContext, name: str, topic_: str, deadline:
             if got is not None:
                 return ser.loads(got.output, what="received message")
             now = app.clock.time()
+            ctx.check_deadline(now)
             if now >= deadline:
                 break
-            ctx.check_deadline(now)
             end = deadline if ctx.deadline is None else min(deadline, ctx.deadline)
             app.clock.wait_until(watch.event, end, max_real=app.runtime.notifier.poll)
             watch.event.clear()
             ctx.check_lease()
     try:
-        record = backend.step_record(StepResult(ctx.workflow_id, step_id, name, ctx.epoch, output="null",
+        record = backend.step_record(StepResult(ctx.workflow_id, step_id, stored_name(name), ctx.epoch, output="null",
                                                 started_at=started))
     except LeaseLostError:
         ctx.lost.set()
@@ -183,7 +188,7 @@ def set_event(app: Kit, key: str, value: Any) -> None:
     if rec is not None:
         return
     try:
-        app.backend.event_set(StepResult(ctx.workflow_id, step_id, f"set_event:{key}", ctx.epoch, output=text,
+        app.backend.event_set(StepResult(ctx.workflow_id, step_id, stored_name(f"set_event:{key}"), ctx.epoch, output=text,
                                          started_at=utc_now()), key)
     except LeaseLostError:
         ctx.lost.set()

@@ -133,7 +133,7 @@ def submit(app: Kit, fn: Callable[..., Any] | str, args: tuple, kwargs: dict, *,
     if parent is not None and parent.step is None:
         # In workflow code: a checkpointed step with an id derived from the parent, so a replay returns
         # the same workflow instead of submitting another one.
-        child_id = workflow_id or f"{parent.workflow_id}/{parent.next_step}"
+        child_id = workflow_id or f"{parent.workflow_id}/{parent.peek_position()}"
         validate_workflow_id(child_id)
         recorded = run_step(
             app, f"enqueue:{wf.name}",
@@ -153,6 +153,7 @@ def submit(app: Kit, fn: Callable[..., Any] | str, args: tuple, kwargs: dict, *,
             workflow_id=wid, name=wf.name, inputs=inputs, queue=queue, app_version=app.config.app_version,
             priority=priority, dedup_id=dedup_id, delay_seconds=float(delay or 0.0), partition_key=partition_key,
             parent_id=parent.workflow_id if parent is not None else None,
+            parent_epoch=parent.epoch if parent is not None else None,
             deadline=as_datetime(deadline_for(app, timeout, parent)),
         ))
     except WorkflowDuplicateError as exc:

@@ -64,6 +64,7 @@ class NewWorkflow:
     delay_seconds: float = 0.0  # not claimable before now + delay (database clock)
     partition_key: str | None = None  # tenant of a partitioned queue
     deadline: datetime | None = None  # cancelled at its next step boundary after this instant
+    parent_epoch: int | None = None  # created only while the parent is RUNNING at this epoch (else LeaseLostError)
 
 
 @dataclass(frozen=True)
@@ -446,10 +447,12 @@ class Backend(abc.ABC):
         wrote to or closed a stream)."""
 
     @abc.abstractmethod
-    def message_send(self, workflow_id: str, topic: str, body: str, sender_key: str | None = None) -> bool:
+    def message_send(self, workflow_id: str, topic: str, body: str, sender_key: str | None = None,
+                     sender: tuple[str, int] | None = None) -> bool:
         """Deliver a message (JSON text) to a workflow and wake its waiters. ``sender_key`` makes the send
         idempotent (a second send with the same key is a no-op returning True). Returns False when no
-        workflow ``workflow_id`` exists (nothing is written)."""
+        workflow ``workflow_id`` exists (nothing is written). ``sender`` (workflow id, epoch): a send
+        from workflow code, delivered only while that epoch owns the sender (else LeaseLostError)."""
 
     @abc.abstractmethod
     def message_receive(self, step: StepResult, topic: str) -> StepRecord | None:
@@ -550,7 +553,7 @@ class Backend(abc.ABC):
     def workflow_gc(self, older_than_seconds: float, batch_size: int, dry_run: bool = False) -> int:
         """Delete up to ``batch_size`` workflows finished more than ``older_than_seconds`` ago (database
         clock) with their steps, messages, events and streams; never one that is PENDING or RUNNING, nor
-        a child of an unfinished parent. Returns how many were deleted (or would be, when ``dry_run``)."""
+        one a remaining workflow's steps refer to (a child its parent or a fork may re-attach to). Returns how many were deleted (or would be, when ``dry_run``)."""
 
     @abc.abstractmethod
     def workflow_version_counts(self) -> dict[str | None, int]:

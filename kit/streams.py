@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from kit import serialization as ser
-from kit.engine import StepOptions, current_context, replay_or_reserve, run_step, utc_now
+from kit.engine import StepOptions, current_context, replay_or_reserve, run_step, stored_name, utc_now
 from kit.errors import LeaseLostError, UsageError, WorkflowNotFoundError, WorkflowTimeoutError
 from kit.messaging import _workflow_ctx
 from kit.storage import StepResult
@@ -52,7 +52,7 @@ def _append(app: Kit, ctx: WorkflowContext, name: str, write: Any) -> None:
     if rec is not None:
         return  # written (and recorded) by an earlier run: never again
     try:
-        write(StepResult(ctx.workflow_id, step_id, name, ctx.epoch, started_at=utc_now()))
+        write(StepResult(ctx.workflow_id, step_id, stored_name(name), ctx.epoch, started_at=utc_now()))
     except LeaseLostError:
         ctx.lost.set()
         raise

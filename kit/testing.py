@@ -64,7 +64,7 @@ class Harness:
             active = {w for w, c in runtime._held.items() if c.confirmed_at > 0 and not c.finishing}
         on_clock = self.clock.waiting_workflows()
         with runtime._lock:
-            awaiting = set(runtime.awaiting)  # parents blocked on a child's result
+            awaiting = set(runtime.awaiting)  # parents blocked on children's results
         if not active or not active & on_clock or not active <= on_clock | awaiting:
             return False
         # A message sent to a waiting workflow is on its way (its notification may not have landed yet):
@@ -164,6 +164,7 @@ def harness(app: Kit, *, start: datetime | None = None, isolate: bool = True) ->
         changes["migrate"] = True
     app.config = dataclasses.replace(app.config, **changes)
     app.clock = clock
+    _reset_app_state(app)
     h = Harness(app, clock)
     engine.crash_hook = h._hook
     try:
@@ -183,3 +184,11 @@ def harness(app: Kit, *, start: datetime | None = None, isolate: bool = True) ->
                     backend.close()
         finally:
             app.config, app.clock = saved_config, saved_clock
+            _reset_app_state(app)
+
+
+def _reset_app_state(app: Kit) -> None:
+    """Forget what the app learned about a database (queue declarations stored, outcomes seen): each
+    harness runs on a schema of its own."""
+    app._queues_defined = False
+    app._outcomes.clear()

@@ -7,6 +7,7 @@ from their last checkpoint. There is no orchestrator: the database decides who o
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import socket
@@ -56,7 +57,8 @@ class Runtime:
         self._notifier: Notifier | None = None
         self._limited_dirty: set[str] = set()
         self._scheduler: Scheduler | None = None  # cron ticks (kit.schedules), worker processes only
-        self.awaiting: set[str] = set()  # workflows here blocked on another workflow's result (kit.testing)
+        # Workflows here blocked on other workflows' results, with how many waits each (kit.testing).
+        self.awaiting: collections.Counter[str] = collections.Counter()
 
     @property
     def notifier(self) -> Notifier:

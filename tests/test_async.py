@@ -65,7 +65,7 @@ def test_async_workflow_gathers_steps_and_mixes_with_sync(pg_url):
         result = h.result(handle)
         assert result == {"values": [0, 10, 20], "total": 30, "kid": 31, "msg": None, "flaky": "ok"}
         steps = [s.name for s in app.backend.step_list(handle.workflow_id)]
-        assert steps[:4] == ["fetch", "fetch", "fetch", "sync_total"]
+        assert steps[:4] == ["fetch@t:0", "fetch@t:1", "fetch@t:2", "sync_total"]  # gathered: one task each
         assert [s.output for s in app.backend.step_list(handle.workflow_id)[:3]] == ["0", "10", "20"]
         assert calls["flaky"] == 2
         assert h.run("sync.caller") == 21

@@ -330,8 +330,12 @@ class PostgresBackend(Backend):
 
     def _sync_barrier(self, conn: psycopg.Connection) -> None:
         """Commit a transaction that writes WAL: under synchronous replication it returns only once every
-        earlier commit of this server is replicated, so a following read-back reads acknowledged state."""
-        conn.execute("SELECT txid_current()")
+        earlier commit of this server is replicated, so a following read-back reads acknowledged state.
+        (A transaction that only takes an xid commits asynchronously; a transactional WAL message does not.)"""
+        try:
+            conn.execute("SELECT pg_logical_emit_message(true, 'kit', 'sync barrier')")
+        except psycopg.errors.UndefinedFunction:
+            return  # a PostgreSQL-compatible server without WAL messages: nothing to wait for
         if self._commit_unacknowledged(conn):
             raise psycopg.OperationalError("synchronous replication barrier not acknowledged")
 
@@ -429,6 +433,9 @@ class PostgresBackend(Backend):
         for version, name, body in _MIGRATIONS:
             parts.append(f"-- migration {version:04d}_{name}")
             parts.append(self._migration_statements(body).as_string(None))
+            # Recorded like `kit migrate` does, so a schema built from this script is at this version.
+            parts.append(sql.SQL("INSERT INTO {}.schema_migrations (version, name) VALUES ({}, {});").format(
+                sql.Identifier(self.schema), sql.Literal(version), sql.Literal(name)).as_string(None))
         return "\n".join(parts) + "\n"
 
     def grants_sql(self, *, worker_role: str | None = None, monitor_role: str | None = None) -> str:
@@ -518,7 +525,7 @@ class PostgresBackend(Backend):
             "priority": wf.priority, "app_version": wf.app_version, "parent_id": wf.parent_id,
             "owner": wf.owner, "lease": wf.lease_seconds, "dedup_id": wf.dedup_id,
             "delay": float(wf.delay_seconds), "partition_key": wf.partition_key, "channel": self.wake_channel,
-            "deadline": wf.deadline,
+            "deadline": wf.deadline, "parent_epoch": wf.parent_epoch,
         }
 
         attempts = 0
@@ -544,6 +551,11 @@ class PostgresBackend(Backend):
                 status = Status.RUNNING if wf.owner else Status.PENDING
                 return Created(True, row[0], wf.name, status)
             existing = conn.execute(self._q["workflow_get"], {"workflow_id": wf.workflow_id}).fetchone()
+            if existing is None and wf.parent_epoch is not None:
+                parent = conn.execute(self._q["workflow_epoch"], {"workflow_id": wf.parent_id}).fetchone()
+                if parent is None or parent[0] != wf.parent_epoch or parent[1] != Status.RUNNING.value:
+                    raise LeaseLostError(f"workflow {wf.parent_id}: lease lost (epoch {wf.parent_epoch} superseded, "
+                                         "cancelled or taken over) before it could start a child")
             if existing is None:  # deleted between the two statements: try again
                 raise psycopg.errors.SerializationFailure("workflow vanished during create")
             rec = _wf(existing)
@@ -878,10 +890,15 @@ class PostgresBackend(Backend):
 
 
     # -- messages and events ---------------------------------------------------------------------------
-    def message_send(self, workflow_id: str, topic: str, body: str, sender_key: str | None = None) -> bool:
+    def message_send(self, workflow_id: str, topic: str, body: str, sender_key: str | None = None,
+                     sender: tuple[str, int] | None = None) -> bool:
         params = {"workflow_id": workflow_id, "topic": topic, "body": body, "sender_key": sender_key,
-                  "channel": self.wake_channel if self.use_notify else None}
-        exists, _inserted, _ = self._run(lambda c: c.execute(self._q["message_send"], params).fetchone())
+                  "channel": self.wake_channel if self.use_notify else None,
+                  "sender_id": sender[0] if sender else None, "sender_epoch": sender[1] if sender else None}
+        exists, _inserted, _, sender_ok = self._run(lambda c: c.execute(self._q["message_send"], params).fetchone())
+        if not sender_ok:
+            raise LeaseLostError(f"workflow {sender[0] if sender else '?'}: lease lost (epoch "
+                                 f"{sender[1] if sender else '?'} superseded); message not sent")
         return bool(exists)
 
     def _fenced_transaction(self, step: StepResult,
@@ -953,7 +970,7 @@ class PostgresBackend(Backend):
             "workflow_id": wf.workflow_id, "name": wf.name, "inputs": wf.inputs, "queue": wf.queue,
             "priority": wf.priority, "app_version": wf.app_version, "parent_id": wf.parent_id,
             "dedup_id": wf.dedup_id, "delay": float(wf.delay_seconds), "partition_key": wf.partition_key,
-            "channel": self.wake_channel, "deadline": wf.deadline,
+            "channel": self.wake_channel, "deadline": wf.deadline, "parent_epoch": None,
         }
         if not connection.autocommit and connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
             # No transaction open yet: open the caller's, so their commit or rollback decides (a bare
@@ -1183,6 +1200,10 @@ class PostgresBackend(Backend):
         self._run(lambda c: c.execute(stmt))
 
     # -- cron schedules ------------------------------------------------------------------------------------
+    # A schedule transaction holds the schedule's row lock; if its process freezes mid-transaction (SIGSTOP,
+    # a paused VM), the server ends the session after this long idle, so the other workers' ticks go on.
+    schedule_idle_timeout_ms = 10_000
+
     def schedule_define(self, spec: Any, now: datetime) -> Any:
         params = {"name": spec.name, "workflow_name": spec.workflow_name, "cron": spec.cron,
                   "timezone": spec.timezone, "queue": spec.queue, "catch_up": spec.catch_up,
@@ -1190,11 +1211,12 @@ class PostgresBackend(Backend):
 
         def define(conn: psycopg.Connection) -> Any:
             with conn.transaction():
+                conn.execute(self._q["schedule_tx_guard"], {"idle_ms": str(self.schedule_idle_timeout_ms)})
                 before = conn.execute(self._q["schedule_get_locked"], {"name": spec.name}).fetchone()
                 conn.execute(self._q["schedule_define"], params)
             return None if before is None else _schedule(before).spec
 
-        return self._run(define)
+        return self._run(lambda conn: _retry_if_cut_off(conn, define))
 
     def schedule_get(self, name: str) -> Any:
         row = self._run(lambda c: c.execute(self._q["schedule_get"], {"name": name}).fetchone())
@@ -1212,13 +1234,27 @@ class PostgresBackend(Backend):
 
         def advance(conn: psycopg.Connection) -> bool:
             with conn.transaction():
+                conn.execute(self._q["schedule_tx_guard"], {"idle_ms": str(self.schedule_idle_timeout_ms)})
                 if conn.execute(self._q["schedule_advance"], params).fetchone() is None:
                     return False  # another worker moved the cursor first: it enqueued these ticks
                 for wf in workflows:  # idempotent by workflow id, and committed with the cursor
                     self.workflow_enqueue_in(conn, wf)
             return True
 
-        return self._run(advance)
+        # Retried from the start after a lost connection: the compare-and-set then finds out whether the
+        # first attempt committed (cursor moved: False) or not (it runs again).
+        return self._run(lambda conn: _retry_if_cut_off(conn, advance))
+
+
+def _retry_if_cut_off(conn: psycopg.Connection, body: Callable[[psycopg.Connection], T]) -> T:
+    """Run ``body``; if the server cut the session off (e.g. idle-in-transaction timeout), raise a
+    connection error so ``_run`` retries it on a fresh connection."""
+    try:
+        return body(conn)
+    except (psycopg.Error, StorageError) as exc:
+        if conn.broken or conn.closed:
+            raise psycopg.OperationalError(f"connection lost during a schedule transaction: {exc}") from exc
+        raise
 
 
 def _schedule(row: tuple) -> Any:

@@ -3,15 +3,22 @@
 
 -- name: workflow_create
 -- Insert a workflow unless the id exists. Owned inserts start RUNNING at epoch 1 with a lease.
+-- A child (parent_epoch set) is created only while its parent's epoch owns the parent (FOR KEY SHARE, like
+-- a checkpoint): a cancel or takeover of the parent commits either before (no child) or after (the cancel
+-- then finds the child and cancels it too).
 INSERT INTO {schema}.workflows
     (workflow_id, name, status, inputs, queue, priority, app_version, parent_id, owner, epoch,
      lease_expires_at, started_at, deadline_at)
-VALUES
-    (%(workflow_id)s, %(name)s, CASE WHEN %(owner)s::text IS NULL THEN 'PENDING' ELSE 'RUNNING' END,
+SELECT
+     %(workflow_id)s, %(name)s, CASE WHEN %(owner)s::text IS NULL THEN 'PENDING' ELSE 'RUNNING' END,
      %(inputs)s, %(queue)s, %(priority)s, %(app_version)s, %(parent_id)s, %(owner)s,
      CASE WHEN %(owner)s::text IS NULL THEN 0 ELSE 1 END,
      CASE WHEN %(owner)s::text IS NULL THEN NULL ELSE now() + make_interval(secs => %(lease)s) END,
-     CASE WHEN %(owner)s::text IS NULL THEN NULL ELSE now() END, %(deadline)s)
+     CASE WHEN %(owner)s::text IS NULL THEN NULL ELSE now() END, %(deadline)s
+ WHERE %(parent_epoch)s::bigint IS NULL
+    OR EXISTS (SELECT 1 FROM {schema}.workflows p
+                WHERE p.workflow_id = %(parent_id)s AND p.epoch = %(parent_epoch)s AND p.status = 'RUNNING'
+                  FOR KEY SHARE)
 ON CONFLICT (workflow_id) DO NOTHING
 RETURNING epoch
 
@@ -22,10 +29,14 @@ RETURNING epoch
 WITH ins AS (
     INSERT INTO {schema}.workflows (workflow_id, name, status, inputs, queue, priority, app_version, parent_id,
                                     dedup_id, run_at, partition_key, deadline_at)
-    VALUES (%(workflow_id)s, %(name)s, 'PENDING', %(inputs)s, %(queue)s, %(priority)s, %(app_version)s,
-            %(parent_id)s, %(dedup_id)s,
-            CASE WHEN %(delay)s > 0 THEN now() + make_interval(secs => %(delay)s) END, %(partition_key)s,
-            %(deadline)s)
+    SELECT %(workflow_id)s, %(name)s, 'PENDING', %(inputs)s, %(queue)s, %(priority)s, %(app_version)s,
+           %(parent_id)s, %(dedup_id)s,
+           CASE WHEN %(delay)s > 0 THEN now() + make_interval(secs => %(delay)s) END, %(partition_key)s,
+           %(deadline)s
+     WHERE %(parent_epoch)s::bigint IS NULL
+        OR EXISTS (SELECT 1 FROM {schema}.workflows p
+                    WHERE p.workflow_id = %(parent_id)s AND p.epoch = %(parent_epoch)s AND p.status = 'RUNNING'
+                      FOR KEY SHARE)
     ON CONFLICT (workflow_id) DO NOTHING
     RETURNING epoch
 )
@@ -315,16 +326,25 @@ SELECT workflow_id, name, status, inputs, output, error, queue, app_version, own
 
 -- name: message_send
 -- Deliver a message to an existing workflow (idempotent by sender key) and wake its waiters at commit.
-WITH ins AS (
+-- A send from workflow code is fenced like a checkpoint: only while the sender's epoch owns it (so a
+-- cancelled or taken-over sender delivers nothing); the last column says whether the fence held.
+WITH sender AS (
+    SELECT %(sender_id)s::text IS NULL
+           OR EXISTS (SELECT 1 FROM {schema}.workflows
+                       WHERE workflow_id = %(sender_id)s AND epoch = %(sender_epoch)s AND status = 'RUNNING'
+                         FOR KEY SHARE) AS ok
+), ins AS (
     INSERT INTO {schema}.messages (workflow_id, topic, body, sender_key)
     SELECT %(workflow_id)s, %(topic)s, %(body)s, %(sender_key)s
      WHERE EXISTS (SELECT 1 FROM {schema}.workflows WHERE workflow_id = %(workflow_id)s)
+       AND (SELECT ok FROM sender)
     ON CONFLICT (workflow_id, sender_key) WHERE sender_key IS NOT NULL DO NOTHING
     RETURNING message_id
 )
 SELECT EXISTS (SELECT 1 FROM {schema}.workflows WHERE workflow_id = %(workflow_id)s),
        (SELECT count(*) FROM ins),
-       (SELECT pg_notify(%(channel)s, 'm:' || %(workflow_id)s) WHERE %(channel)s::text IS NOT NULL)
+       (SELECT pg_notify(%(channel)s, 'm:' || %(workflow_id)s) WHERE %(channel)s::text IS NOT NULL),
+       (SELECT ok FROM sender)
 
 -- name: workflow_fence
 -- Inside a transaction: hold the workflow row against a concurrent claim while our epoch owns it.
@@ -447,16 +467,20 @@ RETURNING w.workflow_id, w.name, w.inputs, w.epoch, false, w.deadline_at
 -- Partitioned queues: walk the tenants with ready work (a loose index scan) starting after the tenant
 -- where the last claim stopped and wrapping around once, take the head of each tenant's backlog (up to
 -- its per-partition room), then interleave tenants: every tenant's first item before anyone's second.
+-- The walk only visits tenants with work this worker can run (its workflow names and app versions), so
+-- tenants holding only other versions' work never hide the rest.
 WITH RECURSIVE keys(k, depth, wrapped) AS (
     (SELECT k, 1, wrapped FROM (
         (SELECT partition_key AS k, false AS wrapped FROM {schema}.workflows
           WHERE status = 'PENDING' AND queue = %(queue)s AND partition_key IS NOT NULL
-            AND partition_key > coalesce(%(cursor)s, '') AND (run_at IS NULL OR run_at <= now())
+            AND partition_key > coalesce(%(cursor)s, '') AND (run_at IS NULL OR run_at <= now()) AND name = ANY(%(names)s)
+            AND (%(versions)s::text[] IS NULL OR app_version IS NULL OR app_version = ANY(%(versions)s))
           ORDER BY partition_key LIMIT 1)
         UNION ALL
         (SELECT partition_key, true FROM {schema}.workflows
           WHERE status = 'PENDING' AND queue = %(queue)s AND partition_key IS NOT NULL
-            AND partition_key <= coalesce(%(cursor)s, '') AND (run_at IS NULL OR run_at <= now())
+            AND partition_key <= coalesce(%(cursor)s, '') AND (run_at IS NULL OR run_at <= now()) AND name = ANY(%(names)s)
+            AND (%(versions)s::text[] IS NULL OR app_version IS NULL OR app_version = ANY(%(versions)s))
           ORDER BY partition_key LIMIT 1)
      ) first_key ORDER BY wrapped LIMIT 1)
     UNION ALL
@@ -465,19 +489,25 @@ WITH RECURSIVE keys(k, depth, wrapped) AS (
             SELECT coalesce(
                        (SELECT w.partition_key FROM {schema}.workflows w
                          WHERE w.status = 'PENDING' AND w.queue = %(queue)s AND w.partition_key IS NOT NULL
-                           AND w.partition_key > keys.k AND (w.run_at IS NULL OR w.run_at <= now())
+                           AND w.partition_key > keys.k AND (w.run_at IS NULL OR w.run_at <= now()) AND w.name = ANY(%(names)s)
+                           AND (%(versions)s::text[] IS NULL OR w.app_version IS NULL
+                                OR w.app_version = ANY(%(versions)s))
                            AND (NOT keys.wrapped OR w.partition_key <= coalesce(%(cursor)s, ''))
                          ORDER BY w.partition_key LIMIT 1),
                        CASE WHEN NOT keys.wrapped THEN
                            (SELECT w.partition_key FROM {schema}.workflows w
                              WHERE w.status = 'PENDING' AND w.queue = %(queue)s AND w.partition_key IS NOT NULL
                                AND w.partition_key <= coalesce(%(cursor)s, '')
-                               AND (w.run_at IS NULL OR w.run_at <= now())
+                               AND (w.run_at IS NULL OR w.run_at <= now()) AND w.name = ANY(%(names)s)
+                           AND (%(versions)s::text[] IS NULL OR w.app_version IS NULL
+                                OR w.app_version = ANY(%(versions)s))
                              ORDER BY w.partition_key LIMIT 1) END) AS k,
                    keys.wrapped OR NOT EXISTS (
                        SELECT 1 FROM {schema}.workflows w
                         WHERE w.status = 'PENDING' AND w.queue = %(queue)s AND w.partition_key IS NOT NULL
-                          AND w.partition_key > keys.k AND (w.run_at IS NULL OR w.run_at <= now())) AS wrapped
+                          AND w.partition_key > keys.k AND (w.run_at IS NULL OR w.run_at <= now()) AND w.name = ANY(%(names)s)
+                           AND (%(versions)s::text[] IS NULL OR w.app_version IS NULL
+                                OR w.app_version = ANY(%(versions)s))) AS wrapped
            ) nxt
      WHERE keys.k IS NOT NULL AND keys.depth < %(max_partitions)s
        AND NOT (keys.wrapped AND nxt.k IS NULL)
@@ -609,7 +639,11 @@ WITH RECURSIVE tree(workflow_id) AS (
        FOR UPDATE OF w
 )
 UPDATE {schema}.workflows w
-   SET status = 'CANCELLED', error = %(error)s, error_type = 'WorkflowCancelledError', finished_at = now(),
+   SET status = 'CANCELLED', error_type = 'WorkflowCancelledError', finished_at = now(),
+       -- descendants remember which cancel ended them: resuming that workflow resumes exactly those
+       error = CASE WHEN w.workflow_id = %(workflow_id)s::text THEN %(error)s::text
+                    ELSE jsonb_set(%(error)s::text::jsonb, '{{cancelled_with}}', to_jsonb(%(workflow_id)s::text))::text
+               END,
        owner = NULL, lease_expires_at = NULL, epoch = w.epoch + 1
   FROM doomed
  WHERE w.workflow_id = doomed.workflow_id AND w.status IN ('PENDING', 'RUNNING')
@@ -619,12 +653,14 @@ RETURNING w.workflow_id
 SELECT status FROM {schema}.workflows WHERE workflow_id = %(workflow_id)s FOR UPDATE
 
 -- name: workflow_resume_tree
--- The workflow and its CANCELLED descendants (cancelling a parent cancels its children).
+-- The workflow and the descendants its own cancel cancelled (not ones cancelled on their own: by their
+-- deadline, or by a cancel of theirs).
 WITH RECURSIVE tree(workflow_id) AS (
     SELECT workflow_id FROM {schema}.workflows WHERE workflow_id = %(workflow_id)s
     UNION
     SELECT c.workflow_id FROM {schema}.workflows c JOIN tree ON c.parent_id = tree.workflow_id
-     WHERE c.status = 'CANCELLED'
+     WHERE c.status = 'CANCELLED' AND left(c.error, 1) = chr(123)
+       AND c.error::jsonb ->> 'cancelled_with' = %(workflow_id)s
 )
 SELECT w.workflow_id FROM {schema}.workflows w JOIN tree USING (workflow_id)
  ORDER BY w.workflow_id
@@ -652,9 +688,9 @@ SELECT w.name, w.inputs, w.queue, w.priority,
 WITH ins AS (
     -- epoch 1: its first claim (epoch 2) loads the copied checkpoints, as for any workflow that ran before.
     INSERT INTO {schema}.workflows (workflow_id, name, status, inputs, queue, priority, app_version,
-                                    forked_from, deadline_at, epoch)
+                                    forked_from, deadline_at, epoch, partition_key)
     SELECT %(new_id)s, w.name, 'PENDING', w.inputs, w.queue, w.priority, %(app_version)s, w.workflow_id,
-           %(deadline)s, 1
+           %(deadline)s, 1, w.partition_key
       FROM {schema}.workflows w WHERE w.workflow_id = %(source_id)s
     ON CONFLICT (workflow_id) DO NOTHING
     RETURNING epoch, queue
@@ -667,9 +703,15 @@ SELECT %(new_id)s, step_id, name, output, error, 0, attempts, started_at, finish
   FROM {schema}.steps WHERE workflow_id = %(source_id)s AND step_id < %(from_step)s
 
 -- name: workflow_fork_events
+-- Each event's latest value as of the copied steps, rebuilt from their set_event checkpoints (the events
+-- table keeps only the latest value, which a later step may have overwritten).
 INSERT INTO {schema}.events (workflow_id, key, value, step_id, updated_at)
-SELECT %(new_id)s, key, value, step_id, updated_at
-  FROM {schema}.events WHERE workflow_id = %(source_id)s AND step_id < %(from_step)s
+-- (a set_event in a task of an async workflow is recorded as "set_event:<key>@t:<task>")
+SELECT DISTINCT ON (k) %(new_id)s, k, output, step_id, finished_at
+  FROM (SELECT regexp_replace(substr(name, 11), '@t:[0-9.]+$', '') AS k, output, step_id, finished_at
+          FROM {schema}.steps
+         WHERE workflow_id = %(source_id)s AND step_id < %(from_step)s AND name LIKE 'set\_event:%%') e
+ ORDER BY k, step_id DESC
 
 -- name: workflow_fork_streams
 INSERT INTO {schema}.streams (workflow_id, key, seq, value, closed, step_id, created_at)
@@ -677,14 +719,17 @@ SELECT %(new_id)s, key, seq, value, closed, step_id, created_at
   FROM {schema}.streams WHERE workflow_id = %(source_id)s AND step_id < %(from_step)s
 
 -- name: workflow_gc
--- One batch of retention: finished long enough ago (workflows_finished_idx), never in flight, never a
--- child of an unfinished parent; rows a resume holds are skipped, and re-checked after locking.
+-- One batch of retention: finished long enough ago (workflows_finished_idx), never in flight, and never a
+-- workflow that a remaining workflow's steps refer to (its parent, or a fork of its parent, may still
+-- resume and re-attach to it: steps_child_ref_idx). Deleting a parent makes its children deletable in
+-- the next batch. Rows a resume holds are skipped (SKIP LOCKED) and the conditions re-checked after locking.
 WITH doomed AS (
     SELECT w.workflow_id FROM {schema}.workflows w
      WHERE w.finished_at IS NOT NULL AND w.finished_at < now() - make_interval(secs => %(age)s)
        AND w.status IN ('SUCCESS', 'ERROR', 'CANCELLED')
-       AND NOT EXISTS (SELECT 1 FROM {schema}.workflows p
-                        WHERE p.workflow_id = w.parent_id AND p.status IN ('PENDING', 'RUNNING'))
+       AND NOT EXISTS (SELECT 1 FROM {schema}.steps r
+                        WHERE (r.name LIKE 'start:%%' OR r.name LIKE 'enqueue:%%')
+                          AND r.output = to_json(w.workflow_id)::text AND r.workflow_id <> w.workflow_id)
      ORDER BY w.finished_at
      LIMIT %(batch)s
        FOR UPDATE SKIP LOCKED
@@ -701,12 +746,14 @@ DELETE FROM {schema}.workflows w USING doomed d WHERE w.workflow_id = d.workflow
 RETURNING w.workflow_id
 
 -- name: workflow_gc_count
+-- What the next retention batch would delete (children of those are counted once their parents are gone).
 SELECT count(*) FROM (
     SELECT 1 FROM {schema}.workflows w
      WHERE w.finished_at IS NOT NULL AND w.finished_at < now() - make_interval(secs => %(age)s)
        AND w.status IN ('SUCCESS', 'ERROR', 'CANCELLED')
-       AND NOT EXISTS (SELECT 1 FROM {schema}.workflows p
-                        WHERE p.workflow_id = w.parent_id AND p.status IN ('PENDING', 'RUNNING'))
+       AND NOT EXISTS (SELECT 1 FROM {schema}.steps r
+                        WHERE (r.name LIKE 'start:%%' OR r.name LIKE 'enqueue:%%')
+                          AND r.output = to_json(w.workflow_id)::text AND r.workflow_id <> w.workflow_id)
      LIMIT %(batch)s) c
 
 -- name: workers_gc
@@ -757,3 +804,7 @@ UPDATE {schema}.schedules
        updated_at = now()
  WHERE name = %(name)s AND cursor_at = %(expected)s AND %(new_cursor)s > cursor_at
 RETURNING name
+
+-- name: schedule_tx_guard
+-- First statement of a schedule transaction: a holder of the row lock that freezes is disconnected.
+SELECT set_config('idle_in_transaction_session_timeout', %(idle_ms)s, true)

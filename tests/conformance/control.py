@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 
 import pytest
@@ -28,7 +29,10 @@ def test_cancel_fences_the_owner_and_cascades_to_children(backend_factory):
     assert sorted(backend.workflow_cancel(parent, '{"message": "stop"}')) == sorted([parent, child, queued])
     for wid in (parent, child, queued):
         rec = backend.workflow_get(wid)
-        assert rec.status == Status.CANCELLED and rec.owner is None and rec.error == '{"message": "stop"}'
+        assert rec.status == Status.CANCELLED and rec.owner is None
+        # Descendants remember the cancel that ended them (resume of that workflow resumes them too).
+        expected = {"message": "stop"} if wid == parent else {"message": "stop", "cancelled_with": parent}
+        assert json.loads(rec.error) == expected
     assert backend.workflow_get(done_child).status == Status.SUCCESS
     with pytest.raises(LeaseLostError):  # the old owner's checkpoint is refused
         backend.step_record(step(child, 0, 1))
@@ -105,6 +109,7 @@ def test_gc_deletes_only_old_finished_work(backend_factory):
     running, _ = create(backend, owner="w1")
     pending, _ = create(backend)
     kid, _ = create(backend, f"{running}/0", owner="w1", parent_id=running)
+    backend.step_record(step(running, 0, 1, name="start:conf.child", output=json.dumps(kid)))
     backend.workflow_finish(Finish(kid, 1, Status.SUCCESS, output="1"))
     assert backend.workflow_gc(3600, 100) == 0
     assert backend.workflow_gc(0, 100, dry_run=True) == 5
