@@ -31,7 +31,16 @@ from rich.table import Table
 from rich.text import Text
 
 from kit.config import redact_url
-from kit.storage import Backend, MonitorQuery, MonitorStats, Percentiles, Status, WorkflowRecord
+from kit.errors import KitError
+from kit.storage import (
+    Backend,
+    MonitorQuery,
+    MonitorStats,
+    Percentiles,
+    ScheduleState,
+    Status,
+    WorkflowRecord,
+)
 
 SPARK = "▁▂▃▄▅▆▇█"
 DASH = "—"
@@ -49,6 +58,7 @@ class MonitorSnapshot:
     error: str | None = None  # one line, password-free; set while the database is unreachable
     failed_at: datetime | None = None
     refresh_ms: float | None = None  # how long the last successful reading took
+    schedules: tuple[ScheduleState, ...] = ()  # cron schedules (kit.schedules), shown when there are any
 
 
 # -- aggregation (pure) ---------------------------------------------------------------------------------
@@ -243,6 +253,23 @@ def _oldest_pending(stats: MonitorStats, clock: _Clock) -> Text:
                 style="yellow")
 
 
+def _schedules_panel(schedules: tuple[ScheduleState, ...], now: datetime) -> Panel:
+    from kit.cron import CronError, parse
+
+    table = Table(box=None, padding=(0, 1), show_edge=False)
+    for col in ("schedule", "cron", "time zone", "last tick", "next tick"):
+        table.add_column(col, justify="right" if col.endswith("tick") else "left", no_wrap=True)
+    for st in schedules:
+        try:
+            nxt = parse(st.spec.cron, st.spec.timezone).next_after(max(now, st.cursor_at))
+            next_text = "in " + _age((nxt - now).total_seconds())
+        except CronError:
+            next_text = DASH
+        last = _age((now - st.last_tick).total_seconds()) + " ago" if st.last_tick else DASH
+        table.add_row(_one_line(st.spec.name, 28), _one_line(st.spec.cron, 24), st.spec.timezone, last, next_text)
+    return Panel(table, title=f"schedules: {len(schedules)}", title_align="left")
+
+
 def render(snapshot: MonitorSnapshot, now: datetime) -> RenderableType:
     """The frame for ``snapshot`` as seen at ``now`` (pure: same inputs, same frame)."""
     parts: list[RenderableType] = [_header(snapshot, now)]
@@ -271,7 +298,10 @@ def render(snapshot: MonitorSnapshot, now: datetime) -> RenderableType:
     middle.add_column(ratio=1)
     middle.add_column(width=52)
     middle.add_row(_throughput_panel(stats, snapshot.query), _latency_panel(stats, snapshot.query))
-    parts += [top, middle, _failures_panel(stats, clock), _oldest_pending(stats, clock)]
+    parts += [top, middle, _failures_panel(stats, clock)]
+    if snapshot.schedules:
+        parts.append(_schedules_panel(snapshot.schedules, now))
+    parts.append(_oldest_pending(stats, clock))
     footer = "q quit"
     if snapshot.refresh_ms is not None:
         footer += f"  ·  last reading {snapshot.refresh_ms:.0f} ms"
@@ -309,16 +339,21 @@ class MonitorSource:
             if self._backend is None:
                 self._backend = self._open_backend()
             stats = self._backend.monitor_stats(self._last.query)
+            try:
+                schedules = tuple(self._backend.schedule_list())
+            except KitError:  # a schema from before schedules existed: show the rest
+                schedules = ()
         except Exception as exc:  # noqa: BLE001 - a monitor reports every failure in the frame
             self._drop_backend()
             prev = self.latest
             snap = MonitorSnapshot(prev.backend, prev.endpoint, prev.query,
                                    prev.taken_at if prev.stats else self._clock(), prev.stats,
-                                   error=_error_line(exc), failed_at=self._clock(), refresh_ms=prev.refresh_ms)
+                                   error=_error_line(exc), failed_at=self._clock(), refresh_ms=prev.refresh_ms,
+                                   schedules=prev.schedules)
         else:
             prev = self.latest
             snap = MonitorSnapshot(prev.backend, prev.endpoint, prev.query, self._clock(), stats,
-                                   refresh_ms=(time.perf_counter() - started) * 1000)
+                                   refresh_ms=(time.perf_counter() - started) * 1000, schedules=schedules)
         with self._lock:
             self._last = snap
         return snap
