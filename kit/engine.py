@@ -297,19 +297,9 @@ async def _run_new_step_async(app: Kit, ctx: WorkflowContext, step_id: int, name
             raise
         except Exception as exc:  # noqa: BLE001 - a user step may raise anything
             ctx.step = None
-            retryable = not isinstance(exc, (SerializationError, StorageError, NonDeterminismError))
-            if retryable and attempt <= opts.retries:
-                delay = opts.delay(attempt)
-                log.info("step %s of %s failed (attempt %d/%d: %s: %s); retrying in %.2fs", name,
-                         ctx.workflow_id, attempt, opts.retries + 1, type(exc).__name__, exc, delay)
-                await asyncio.to_thread(retry_wait, app, ctx, delay)
-                continue
-            if isinstance(exc, (DatabaseUnavailableError, TransientStorageError)):
-                raise
-            error = ser.dumps(ser.exception_to_record(exc), what="step error")
-            backend.step_record(StepResult(ctx.workflow_id, step_id, stored_name(name), ctx.epoch, error=error,
-                                           attempts=attempt, started_at=started))
-            raise
+            delay = _after_failure(app, ctx, step_id, name, opts, attempt, started, exc)
+            await asyncio.to_thread(retry_wait, app, ctx, delay)
+            continue
         finally:
             ctx.step = None
         _crash_point(ctx, step_id, name, "after")
@@ -395,19 +385,8 @@ def _run_new_step(app: Kit, ctx: WorkflowContext, step_id: int, name: str, fn: C
             continue
         except Exception as exc:  # noqa: BLE001 - a user step may raise anything
             ctx.step = None
-            retryable = not isinstance(exc, (SerializationError, StorageError, NonDeterminismError))
-            if retryable and attempt <= opts.retries:
-                delay = opts.delay(attempt)
-                log.info("step %s of %s failed (attempt %d/%d: %s: %s); retrying in %.2fs", name,
-                         ctx.workflow_id, attempt, opts.retries + 1, type(exc).__name__, exc, delay)
-                retry_wait(app, ctx, delay)
-                continue
-            if isinstance(exc, (DatabaseUnavailableError, TransientStorageError)):
-                raise  # the database is away: leave the workflow to be recovered, record nothing
-            error = ser.dumps(ser.exception_to_record(exc), what="step error")
-            backend.step_record(StepResult(ctx.workflow_id, step_id, stored_name(name), ctx.epoch, error=error,
-                                           attempts=attempt, started_at=started))
-            raise
+            retry_wait(app, ctx, _after_failure(app, ctx, step_id, name, opts, attempt, started, exc))
+            continue
         finally:
             ctx.step = None
         if record is None:
@@ -418,6 +397,24 @@ def _run_new_step(app: Kit, ctx: WorkflowContext, step_id: int, name: str, fn: C
             # Another run of this workflow recorded the step first: keep the recorded outcome (G2).
             return recorded_value(record)
         return value
+
+
+def _after_failure(app: Kit, ctx: WorkflowContext, step_id: int, name: str, opts: StepOptions, attempt: int,
+                   started: datetime, exc: Exception) -> float:
+    """A step attempt raised ``exc``: return the delay before the next attempt, or record the error as the
+    step's checkpoint and re-raise (the database being away records nothing: recovery runs it again)."""
+    retryable = not isinstance(exc, (SerializationError, StorageError, NonDeterminismError))
+    if retryable and attempt <= opts.retries:
+        delay = opts.delay(attempt)
+        log.info("step %s of %s failed (attempt %d/%d: %s: %s); retrying in %.2fs", name,
+                 ctx.workflow_id, attempt, opts.retries + 1, type(exc).__name__, exc, delay)
+        return delay
+    if isinstance(exc, (DatabaseUnavailableError, TransientStorageError)):
+        raise exc
+    error = ser.dumps(ser.exception_to_record(exc), what="step error")
+    app.backend.step_record(StepResult(ctx.workflow_id, step_id, stored_name(name), ctx.epoch, error=error,
+                                       attempts=attempt, started_at=started))
+    raise exc
 
 
 def retry_wait(app: Kit, ctx: WorkflowContext, delay: float) -> None:

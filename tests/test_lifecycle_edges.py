@@ -11,9 +11,7 @@ import threading
 import uuid
 from datetime import datetime, timezone
 
-import psycopg
 import pytest
-from psycopg import sql
 
 import kit
 import kit.testing
@@ -21,37 +19,18 @@ from kit import engine
 from kit.clock import VirtualClock
 from kit.errors import UsageError, WorkflowCancelledError, WorkflowError
 from tests.conformance.helpers import wait_for
+from tests.test_lifecycle import Env as LifecycleEnv
 
 OLD_TENANTS = 1000
 FAST = {"lease_seconds": 2.0, "heartbeat_seconds": 0.25, "poll_seconds": 0.1}
 
 
-class Env:
-    def __init__(self, url: str, schema: str) -> None:
-        self.url, self.schema = url, schema
-        self.apps: list[kit.Kit] = []
-        self.release = threading.Event()
-
-    def app(self, **overrides) -> kit.Kit:
-        app = kit.Kit(database_url=self.url, schema=self.schema, **{**FAST, **overrides})
-        self.apps.append(app)
-        return app
-
-    def sql(self, query: str, params: tuple = ()) -> list[tuple]:
-        stmt = sql.SQL(query).format(s=sql.Identifier(self.schema))
-        with psycopg.connect(self.url, autocommit=True, connect_timeout=5) as conn:
-            cur = conn.execute(stmt, params)
-            return cur.fetchall() if cur.description else []
-
-    def status(self, workflow_id: str) -> str | None:
-        rows = self.sql("SELECT status FROM {s}.workflows WHERE workflow_id = %s", (workflow_id,))
-        return rows[0][0] if rows else None
+class Env(LifecycleEnv):
+    """The lifecycle tests' environment; also clears a crash hook a test left installed."""
 
     def close(self) -> None:
-        self.release.set()
         engine.crash_hook = None
-        for app in reversed(self.apps):
-            app.close(grace=1)
+        super().close()
 
 
 @pytest.fixture
