@@ -197,6 +197,7 @@ class ClaimRequest:
     lease_seconds: float
     queues: Sequence[str] | None = None  # None: any queue; "" stands for the default (no) queue
     versions: Sequence[str] | None = None  # None: any app_version; else these (and unversioned work)
+    running_here: int = 0  # runs of this (limited) queue still executing in the claiming process
 
 
 @dataclass(frozen=True)

@@ -235,8 +235,9 @@ class Runtime:
                         if room <= 0:
                             break
                         self._limited_dirty.discard(queue)  # a finish or notification from now on re-marks it
+                        here = sum(1 for c in self._held.values() if c.queue == queue)
                         got = backend.queue_claim(ClaimRequest(self.worker_id, names, room, self.cfg.lease_seconds,
-                                                               versions=versions), queue)
+                                                               versions=versions, running_here=here), queue)
                         if got is None or len(got) >= room:
                             self._limited_dirty.add(queue)  # busy elsewhere, or maybe more: try again soon
                         claims += got or []

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent test-environment installer for Debian 12 (run as root, or as a user with sudo).
 #   - Debian packages: postgresql-15 + postgresql-contrib (second real server for the tests), tmux
-#   - python -m pip install -e ".[test]"
+#   - python -m pip install -e ".[test,lab]" (lab: the chaos lab's Docker and toxiproxy clients)
 # Safe to run repeatedly: apt is only touched when something is missing.
 set -euo pipefail
 
@@ -97,6 +97,6 @@ if [ -z "${PYTHON:-}" ] && [ "$PY" != .venv/bin/python ] && externally_managed "
     "$PY" -m venv .venv
     PY=.venv/bin/python
 fi
-say "pip install -e .[test] ($("$PY" -c 'import sys; print(sys.executable, sys.version.split()[0])'))"
-"$PY" -m pip install -q --disable-pip-version-check --root-user-action=ignore -e ".[test]"
+say "pip install -e .[test,lab] ($("$PY" -c 'import sys; print(sys.executable, sys.version.split()[0])'))"
+"$PY" -m pip install -q --disable-pip-version-check --root-user-action=ignore -e ".[test,lab]"
 say "done"

@@ -753,7 +753,8 @@ class PostgresBackend(Backend):
         if self._pool is None:
             raise StorageError("backend is not open")
         try:
-            conn_cm = self._pool.connection()
+            # Wait as long as any other call would (the retry budget): a failover must not abandon the step.
+            conn_cm = self._pool.connection(timeout=max(1.0, self.retry_seconds))
             conn = conn_cm.__enter__()
         except (psycopg.Error, PoolTimeout) as exc:
             raise DatabaseUnavailableError(_scrub(f"database unavailable: {exc}", self.url)) from exc
@@ -1021,11 +1022,12 @@ class PostgresBackend(Backend):
                         "lease": req.lease_seconds,
                         "versions": None if req.versions is None else list(req.versions)}
                 n_new, n_reclaim = conn.execute(self._q["queue_room"], {
-                    **base, "concurrency": concurrency, "worker_concurrency": worker_conc, "rate_count": rate_count,
+                    **base, "running_here": req.running_here, "concurrency": concurrency,
+                    "worker_concurrency": worker_conc, "rate_count": rate_count,
                     "rate_period": rate_period if rate_period is not None else 1.0}).fetchone()
                 rows = conn.execute(self._q["queue_reclaim"], {**base, "n": n_reclaim}).fetchall() if n_reclaim else []
-                n_new = min(n_new, max(0, (worker_conc - len(rows)) if worker_conc is not None else n_new),
-                            req.limit - len(rows))
+                # n_reclaim is this worker's whole room: takeovers use it up before new starts do.
+                n_new = max(0, min(n_new, n_reclaim - len(rows), req.limit - len(rows)))
                 if n_new > 0 and partitioned:
                     got = conn.execute(self._q["queue_claim_partitioned"], {
                         **base, "n": n_new, "partition_concurrency": partition_conc, "cursor": cursor,

@@ -101,6 +101,9 @@ WITH ready_default AS (
 ), expired AS (
     SELECT workflow_id FROM {schema}.workflows w
      WHERE status = 'RUNNING' AND lease_expires_at < now() AND name = ANY(%(names)s)
+       -- never our own: a run of it may still be going here (our next heartbeat renews the lease); a
+       -- second run beside it would break per-worker limits and waste work
+       AND owner IS DISTINCT FROM %(owner)s
        AND (%(versions)s::text[] IS NULL OR app_version IS NULL OR app_version = ANY(%(versions)s))
        AND (%(any_queue)s OR coalesce(queue, '') = ANY(%(queues)s))
        AND NOT EXISTS (SELECT 1 FROM {schema}.queues q WHERE q.name = w.queue
@@ -414,7 +417,9 @@ WITH mine AS (
     SELECT count(*) AS n FROM {schema}.workflows
      WHERE queue = %(queue)s AND status = 'RUNNING' AND owner = %(owner)s
 ), worker_room AS (
-    SELECT coalesce(%(worker_concurrency)s - (SELECT n FROM mine), %(limit)s) AS n
+    -- runs still going in this process count too: one whose lease was taken over during an outage keeps
+    -- executing its step until its next checkpoint is refused
+    SELECT coalesce(%(worker_concurrency)s - greatest((SELECT n FROM mine), %(running_here)s), %(limit)s) AS n
 )
 SELECT greatest(0, least(
            %(limit)s,
@@ -432,6 +437,7 @@ SELECT greatest(0, least(
 WITH picked AS (
     SELECT workflow_id FROM {schema}.workflows
      WHERE queue = %(queue)s AND status = 'RUNNING' AND lease_expires_at < now() AND name = ANY(%(names)s)
+       AND owner IS DISTINCT FROM %(owner)s  -- never our own (see workflow_claim)
        AND (%(versions)s::text[] IS NULL OR app_version IS NULL OR app_version = ANY(%(versions)s))
      ORDER BY lease_expires_at
      LIMIT %(n)s

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime, timezone
 
 import pytest
@@ -14,7 +15,7 @@ from kit.errors import (
     WorkflowNotFoundError,
     WorkflowStateError,
 )
-from kit.storage import ClaimRequest, Finish, ForkRequest, Status
+from kit.storage import ClaimRequest, Finish, ForkRequest, QueueSpec, Status, WorkflowQuery
 
 from .helpers import NAME, claim, create, step, uid
 
@@ -138,3 +139,26 @@ def test_deadline_is_stored_and_returned_by_claims(backend_factory):
     wid, _ = create(backend, deadline=deadline)
     got = claim(backend, "w1")
     assert [(c.workflow_id, c.deadline) for c in got] == [(wid, deadline)]
+
+
+def test_per_worker_limit_counts_takeovers_and_runs_still_going_here(backend_factory):
+    backend = backend_factory()
+    backend.queue_define(QueueSpec("cq", worker_concurrency=2))
+    mine, _ = create(backend, owner="w1", queue="cq")  # w1 already runs one of the queue
+    orphan, _ = create(backend, owner="w0", queue="cq", lease=0.05)  # a dead worker's, lease expiring
+    fresh = [create(backend, queue="cq")[0] for _ in range(3)]
+    time.sleep(0.2)  # let the orphan's lease expire (database clock)
+    got = backend.queue_claim(ClaimRequest("w1", [NAME], 10, 30), "cq")
+    assert [c.workflow_id for c in got] == [orphan]  # the takeover uses the last slot: no new start
+    running = {r.workflow_id for r in backend.workflow_list(WorkflowQuery(statuses=[Status.RUNNING], queue="cq"))}
+    assert running == {mine, orphan}
+    # Runs still going in this process count like held leases (a run whose lease was taken over keeps
+    # executing its step): with two of them, nothing more starts here.
+    assert backend.queue_claim(ClaimRequest("w2", [NAME], 10, 30, running_here=2), "cq") == []
+    assert [c.workflow_id for c in backend.queue_claim(ClaimRequest("w2", [NAME], 10, 30, running_here=1), "cq")
+            ] == [fresh[0]]
+    # Nobody takes over its own expired lease (its next heartbeat renews it; a run may still be going).
+    late, _ = create(backend, owner="w3", queue="cq", lease=0.05)
+    time.sleep(0.2)
+    assert late not in [c.workflow_id for c in backend.queue_claim(ClaimRequest("w3", [NAME], 10, 30), "cq")]
+    assert late not in [c.workflow_id for c in claim(backend, "w3")]
