@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -202,19 +201,27 @@ def get_event(app: Kit, workflow_id: str, key: str, timeout: float = 60.0) -> An
     _check_key("event key", key)
     timeout = _check_timeout("get_event timeout", timeout)
 
+    ctx = current_context()
+
     def read() -> Any:
-        deadline = time.monotonic() + timeout
+        # On the app's clock (a virtual one skips the wait in tests); a waiting workflow stops when its
+        # lease is lost (cancelled, taken over) or its deadline comes.
+        end = app.clock.time() + timeout
         with app.runtime.notifier.watch("e:" + workflow_id) as watch:
             while True:
                 text = app.backend.event_get(workflow_id, key)
                 if text is not None:
                     return ser.loads(text, what=f"event {key!r} of workflow {workflow_id}")
-                left = deadline - time.monotonic()
-                if left <= 0:
+                now = app.clock.time()
+                if ctx is not None:
+                    ctx.check_lease()
+                    ctx.check_deadline(now)
+                if now >= end:
                     return None
-                watch.wait(left)
+                until = end if ctx is None or ctx.deadline is None else min(end, ctx.deadline)
+                app.clock.wait_until(watch.event, until, max_real=app.runtime.notifier.poll)
+                watch.event.clear()
 
-    ctx = current_context()
     if ctx is None or ctx.step is not None:
         return read()
     return run_step(app, f"get_event:{workflow_id}:{key}", read, StepOptions(), (), {})

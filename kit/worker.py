@@ -250,6 +250,9 @@ class Runtime:
                                             deadline=c.deadline.timestamp() if c.deadline else None)
                             for c in claims]
                     for ctx in ctxs:
+                        old = self._held.get(ctx.workflow_id)
+                        if old is not None:  # an earlier run here (e.g. cancelled, then resumed): stop it
+                            old.lost.set()
                         self._held[ctx.workflow_id] = ctx
             except KitError as exc:
                 log.warning("claim failed: %s", exc)

@@ -143,3 +143,16 @@ def test_cron_ticks_advance_instantly(pg_url):
         assert len(seen) == 2
         with pytest.raises(UsageError, match="not a schedule"):
             h.next_tick("nope")
+
+
+def test_get_event_timeout_is_virtual_time(pg_url):
+    app = kit.Kit(database_url=pg_url)
+
+    @app.workflow(name="waits_for_approval")
+    def waits_for_approval(other: str) -> str:
+        value = app.get_event(other, "approved", timeout=2 * 3600)
+        return "approved" if value else "timed out"
+
+    with harness(app, start=START) as h:
+        assert h.run(waits_for_approval, "nobody-sets-it") == "timed out"
+        assert h.now() == START + timedelta(hours=2)
