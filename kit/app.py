@@ -220,7 +220,6 @@ class Kit:
         self._backend: Backend | None = None
         self._open_lock = threading.Lock()
         self._runtime: Runtime | None = None
-        self._outcomes: dict[str, Outcome] = {}
         self._queues: dict[str, Queue] = {}
         self._queues_defined = False
         self._schedules: dict[str, Schedule] = {}  # @app.scheduled (kit.schedules)
@@ -470,7 +469,6 @@ class Kit:
             return WorkflowHandle(self, wid)
         ctx.confirmed_at = time.monotonic()
         future = runtime.submit_local(ctx, wf.fn, args, kwargs, dedicated=parent_id is not None)
-        future.add_done_callback(lambda f: self._deliver(wid, f.result()) if not f.cancelled() else None)
         return WorkflowHandle(self, wid, future)
 
     def _start_child(self, parent: WorkflowContext, wf: WorkflowDef, workflow_id: str | None, args: tuple,
@@ -489,15 +487,6 @@ class Kit:
 
         recorded = run_step(self, f"start:{wf.name}", start_child, StepOptions(), (), {})
         return WorkflowHandle(self, recorded)
-
-    def _deliver(self, workflow_id: str, outcome: Outcome) -> None:
-        if outcome.status is not None:
-            self._outcomes[workflow_id] = outcome
-            if len(self._outcomes) > 10_000:
-                self._outcomes.pop(next(iter(self._outcomes)))
-
-    def _local_outcome(self, workflow_id: str) -> Outcome | None:
-        return self._outcomes.get(workflow_id)
 
     def retrieve(self, workflow_id: str) -> WorkflowHandle:
         """A handle to an existing workflow; raises WorkflowNotFoundError when there is none."""

@@ -79,8 +79,7 @@ def resume(app: Kit, workflow_id: str, timeout: float | None = None) -> Workflow
     validate_workflow_id(workflow_id)
     timeout = check_timeout(timeout, "timeout")
     deadline = as_datetime(deadline_for(app, timeout, None))
-    for resumed in app.backend.workflow_resume(workflow_id, deadline):
-        app._outcomes.pop(resumed, None)  # the earlier ending is no longer the result
+    app.backend.workflow_resume(workflow_id, deadline)
     return WorkflowHandle(app, workflow_id)
 
 

@@ -188,7 +188,6 @@ def harness(app: Kit, *, start: datetime | None = None, isolate: bool = True) ->
 
 
 def _reset_app_state(app: Kit) -> None:
-    """Forget what the app learned about a database (queue declarations stored, outcomes seen): each
-    harness runs on a schema of its own."""
+    """Forget what the app learned about its database (the queue declarations it stored): each harness
+    runs on a schema of its own."""
     app._queues_defined = False
-    app._outcomes.clear()

@@ -282,8 +282,7 @@ class Runtime:
                 err = ser.dumps(ser.exception_to_record(exc))
                 self.app.backend.workflow_finish(Finish(claim.workflow_id, claim.epoch, Status.ERROR, error=err))
                 return
-            outcome = execute(self.app, ctx, wf.fn, tuple(args), kwargs)
-            self.app._deliver(claim.workflow_id, outcome)
+            execute(self.app, ctx, wf.fn, tuple(args), kwargs)
             if ctx.queue is not None and self._notifier is not None:
                 # Capacity of a limited queue was freed here: claim from it again now.
                 self._limited_dirty.add(ctx.queue)
