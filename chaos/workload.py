@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg
+from kit.backends.postgres.backend import break_connection
 from psycopg import sql
 
 from chaos import lab_app
@@ -87,14 +87,7 @@ def _bounded_query(url: str, stmt: sql.Composable, params: Any, timeout: float) 
     if t.is_alive():
         conn = conn_box.get("conn")
         if conn is not None:
-            try:
-                dup = socket.socket(fileno=os.dup(conn.pgconn.socket))
-                try:
-                    dup.shutdown(socket.SHUT_RDWR)
-                finally:
-                    dup.close()
-            except (OSError, psycopg.Error):
-                pass
+            break_connection(conn)
         raise DatabaseDown(f"the database did not answer within {timeout:.0f}s")
     if "error" in result:
         exc = result["error"]

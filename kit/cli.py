@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp = wsub.add_parser("resume", help="run a CANCELLED or ERROR workflow again from its last checkpoint")
     _common(rp)
     rp.add_argument("workflow_id", metavar="ID")
-    rp.add_argument("--timeout", type=_positive_float, help="new deadline, seconds from now (default: none)")
+    rp.add_argument("--timeout", type=_timeout, help="new deadline, seconds from now (default: none)")
     rp.set_defaults(handler=cmd_workflow_resume)
     fp = wsub.add_parser("fork", help="start a copy that reuses the checkpoints of steps before --from-step")
     _common(fp)
@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     fp.add_argument("--new-id", help="id of the new workflow (default: a random UUID)")
     fp.add_argument("--app-version", help="application version to record on the fork (default: unversioned, "
                     "so any worker that has the workflow runs it)")
-    fp.add_argument("--timeout", type=_positive_float, help="deadline of the fork, seconds from now")
+    fp.add_argument("--timeout", type=_timeout, help="deadline of the fork, seconds from now")
     fp.set_defaults(handler=cmd_workflow_fork)
 
     p = sub.add_parser("gc", help="delete finished workflows older than an age, in batches (never live ones)")
@@ -167,24 +167,35 @@ def _status(text: str) -> Status:
         ) from None
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _int_at_least(minimum: int, what: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
+_positive_int = _int_at_least(1, "a positive integer")
+_non_negative_int = _int_at_least(0, "an integer >= 0")
+
+
+def _timeout(text: str) -> float:
+    """A workflow deadline in seconds for the lifecycle commands (same rule as the API's timeout=)."""
+    from kit.lifecycle import check_timeout
+
     try:
-        value = int(text)
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    try:
+        return check_timeout(value, "--timeout")  # type: ignore[return-value]
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive_float(text: str) -> float:

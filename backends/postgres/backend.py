@@ -164,14 +164,20 @@ class _Watchdog:
             for _, conn in late:
                 log.warning("database call unanswered for %.0fs: breaking the connection", self.limit)
                 self.broken += 1
-                try:
-                    dup = socket.socket(fileno=os.dup(conn.pgconn.socket))
-                    try:
-                        dup.shutdown(socket.SHUT_RDWR)
-                    finally:
-                        dup.close()
-                except (OSError, psycopg.Error):
-                    pass
+                break_connection(conn)
+
+
+def break_connection(conn: psycopg.Connection) -> None:
+    """Shut a connection's socket down under a call that hangs (a frozen server never answers), so the call
+    fails at once; a dup of the descriptor keeps psycopg's own file object intact."""
+    try:
+        dup = socket.socket(fileno=os.dup(conn.pgconn.socket))
+        try:
+            dup.shutdown(socket.SHUT_RDWR)
+        finally:
+            dup.close()
+    except (OSError, psycopg.Error):
+        pass
 
 
 class _PgStepTx(StepTransaction):
