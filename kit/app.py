@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from kit import serialization as ser
 from kit.clock import SYSTEM_CLOCK, Clock
-from kit.config import Config, check_url, load_config, redact_url
+from kit.config import Config, load_config, redact_url
 from kit.engine import Outcome, StepOptions, WorkflowContext, current_context, run_step, run_step_async
 from kit.errors import (
     ConfigError,
@@ -30,6 +30,7 @@ from kit.errors import (
     WorkflowNotFoundError,
     WorkflowTimeoutError,
 )
+from kit.registry import load_backend  # noqa: F401 - re-exported: kit.app.load_backend keeps working
 from kit.storage import Backend, NewWorkflow, Status, WorkflowRecord
 from kit.validation import check_size, validate_workflow_id
 from kit.worker import Runtime
@@ -47,38 +48,6 @@ class WorkflowDef:
     name: str
     fn: Callable[..., Any]
     timeout: float | None = None  # default deadline (seconds from submission) of each run
-
-
-def load_backend(cfg: Config) -> Backend:
-    """Build the configured backend (entry point group ``kit.backends``); embedded PostgreSQL by default."""
-    url = cfg.database_url
-    if url is None:
-        if cfg.backend not in (None, "postgres"):
-            raise ConfigError(f"backend '{cfg.backend}' needs a database_url (KIT_DATABASE_URL)")
-        from kit.embedded import embedded_url
-
-        url = embedded_url(cfg.data_dir)
-        name = "postgres"
-    else:
-        implied = check_url(url)
-        name = cfg.backend or implied
-    cls = _backend_class(name)
-    return cls(url, schema=cfg.schema, pool_size=cfg.effective_pool_size, connect_timeout=cfg.connect_timeout,
-               retry_seconds=cfg.db_retry_seconds, notify=cfg.notify, call_timeout=cfg.call_timeout)
-
-
-def _backend_class(name: str) -> type[Backend]:
-    from importlib.metadata import entry_points
-
-    found = {ep.name: ep for ep in entry_points(group="kit.backends")}
-    if name in found:
-        return found[name].load()
-    if name == "postgres":  # running from a source tree without installed metadata
-        from kit.backends.postgres import PostgresBackend
-
-        return PostgresBackend
-    known = sorted(set(found) | {"postgres"})
-    raise ConfigError(f"unknown backend '{name}'; installed backends: {', '.join(known)}")
 
 
 class WorkflowHandle:

@@ -312,10 +312,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     if (args.worker_role or args.monitor_role) and not args.print_grants:
         raise UsageError("--worker-role and --monitor-role go with --print-grants")
     if args.print_sql or args.print_grants:
-        from kit.app import _backend_class, load_backend
+        from kit.registry import load_backend
 
-        backend = load_backend(app.config) if app.config.database_url else _backend_class("postgres")(
-            "postgresql:///kit", schema=app.config.schema)
+        backend = load_backend(app.config, start_embedded=False)  # printing needs no server
         if args.print_sql:
             sys.stdout.write(backend.migration_sql())
         if args.print_grants:

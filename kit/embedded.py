@@ -13,6 +13,10 @@ from kit.errors import ConfigError, DatabaseUnavailableError
 log = logging.getLogger("kit.embedded")
 _announced: set[str] = set()
 
+# The shape of the embedded server's URL: kit.registry resolves it like any URL, and builds the backend from
+# this one without starting the server when nothing needs a connection (e.g. `kit migrate --print-sql`).
+OFFLINE_URL = "postgresql://localhost/postgres"
+
 
 def embedded_url(data_dir: str | os.PathLike[str], *, quiet: bool = False) -> str:
     """Start (or reuse) the embedded PostgreSQL in ``data_dir``/pgdata and return its URL.

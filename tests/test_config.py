@@ -191,29 +191,29 @@ def test_config_errors_are_usage_errors(tmp_path):
 # -- URLs and backends ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("url, backend", [
-    ("postgresql://kit@db:5432/app", "postgres"),
+@pytest.mark.parametrize("url, scheme", [
+    ("postgresql://kit@db:5432/app", "postgresql"),
     ("postgres://kit:pw@db/app", "postgres"),
-    ("POSTGRESQL://kit@db/app", "postgres"),
-    ("postgresql:///app?host=/var/run/postgresql", "postgres"),
-    ("postgresql://u@h1:5432,h2:5433/app?target_session_attrs=read-write", "postgres"),
-    ("postgresql://kit@[::1]:5432/app", "postgres"),
+    ("POSTGRESQL://kit@db/app", "postgresql"),
+    ("postgresql:///app?host=/var/run/postgresql", "postgresql"),
+    ("postgresql://u@h1:5432,h2:5433/app?target_session_attrs=read-write", "postgresql"),
+    ("postgresql://kit@[::1]:5432/app", "postgresql"),
+    # config checks syntax only: which backend takes a scheme is kit.registry's business
     ("cockroachdb://root@crdb:26257/defaultdb", "cockroachdb"),
     ("citus://postgres@coordinator:5432/app", "citus"),
+    ("mysql://root:hunter2@db:3306/app", "mysql"),
+    ("sqlite:///tmp/x.db", "sqlite"),
 ])
-def test_valid_urls(url, backend):
-    assert check_url(url) == backend
+def test_valid_url_syntax(url, scheme):
+    assert check_url(url) == scheme
 
 
 @pytest.mark.parametrize("url, fragment", [
     ("localhost:5432/app", "scheme"),
     ("db.example/app", "scheme"),
     ("just-a-name", "scheme"),
-    ("mysql://root:hunter2@db:3306/app", "mysql"),
-    ("sqlite:///tmp/x.db", "sqlite"),
     ("postgresql://kit:hunter2@db:notaport/app", "malformed"),
     ("postgresql://kit:hunter2@db:99999/app", "malformed"),
-    ("postgresql:///app", "no host"),
     ("", "empty"),
     ("   ", "empty"),
 ])
@@ -228,7 +228,24 @@ def test_malformed_urls(tmp_path, url, fragment):
 
 def test_malformed_url_from_env_is_rejected(tmp_path):
     with pytest.raises(ConfigError):
-        cfg(tmp_path, env={"KIT_DATABASE_URL": "mysql://u@h/db"})
+        cfg(tmp_path, env={"KIT_DATABASE_URL": "db.example:5432"})
+
+
+@pytest.mark.parametrize("url", ["mysql://root:hunter2@db:3306/app", "sqlite:///tmp/x.db",
+                                 "cockroachdb://root:hunter2@crdb:26257/defaultdb"])
+def test_unknown_scheme_is_a_registry_error_listing_installed_schemes(tmp_path, url):
+    c = cfg(tmp_path, {"database_url": url})  # syntax is fine
+    with pytest.raises(ConfigError) as info:
+        load_backend(c)
+    msg = str(info.value)
+    assert f"no installed backend takes {url.split(':')[0]}:// URLs" in msg
+    assert "installed schemes: " in msg and "postgresql:// (postgres)" in msg
+    assert "hunter2" not in msg and "\n" not in msg
+
+
+def test_postgres_urls_need_a_host(tmp_path):
+    with pytest.raises(ConfigError, match="no host"):
+        load_backend(cfg(tmp_path, {"database_url": "postgresql:///app"}))
 
 
 def test_unknown_backend_names_installed_backends(tmp_path):
@@ -242,14 +259,15 @@ def test_unknown_backend_names_installed_backends(tmp_path):
         assert name in msg
 
 
-def test_backend_inferred_from_url_scheme_needs_installed_backend(tmp_path):
-    with pytest.raises(ConfigError, match="installed backends: .*postgres"):
-        load_backend(cfg(tmp_path, {"database_url": "citus://postgres@coordinator/app"}))
-
-
-def test_non_postgres_backend_needs_a_url(tmp_path):
-    with pytest.raises(ConfigError, match="database_url"):
+def test_unknown_backend_without_url_fails_before_starting_the_embedded_server(tmp_path):
+    with pytest.raises(ConfigError, match="unknown backend 'cockroachdb'; installed backends: .*postgres"):
         load_backend(cfg(tmp_path, {"backend": "cockroachdb"}))
+    assert not (tmp_path / ".kit").exists()
+
+
+def test_explicit_backend_must_take_the_url_scheme(tmp_path):
+    with pytest.raises(ConfigError, match="backend 'postgres' does not take citus:// URLs"):
+        load_backend(cfg(tmp_path, {"backend": "postgres", "database_url": "citus://postgres@coordinator/app"}))
 
 
 def test_postgres_backend_is_built_from_config(tmp_path):
@@ -259,6 +277,29 @@ def test_postgres_backend_is_built_from_config(tmp_path):
     backend = load_backend(c)  # not opened: no connection is made
     assert isinstance(backend, PostgresBackend)
     assert backend.schema == "app_kit" and backend.url == URL and backend.use_notify is False
+
+
+def test_embedded_default_resolves_through_the_registry_without_starting(tmp_path):
+    from kit.backends.postgres import PostgresBackend
+
+    backend = load_backend(cfg(tmp_path, {}), start_embedded=False)
+    assert type(backend) is PostgresBackend
+    assert not (tmp_path / ".kit").exists()
+
+
+def test_core_names_no_backend():
+    """Backend names and schemes live in the backends and the registry's discovery, not in core modules."""
+    import re
+    from pathlib import Path
+
+    core = Path(kit.__file__).parent
+    offenders = []
+    for path in sorted(core.rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        for n, line in enumerate(text.splitlines(), 1):
+            if re.search(r"[\"'](postgres|citus|cockroachdb)[\"']", line) or "kit.backends.postgres" in line:
+                offenders.append(f"{path.relative_to(core)}:{n}: {line.strip()}")
+    assert not offenders, "\n".join(offenders)
 
 
 # -- redaction -----------------------------------------------------------------------------------------

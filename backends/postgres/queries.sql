@@ -24,7 +24,8 @@ RETURNING epoch
 
 -- name: workflow_enqueue
 -- Insert a PENDING workflow unless the id exists, and wake idle workers in the same round trip
--- (the notification is delivered at commit, never before the row is visible). A live duplicate of
+-- (the notification is delivered at commit, never before the row is visible; %(channel)s is NULL when
+-- the backend must not notify inside a data statement: its wake-up hook sends it). A live duplicate of
 -- (queue, dedup_id) fails on workflows_dedup_idx.
 WITH ins AS (
     INSERT INTO {schema}.workflows (workflow_id, name, status, inputs, queue, priority, app_version, parent_id,
@@ -40,7 +41,9 @@ WITH ins AS (
     ON CONFLICT (workflow_id) DO NOTHING
     RETURNING epoch
 )
-SELECT ins.epoch, pg_notify(%(channel)s, 'q:' || coalesce(%(queue)s, '')) FROM ins
+SELECT ins.epoch,
+       (SELECT pg_notify(%(channel)s, 'q:' || coalesce(%(queue)s, '')) WHERE %(channel)s::text IS NOT NULL)
+  FROM ins
 
 -- name: workflow_by_dedup
 SELECT workflow_id FROM {schema}.workflows
@@ -66,10 +69,12 @@ UPDATE {schema}.workflows
  WHERE workflow_id = %(workflow_id)s AND epoch = %(epoch)s AND status = 'RUNNING'
 
 -- name: workflow_release
+-- Give a claim back; wakes idle workers at commit (channel NULL: the wake-up hook does).
 UPDATE {schema}.workflows
    SET status = 'PENDING', owner = NULL, lease_expires_at = NULL
  WHERE workflow_id = %(workflow_id)s AND epoch = %(epoch)s AND status = 'RUNNING'
-RETURNING pg_notify(%(channel)s, 'q:' || coalesce(queue, ''))
+RETURNING queue,
+          (SELECT pg_notify(%(channel)s, 'q:' || coalesce(queue, '')) WHERE %(channel)s::text IS NOT NULL)
 
 -- name: workflow_claim
 -- Claim ready work (PENDING) and orphaned work (RUNNING with an expired lease) of the default queue and
@@ -132,6 +137,64 @@ UPDATE {schema}.workflows w
  WHERE w.workflow_id = picked.workflow_id
 RETURNING w.workflow_id, w.name, w.inputs, w.epoch, picked.recovery, w.deadline_at
 
+-- name: workflow_claim_candidates
+-- Claims without multi-row locks (capabilities skip_locked / multi_row_locking_claims false): the same
+-- candidates as workflow_claim, read without locking; each is then claimed by workflow_claim_row.
+WITH ready_default AS (
+    SELECT workflow_id, epoch, false AS recovery, 1 AS o, priority, created_at AS t FROM {schema}.workflows
+     WHERE status = 'PENDING' AND queue IS NULL AND name = ANY(%(names)s)
+       AND (%(versions)s::text[] IS NULL OR app_version IS NULL OR app_version = ANY(%(versions)s))
+       AND (%(any_queue)s OR '' = ANY(%(queues)s))
+       AND (run_at IS NULL OR run_at <= now())
+     ORDER BY priority, created_at
+     LIMIT %(limit)s
+), ready_named AS (
+    SELECT workflow_id, epoch, false AS recovery, 1 AS o, priority, created_at AS t FROM {schema}.workflows w
+     WHERE status = 'PENDING' AND queue IS NOT NULL AND name = ANY(%(names)s)
+       AND (%(versions)s::text[] IS NULL OR app_version IS NULL OR app_version = ANY(%(versions)s))
+       AND (%(any_queue)s OR queue = ANY(%(queues)s))
+       AND (run_at IS NULL OR run_at <= now())
+       AND NOT EXISTS (SELECT 1 FROM {schema}.queues q WHERE q.name = w.queue
+                          AND (q.concurrency IS NOT NULL OR q.worker_concurrency IS NOT NULL
+                               OR q.partition_concurrency IS NOT NULL OR q.rate_count IS NOT NULL
+                               OR q.partitioned))
+     ORDER BY priority, created_at
+     LIMIT %(limit)s
+), expired AS (
+    SELECT workflow_id, epoch, true AS recovery, 0 AS o, 0 AS priority, lease_expires_at AS t
+      FROM {schema}.workflows w
+     WHERE status = 'RUNNING' AND lease_expires_at < now() AND name = ANY(%(names)s)
+       AND owner IS DISTINCT FROM %(owner)s
+       AND (%(versions)s::text[] IS NULL OR app_version IS NULL OR app_version = ANY(%(versions)s))
+       AND (%(any_queue)s OR coalesce(queue, '') = ANY(%(queues)s))
+       AND NOT EXISTS (SELECT 1 FROM {schema}.queues q WHERE q.name = w.queue
+                          AND (q.concurrency IS NOT NULL OR q.worker_concurrency IS NOT NULL
+                               OR q.partition_concurrency IS NOT NULL OR q.rate_count IS NOT NULL
+                               OR q.partitioned))
+     ORDER BY lease_expires_at
+     LIMIT %(limit)s
+)
+SELECT workflow_id, epoch, recovery FROM (
+    SELECT * FROM expired UNION ALL SELECT * FROM ready_default UNION ALL SELECT * FROM ready_named
+) u
+ ORDER BY o, priority, t
+ LIMIT %(limit)s
+
+-- name: workflow_claim_row
+-- Claim one candidate by key: a compare-and-set of its epoch (and of the state it was seen in), so of two
+-- claimers of the same row exactly one updates it. A single-row statement (a router query on Citus).
+UPDATE {schema}.workflows w
+   SET status = 'RUNNING', owner = %(owner)s, epoch = w.epoch + 1,
+       lease_expires_at = now() + make_interval(secs => %(lease)s),
+       started_at = coalesce(w.started_at, now()),
+       claimed_at = CASE WHEN %(recovery)s THEN w.claimed_at ELSE now() END,
+       recoveries = w.recoveries + %(recovery)s::int
+ WHERE w.workflow_id = %(workflow_id)s AND w.epoch = %(epoch)s
+   AND CASE WHEN %(recovery)s
+            THEN w.status = 'RUNNING' AND w.lease_expires_at < now() AND w.owner IS DISTINCT FROM %(owner)s
+            ELSE w.status = 'PENDING' AND (w.run_at IS NULL OR w.run_at <= now()) END
+RETURNING w.workflow_id, w.name, w.inputs, w.epoch, %(recovery)s, w.deadline_at
+
 -- name: lease_renew
 -- Heartbeat: record the worker and extend every lease it still holds; returns what it holds. Rows are
 -- locked in id order, like the grouped finish, so the two never deadlock.
@@ -192,6 +255,9 @@ SELECT worker_id, hostname, pid, started_at, heartbeat_at
 
 -- name: notify
 SELECT pg_notify(%(channel)s, %(payload)s)
+
+-- name: notify_many
+SELECT pg_notify(%(channel)s, p) FROM unnest(%(payloads)s::text[]) p
 
 -- name: step_record_many
 -- Group commit: checkpoints of many workflows in one statement, each fenced by its own epoch.
@@ -683,7 +749,8 @@ UPDATE {schema}.workflows
    SET status = 'PENDING', output = NULL, error = NULL, error_type = NULL, finished_at = NULL, owner = NULL,
        lease_expires_at = NULL, epoch = epoch + 1, run_at = NULL, deadline_at = %(deadline)s
  WHERE workflow_id = ANY(%(workflow_ids)s) AND status IN ('CANCELLED', 'ERROR')
-RETURNING workflow_id, pg_notify(%(channel)s, 'q:' || coalesce(queue, ''))
+RETURNING workflow_id, queue,
+          (SELECT pg_notify(%(channel)s, 'q:' || coalesce(queue, '')) WHERE %(channel)s::text IS NOT NULL)
 
 -- name: workflow_fork_source
 SELECT w.name, w.inputs, w.queue, w.priority,
@@ -701,7 +768,9 @@ WITH ins AS (
     ON CONFLICT (workflow_id) DO NOTHING
     RETURNING epoch, queue
 )
-SELECT ins.epoch, pg_notify(%(channel)s, 'q:' || coalesce(ins.queue, '')) FROM ins
+SELECT ins.epoch, ins.queue,
+       (SELECT pg_notify(%(channel)s, 'q:' || coalesce(ins.queue, '')) WHERE %(channel)s::text IS NOT NULL)
+  FROM ins
 
 -- name: workflow_fork_steps
 INSERT INTO {schema}.steps (workflow_id, step_id, name, output, error, epoch, attempts, started_at, finished_at)

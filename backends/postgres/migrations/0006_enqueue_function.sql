@@ -1,6 +1,7 @@
 -- kit schema v6: enqueue from plain SQL (any language, any client) with one statement:
 --   SELECT kit.enqueue('process_order', args => '["order-42", 1999]', queue => 'orders');
 -- The workflow exists if and only if the calling transaction commits; idle workers are woken at commit.
+-- requires: sql_enqueue_function
 
 CREATE FUNCTION {schema}.enqueue(
     workflow_name text,

@@ -1,305 +1,44 @@
-"""The storage interface: the only thing kit's engine knows about databases.
+"""The storage interface: :class:`Backend` (the operations) and :class:`StepTransaction`.
 
-The engine speaks in semantic operations (create a workflow, claim with a lease, record a step under the
-lease epoch, ...); a backend turns each into SQL for its database and states what it can do in
-:class:`Capabilities`. Operation names lead with the entity (``workflow_*``, ``step_*``, ``lease_*``) and
-take plain values or one request dataclass; every write made on behalf of a running workflow carries the
-lease epoch and is refused (returns False / raises :class:`~kit.errors.LeaseLostError`) once a newer
-epoch exists. Stability: this interface is public for backend authors; changes are listed in the
-changelog. docs/backends.md maps each operation to PostgreSQL, CockroachDB and Citus.
+Operations that touch more than one workflow are marked **[multi-workflow]** in their docstrings with what
+a backend must guarantee for them; on a sharded database (Citus) they are the multi-shard transactions, so
+a backend there must make them atomic across shards (two-phase commit) or split them where the docstring
+allows. Every other operation reads or writes one workflow's rows only (a single-shard router query when
+data is distributed by workflow id).
 """
 
 from __future__ import annotations
 
 import abc
-import enum
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
-
-
-class Status(str, enum.Enum):
-    """Workflow status. PENDING is claimable; RUNNING is leased; the rest are terminal."""
-
-    PENDING = "PENDING"
-    RUNNING = "RUNNING"
-    SUCCESS = "SUCCESS"
-    ERROR = "ERROR"
-    CANCELLED = "CANCELLED"
-
-    @property
-    def terminal(self) -> bool:
-        return self in (Status.SUCCESS, Status.ERROR, Status.CANCELLED)
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    """What a backend can do; the engine picks strategies from this, never from the backend's name."""
-
-    listen_notify: bool = False  # wake-ups pushed by the database (else poll with backoff)
-    skip_locked: bool = False  # claims skip rows locked by other claimers
-    transactional_steps: bool = False  # a step's own writes can commit with its checkpoint
-    advisory_locks: bool = False  # migrations may serialise on an advisory lock
-    follower_reads: bool = False  # observability queries may read slightly stale replicas
-    retry_serialization_failures: bool = False  # every transaction may fail with 40001 and must be retried
-    server_version: str = ""
-
-
-@dataclass(frozen=True)
-class NewWorkflow:
-    """A workflow to create. ``owner`` set means: create it already claimed by that worker (epoch 1)."""
-
-    workflow_id: str
-    name: str
-    inputs: str  # JSON text from kit.serialization.encode_args
-    queue: str | None = None
-    app_version: str | None = None
-    owner: str | None = None
-    lease_seconds: float = 10.0
-    parent_id: str | None = None
-    priority: int = 0
-    dedup_id: str | None = None  # one live (PENDING/RUNNING) workflow per (queue, dedup_id)
-    delay_seconds: float = 0.0  # not claimable before now + delay (database clock)
-    partition_key: str | None = None  # tenant of a partitioned queue
-    deadline: datetime | None = None  # cancelled at its next step boundary after this instant
-    parent_epoch: int | None = None  # created only while the parent is RUNNING at this epoch (else LeaseLostError)
-
-
-@dataclass(frozen=True)
-class QueueSpec:
-    """A queue's definition and limits (None: no limit). ``rate_count`` starts per ``rate_period`` s."""
-
-    name: str
-    concurrency: int | None = None
-    worker_concurrency: int | None = None
-    partition_concurrency: int | None = None
-    rate_count: int | None = None
-    rate_period: float | None = None
-    priority: bool = False
-    partitioned: bool = False
-
-    @property
-    def limited(self) -> bool:
-        return any(v is not None for v in (self.concurrency, self.worker_concurrency,
-                                           self.partition_concurrency, self.rate_count)) or self.partitioned
-
-
-@dataclass(frozen=True)
-class Created:
-    """Result of :meth:`Backend.workflow_create`: ``created`` is False when the id already existed."""
-
-    created: bool
-    epoch: int
-    name: str
-    status: Status
-
-
-@dataclass(frozen=True)
-class Claim:
-    """A workflow claimed by a worker: run it under ``epoch`` until finished or the lease is lost."""
-
-    workflow_id: str
-    name: str
-    inputs: str
-    epoch: int
-    recovery: bool  # True when it was taken from an expired lease (it ran somewhere before)
-    queue: str | None = None
-    deadline: datetime | None = None
-
-
-@dataclass(frozen=True)
-class StepRecord:
-    """One step checkpoint: the output (JSON text) or the error record (JSON text), never both."""
-
-    workflow_id: str
-    step_id: int
-    name: str
-    output: str | None = None
-    error: str | None = None
-    epoch: int = 0
-    attempts: int = 1
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-
-
-@dataclass(frozen=True)
-class StepResult:
-    """A step checkpoint to record under ``epoch``. ``started_at`` is the client clock at step start."""
-
-    workflow_id: str
-    step_id: int
-    name: str
-    epoch: int
-    output: str | None = None
-    error: str | None = None
-    attempts: int = 1
-    started_at: datetime | None = None
-
-
-@dataclass(frozen=True)
-class WorkflowRecord:
-    """A workflow row as observed (listing, status, results)."""
-
-    workflow_id: str
-    name: str
-    status: Status
-    inputs: str | None = None
-    output: str | None = None
-    error: str | None = None
-    queue: str | None = None
-    app_version: str | None = None
-    owner: str | None = None
-    epoch: int = 0
-    lease_expires_at: datetime | None = None
-    created_at: datetime | None = None
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    recoveries: int = 0
-    parent_id: str | None = None
-
-
-@dataclass(frozen=True)
-class WorkflowQuery:
-    """Filters for :meth:`Backend.workflow_list`; every value is passed as a bound parameter."""
-
-    statuses: Sequence[Status] = ()
-    name: str | None = None
-    queue: str | None = None
-    app_version: str | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-    error_contains: str | None = None
-    limit: int = 100
-    order: str = "created_desc"  # created_desc | created_asc | finished_desc | duration_desc
-
-
-@dataclass(frozen=True)
-class WorkerInfo:
-    """A worker process as recorded by its heartbeats."""
-
-    worker_id: str
-    hostname: str
-    pid: int
-    started_at: datetime | None = None
-    heartbeat_at: datetime | None = None
-
-
-@dataclass(frozen=True)
-class ClaimRequest:
-    """Claim up to ``limit`` workflows whose names this worker can run: PENDING ones, and RUNNING ones
-    whose lease expired (recovery)."""
-
-    owner: str
-    names: Sequence[str]
-    limit: int
-    lease_seconds: float
-    queues: Sequence[str] | None = None  # None: any queue; "" stands for the default (no) queue
-    versions: Sequence[str] | None = None  # None: any app_version; else these (and unversioned work)
-    running_here: int = 0  # runs of this (limited) queue still executing in the claiming process
-
-
-@dataclass(frozen=True)
-class Finish:
-    """Finish a workflow under ``epoch`` with SUCCESS (``output``) or ERROR (``error``)."""
-
-    workflow_id: str
-    epoch: int
-    status: Status
-    output: str | None = None
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class ForkRequest:
-    """Start ``new_id`` as a copy of ``source_id`` reusing the checkpoints of steps before ``from_step``."""
-
-    source_id: str
-    new_id: str
-    from_step: int
-    app_version: str | None = None
-    deadline: datetime | None = None
-
-
-WORKFLOW_ORDERS = ("created_desc", "created_asc", "finished_desc", "duration_desc")
-
-
-@dataclass(frozen=True)
-class MonitorQuery:
-    """What :meth:`Backend.monitor_stats` reads: filters and the bounds of every windowed query."""
-
-    name: str | None = None  # only workflows with this name
-    queue: str | None = None  # only this queue ("default" also matches workflows without a queue)
-    window_seconds: int = 300  # throughput and finished counts cover this many seconds before now
-    bucket_seconds: int = 5  # throughput bucket width
-    latency_window_seconds: int = 300  # latency percentiles over workflows finished this recently...
-    latency_rows: int = 2000  # ...at most this many of them (newest first), and their steps
-    failures: int = 5  # most recent failures returned
-    workers: int = 20  # at most this many workers (newest heartbeat first)
-    alive_seconds: float = 7.5  # a worker is alive when it heartbeated this recently (3 x 2.5 s)
-
-
-@dataclass(frozen=True)
-class WorkerStats:
-    """A worker as the monitor sees it: heartbeat, liveness and the workflows it holds."""
-
-    worker_id: str
-    hostname: str
-    pid: int
-    started_at: datetime | None
-    heartbeat_at: datetime | None
-    alive: bool
-    claims: int
-
-
-@dataclass(frozen=True)
-class QueueStats:
-    """Active work of one queue (a NULL queue is reported as ``default``). Limits: None = none set."""
-
-    queue: str
-    depth: int  # PENDING
-    in_flight: int  # RUNNING
-    concurrency_limit: int | None = None
-    rate_limit_per_second: float | None = None
-    worker_concurrency_limit: int | None = None
-    partition_concurrency_limit: int | None = None
-    partitioned: bool = False
-
-
-@dataclass(frozen=True)
-class Percentiles:
-    """Latency percentiles in seconds over ``count`` samples (None when there were none)."""
-
-    count: int = 0
-    p50: float | None = None
-    p95: float | None = None
-    p99: float | None = None
-
-
-@dataclass(frozen=True)
-class FinishedBucket:
-    """Workflows that reached ``status`` during the bucket starting at ``start``."""
-
-    start: datetime
-    status: Status
-    count: int
-
-
-@dataclass(frozen=True)
-class MonitorStats:
-    """One consistent-enough reading of the system for ``kit monitor`` (every part bounded)."""
-
-    server_time: datetime
-    primary: bool | None  # False on a standby; None when the backend cannot tell
-    node: str  # the server the reading came from (address:port or socket), no credentials
-    workers: tuple[WorkerStats, ...] = ()
-    queues: tuple[QueueStats, ...] = ()
-    finished: tuple[FinishedBucket, ...] = ()  # within the query's window, by bucket and status
-    workflow_latency: Percentiles = Percentiles()
-    step_latency: Percentiles = Percentiles()
-    recent_failures: tuple[WorkflowRecord, ...] = ()
-    oldest_pending: WorkflowRecord | None = None
+from typing import Any, ClassVar
+
+from kit.storage.capabilities import Capabilities, ServerInfo
+from kit.storage.records import (
+    Claim,
+    ClaimRequest,
+    Created,
+    EventInfo,
+    Finish,
+    ForkRequest,
+    MessageInfo,
+    MonitorQuery,
+    MonitorStats,
+    NewWorkflow,
+    QueueSpec,
+    QueueStats,
+    ScheduleSpec,
+    ScheduleState,
+    StepRecord,
+    StepResult,
+    StreamChunk,
+    StreamInfo,
+    WorkerInfo,
+    WorkflowQuery,
+    WorkflowRecord,
+)
 
 
 class StepTransaction(abc.ABC):
@@ -325,9 +64,33 @@ class Backend(abc.ABC):
     :class:`~kit.errors.TransientStorageError` for retryable failures it chose not to retry, and
     :class:`~kit.errors.StorageError` otherwise. Writes under an epoch never guess after an ambiguous
     commit: they read back the outcome.
+
+    Class-level contract used by :mod:`kit.registry` (no instance, no connection): ``name``, the
+    ``url_schemes`` it accepts, ``specificity`` (the most specific backend whose :meth:`detect` accepts a
+    server wins a scheme several backends claim), :meth:`probe` and :meth:`detect`. Instances are built
+    as ``cls(url, schema=..., pool_size=..., connect_timeout=..., retry_seconds=..., notify=...,
+    call_timeout=...)``; :meth:`open` refuses (ConfigError) a server :meth:`detect` does not accept.
+
+    Wake-ups: a backend with notifications sends them only where they are delivered at commit (never
+    before the row they announce is visible) and never from a server node the listeners are not
+    connected to; docs/backends.md states exactly when the PostgreSQL backend notifies.
     """
 
-    name: str = "abstract"
+    name: ClassVar[str] = "abstract"
+    url_schemes: ClassVar[tuple[str, ...]] = ()
+    specificity: ClassVar[int] = 0  # higher: a refinement of another backend on the same scheme
+
+    # -- registry contract (class level) ------------------------------------------------------------
+    @classmethod
+    def probe(cls, url: str, *, connect_timeout: float) -> ServerInfo:
+        """Connect once and describe the server (version, extensions, relevant settings); used by the
+        registry only when several installed backends claim ``url``'s scheme."""
+        raise NotImplementedError(f"backend '{cls.name}' cannot probe servers")
+
+    @classmethod
+    def detect(cls, info: ServerInfo) -> bool:
+        """True when this backend is made for the probed server (pure; no I/O)."""
+        return True
 
     # -- lifecycle ---------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -364,7 +127,12 @@ class Backend(abc.ABC):
     # -- workflows -----------------------------------------------------------------------------------
     @abc.abstractmethod
     def workflow_create(self, wf: NewWorkflow) -> Created:
-        """Insert the workflow unless its id exists (one round trip on the fresh path)."""
+        """Insert the workflow unless its id exists (one round trip on the fresh path).
+
+        **[multi-workflow]** when ``wf.parent_epoch`` is set: the child is inserted only while the parent
+        is RUNNING at that epoch, checked and written atomically (the parent row held against a concurrent
+        claim or cancel until commit), else LeaseLostError and nothing written. A cancel of the parent
+        therefore commits either before (no child) or after (it finds and cancels the child)."""
 
     @abc.abstractmethod
     def workflow_get(self, workflow_id: str) -> WorkflowRecord | None:
@@ -372,7 +140,11 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def workflow_finish(self, fin: Finish) -> bool:
-        """Record the terminal status under the epoch; False when the lease was lost (fenced)."""
+        """Record the terminal status under the epoch; False when the lease was lost (fenced).
+
+        **[multi-workflow]** a backend may group finishes of concurrently running workflows into one
+        statement or transaction (group commit); each row stays fenced by its own epoch, and a fenced row
+        never fails the others."""
 
     @abc.abstractmethod
     def workflow_release(self, workflow_id: str, epoch: int) -> bool:
@@ -389,19 +161,31 @@ class Backend(abc.ABC):
     # -- claims and leases ----------------------------------------------------------------------------
     @abc.abstractmethod
     def workflow_claim(self, req: ClaimRequest) -> list[Claim]:
-        """Claim ready or orphaned workflows: each claim sets owner, increments the epoch, sets expiry."""
+        """Claim ready or orphaned workflows: each claim sets owner, increments the epoch, sets expiry.
+
+        **[multi-workflow]** one call claims many workflows. Required: no workflow is returned to two
+        claimers at the same epoch (each claim is a per-row compare-and-set of the epoch, whatever locks
+        the backend uses); claims need not be atomic together, and a claim whose commit is ambiguous is
+        simply not returned (its lease expires and it is recovered)."""
 
     @abc.abstractmethod
     def lease_renew(self, owner: str, lease_seconds: float, worker: WorkerInfo | None = None) -> dict[str, int]:
         """Extend every lease ``owner`` still holds (and record its heartbeat); returns
-        ``{workflow_id: epoch}`` of the leases still held, so the worker learns what it lost."""
+        ``{workflow_id: epoch}`` of the leases still held, so the worker learns what it lost.
+
+        **[multi-workflow]** touches every workflow ``owner`` holds; per-row semantics suffice (a lease
+        renewed for one workflow and not another is reported as such)."""
 
     # -- steps -----------------------------------------------------------------------------------------
     @abc.abstractmethod
     def step_record(self, step: StepResult) -> StepRecord:
         """Record a checkpoint under the epoch: one round trip on the happy path. Returns the recorded
         row: normally ours; if another run of the same epoch-lineage recorded that step first, theirs.
-        Raises LeaseLostError when a newer epoch owns the workflow."""
+        Raises LeaseLostError when a newer epoch owns the workflow.
+
+        **[multi-workflow]** a backend may group checkpoints of concurrently running workflows into one
+        statement (group commit, one round trip for many); each row is fenced by its own epoch and the
+        outcome is reported per step."""
 
     @abc.abstractmethod
     def step_list(self, workflow_id: str) -> list[StepRecord]:
@@ -453,7 +237,11 @@ class Backend(abc.ABC):
         """Deliver a message (JSON text) to a workflow and wake its waiters. ``sender_key`` makes the send
         idempotent (a second send with the same key is a no-op returning True). Returns False when no
         workflow ``workflow_id`` exists (nothing is written). ``sender`` (workflow id, epoch): a send
-        from workflow code, delivered only while that epoch owns the sender (else LeaseLostError)."""
+        from workflow code, delivered only while that epoch owns the sender (else LeaseLostError).
+
+        **[multi-workflow]** with ``sender``: the fence on the sender and the insert for the receiver are
+        one atomic transaction (the sender's row held against a takeover until commit): the message exists
+        if and only if the sender's epoch owned it at commit."""
 
     @abc.abstractmethod
     def message_receive(self, step: StepResult, topic: str) -> StepRecord | None:
@@ -475,7 +263,10 @@ class Backend(abc.ABC):
     def workflow_enqueue_in(self, connection: Any, wf: NewWorkflow) -> Created:
         """Insert a PENDING workflow through the caller's own driver connection, inside the caller's open
         transaction (a savepoint keeps a duplicate from aborting it): the workflow exists if and only if
-        that transaction commits. Raises WorkflowDuplicateError for a live dedup id."""
+        that transaction commits. Raises WorkflowDuplicateError for a live dedup id.
+
+        **[multi-workflow]** the caller's transaction may write anything else (other workflows included):
+        the backend adds its insert and its wake-up to it and never commits or rolls it back."""
 
     @abc.abstractmethod
     def queue_define(self, spec: QueueSpec) -> None:
@@ -490,7 +281,11 @@ class Backend(abc.ABC):
         """Claim ready workflows of one limited queue without exceeding its limits across all workers:
         global and per-worker concurrency, per-partition concurrency, claims per rate window; partitioned
         queues take the head of each tenant's backlog in turn (fairness). Expired leases of the queue are
-        taken over within this worker's room. None: another worker is claiming from it right now."""
+        taken over within this worker's room. None: another worker is claiming from it right now.
+
+        **[multi-workflow]** counting the queue's running work and claiming within the room must be one
+        serialised decision per queue (else two workers together exceed a limit, G7); the claimed rows are
+        compare-and-set per row as in :meth:`workflow_claim`."""
 
     @abc.abstractmethod
     def queue_limited_names(self) -> set[str]:
@@ -538,23 +333,37 @@ class Backend(abc.ABC):
     def workflow_cancel(self, workflow_id: str, error: str) -> list[str]:
         """Cancel a workflow and its unfinished descendants (status CANCELLED, ``error`` recorded, epoch
         bumped so a running owner is fenced off at its next checkpoint). Returns the ids cancelled;
-        raises WorkflowNotFoundError when the id does not exist."""
+        raises WorkflowNotFoundError when the id does not exist.
+
+        **[multi-workflow]** the whole tree in one atomic transaction: either every unfinished workflow of
+        it is cancelled (and fenced) or none is; a checkpoint in flight commits before the cancel or is
+        fenced by it."""
 
     @abc.abstractmethod
     def workflow_resume(self, workflow_id: str, deadline: datetime | None = None) -> list[str]:
         """Make a CANCELLED or ERROR workflow (and its CANCELLED descendants) PENDING again, keeping its
-        checkpoints except a final recorded step error. Raises WorkflowStateError for other statuses."""
+        checkpoints except a final recorded step error. Raises WorkflowStateError for other statuses.
+
+        **[multi-workflow]** the workflow and the descendants its cancel cancelled, atomically (all resumed
+        or none), waking workers at commit."""
 
     @abc.abstractmethod
     def workflow_fork(self, req: ForkRequest) -> Created:
         """Create ``req.new_id`` (PENDING, same name, inputs and queue) with the source's checkpoints,
-        events and stream rows of steps before ``req.from_step``, in one transaction."""
+        events and stream rows of steps before ``req.from_step``, in one transaction.
+
+        **[multi-workflow]** reads the source and writes the new workflow: the new one exists with all its
+        copied rows or not at all (a claim never sees it half-copied); the source is not changed."""
 
     @abc.abstractmethod
     def workflow_gc(self, older_than_seconds: float, batch_size: int, dry_run: bool = False) -> int:
         """Delete up to ``batch_size`` workflows finished more than ``older_than_seconds`` ago (database
         clock) with their steps, messages, events and streams; never one that is PENDING or RUNNING, nor
-        one a remaining workflow's steps refer to (a child its parent or a fork may re-attach to). Returns how many were deleted (or would be, when ``dry_run``)."""
+        one a remaining workflow's steps refer to (a child its parent or a fork may re-attach to).
+        Returns how many were deleted (or would be, when ``dry_run``).
+
+        **[multi-workflow]** a batch of workflows: each one is deleted with all its rows atomically (never
+        half-deleted) and skipped if a resume holds it; the batch itself may commit per workflow."""
 
     @abc.abstractmethod
     def workflow_version_counts(self) -> dict[str | None, int]:
@@ -584,79 +393,15 @@ class Backend(abc.ABC):
                          workflows: Sequence[NewWorkflow]) -> bool:
         """In one transaction: move the schedule's cursor from ``expected_cursor`` to ``new_cursor`` and
         enqueue ``workflows`` (PENDING, idempotent by id, waking workers at commit). Returns False, writing
-        nothing, when the cursor is no longer ``expected_cursor`` (another worker handled those ticks)."""
+        nothing, when the cursor is no longer ``expected_cursor`` (another worker handled those ticks).
 
-
-@dataclass(frozen=True)
-class StreamChunk:
-    """Result of :meth:`Backend.stream_read`. ``closed``: the close marker follows the last element
-    returned (nothing more will come). ``workflow_status``: None when no such workflow exists."""
-
-    elements: tuple[tuple[int, str], ...]  # (position, JSON text), ascending
-    closed: bool
-    workflow_status: Status | None
-
-
-@dataclass(frozen=True)
-class MessageInfo:
-    """A message sent to a workflow as observed (``consumed_at`` None: still waiting for a ``recv``)."""
-
-    message_id: int
-    topic: str
-    body: str
-    sender_key: str | None = None
-    created_at: datetime | None = None
-    consumed_at: datetime | None = None
-    consumed_step: int | None = None
-
-
-@dataclass(frozen=True)
-class EventInfo:
-    """An event of a workflow: its latest value and the step that set it."""
-
-    key: str
-    value: str | None
-    step_id: int
-    updated_at: datetime | None = None
-
-
-@dataclass(frozen=True)
-class StreamInfo:
-    """A stream of a workflow: how many elements it has, whether it is closed, its last write."""
-
-    key: str
-    count: int
-    closed: bool
-    last_write_at: datetime | None = None
+        **[multi-workflow]** the cursor move and every enqueued workflow commit atomically together: a
+        tick is enqueued exactly once across all workers (G1 by id, the compare-and-set by cursor)."""
 
 
 def iter_backend_names() -> Iterator[str]:
-    """Names of installed backends (entry-point group ``kit.backends``)."""
+    """Names of installed backends (entry-point group ``kit.backends``; see :mod:`kit.registry`)."""
     from importlib.metadata import entry_points
 
     for ep in entry_points(group="kit.backends"):
         yield ep.name
-
-
-@dataclass(frozen=True)
-class ScheduleSpec:
-    """A cron schedule as declared by ``@app.scheduled`` (stored so every worker and the CLI see it)."""
-
-    name: str
-    workflow_name: str
-    cron: str
-    timezone: str
-    queue: str | None = None
-    catch_up: str = "latest"  # latest | none | all
-    max_catch_up: int = 100
-
-
-@dataclass(frozen=True)
-class ScheduleState:
-    """A stored schedule: every tick at or before ``cursor_at`` has been enqueued or skipped by policy."""
-
-    spec: ScheduleSpec
-    cursor_at: datetime
-    last_tick: datetime | None = None
-    last_workflow_id: str | None = None
-    updated_at: datetime | None = None
