@@ -298,7 +298,7 @@ def test_workflow_show_lists_messages_events_and_streams(pg_url: str, schema: st
         (["worker", "tests.apps.ledger_app:no_such_attr"], "no_such_attr"),
         (["worker", "json:dumps"], "not a kit.Kit"),
         (["worker"], "required"),
-        (["db", "--database-url", "mysql://u:secretpw@h/db"], "malformed database URL"),
+        (["db", "--database-url", "mysql://u:secretpw@h/db"], "no installed backend takes mysql:// URLs"),
         (["db", "--database-url", "postgresql://u:secretpw@h:notaport/db"], "malformed database URL"),
         (["db", "--schema", "Bad-Schema"], "invalid schema name"),
     ],
