@@ -166,7 +166,12 @@ def resolve(url: str, backend: str | None = None, *, connect_timeout: float = 5.
     for cls in candidates:  # most specific first; one probe per distinct probe implementation
         key = getattr(cls.probe, "__func__", cls.probe)
         if key not in infos:
-            infos[key] = cls.probe(url, connect_timeout=connect_timeout)
+            try:
+                infos[key] = cls.probe(url, connect_timeout=connect_timeout)
+            except NotImplementedError:
+                raise ConfigError(f"several installed backends take {scheme}:// URLs "
+                                  f"({', '.join(c.name for c in candidates)}) and backend '{cls.name}' cannot "
+                                  "probe the server to choose: set backend") from None
         info = infos[key]
         if cls.detect(info):
             log.debug("%s:// server detected as backend '%s'", scheme, cls.name)

@@ -31,11 +31,12 @@ from kit.errors import (
     SchemaError,
     StorageError,
 )
+from kit.registry import server_mismatch
 from kit.storage import Backend, Capabilities, ServerInfo
 from kit.storage.records import WorkerInfo
 
 from .queries import MigrationSet, QuerySet
-from .server import probe_connection, server_capabilities
+from .server import is_citus, is_cockroachdb, probe_connection, server_capabilities
 
 log = logging.getLogger("kit.postgres")
 T = TypeVar("T")
@@ -223,8 +224,6 @@ class PostgresCore(Backend):
     @classmethod
     def detect(cls, info: ServerInfo) -> bool:
         """Plain PostgreSQL: not CockroachDB (its version text) and not a Citus database (its extension)."""
-        from .server import is_citus, is_cockroachdb
-
         return not (is_cockroachdb(info) or is_citus(info))
 
     @classmethod
@@ -255,8 +254,6 @@ class PostgresCore(Backend):
         self._pool = pool
         info = self._run(probe_connection)
         if not type(self).detect(info):
-            from kit.registry import server_mismatch
-
             self._pool = None
             pool.close(timeout=0)
             raise server_mismatch(type(self), info, self.url)
