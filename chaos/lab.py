@@ -792,12 +792,27 @@ class CitusLab:
         deadline = time.monotonic() + 30
         while True:
             try:
-                self.toxiproxy().populate(wanted)
+                self._populate(wanted)
                 return
             except Exception:  # noqa: BLE001 - the API may still be starting
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
+
+    def _populate(self, wanted: list[dict[str, Any]]) -> None:
+        """Create missing proxies, re-create wrong ones, leave right ones alone. (toxiproxy-python's populate
+        compares ``listen`` textually, and the server reports ``0.0.0.0:5511`` back as ``[::]:5511``: it would
+        re-create every proxy and drop every connection through them, replication included.)"""
+        toxi = self.toxiproxy()
+        existing = toxi.proxies()
+        for w in wanted:
+            p = existing.get(w["name"])
+            if p is not None and p.upstream == w["upstream"] \
+                    and p.listen.rsplit(":", 1)[-1] == w["listen"].rsplit(":", 1)[-1]:
+                continue
+            if p is not None:
+                toxi.destroy(p)
+            toxi.create(**w)
 
     # -- cluster state ----------------------------------------------------------------------------------------
     def members(self, group: int) -> list[Member]:
@@ -843,6 +858,20 @@ class CitusLab:
             return None
         return {r["groupid"]: r["member"] for r in rows if r["noderole"] == "primary"}
 
+    def stuck_backends(self, older_than_s: float = 10.0) -> list[dict[str, Any]] | None:
+        """Coordinator backends whose statement has run longer than ``older_than_s`` (a backend talking to a
+        frozen node, or over a link that drops data, waits without bound: see docs/lab.md); None when the
+        coordinator can't be reached."""
+        rows = self._query(
+            "SELECT pid, state, wait_event_type, wait_event, extract(epoch FROM now() - query_start)::float8,"
+            " left(query, 200) FROM pg_catalog.pg_stat_activity WHERE backend_type = 'client backend'"
+            " AND state <> 'idle' AND pid <> pg_backend_pid() AND now() - query_start > make_interval(secs => %s)"
+            " ORDER BY query_start", (float(older_than_s),))
+        if rows is None:
+            return None
+        keys = ("pid", "state", "wait_event_type", "wait_event", "seconds", "query")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
     def groups_of(self, table: str, keys: list[Any]) -> dict[Any, int]:
         """Which group holds the shard of each distribution-column value of a distributed ``table`` (asked of
         the coordinator's metadata; keys are passed as text and converted by Citus)."""
@@ -866,8 +895,8 @@ class CitusLab:
 
     def wait_healthy(self, timeout: float = 180.0) -> float:
         """Wait until every group has one running leader and a streaming synchronous standby, pg_dist_node
-        routes every group to its current leader, and every node reaches every other
-        (citus_check_cluster_node_health); returns the seconds waited."""
+        routes every group to its current leader with Citus metadata synced to it, and every node reaches every
+        other (citus_check_cluster_node_health); returns the seconds waited."""
         start = time.monotonic()
         last = "nothing checked yet"
         while True:
@@ -875,11 +904,15 @@ class CitusLab:
             last = "; ".join(f"group {g}: {d}" for g, (_, d) in states.items())
             if all(ok for ok, _ in states.values()):
                 leaders = self.primaries()
-                reg = self.registered()
-                if reg is None:
+                rows = self.pg_dist_node()
+                reg = {r["groupid"]: r["member"] for r in rows or [] if r["noderole"] == "primary"}
+                unsynced = [r["groupid"] for r in rows or [] if r["hasmetadata"] and not r["metadatasynced"]]
+                if rows is None:
                     last += "; coordinator unreachable"
                 elif any(reg.get(g) != leaders[g] for g in CITUS_GROUPS):
                     last += f"; pg_dist_node routes {reg}, leaders {leaders}"
+                elif unsynced:
+                    last += f"; Citus metadata not yet synced to groups {unsynced}"
                 else:
                     health = self._query("SELECT count(*) FILTER (WHERE result IS NOT TRUE), count(*)"
                                          " FROM pg_catalog.citus_check_cluster_node_health()")
