@@ -165,11 +165,18 @@ class AckLoop:
         return max(b - a for a, b in zip(ends, ends[1:], strict=False))
 
     def errors_since(self, t: float) -> list[str]:
+        """The distinct errors of the attempts that ended at or after ``t``, first seen first."""
         seen: list[str] = []
         for a in list(self.attempts):
-            if not a.ok and a.start >= t and a.error not in seen:
+            if not a.ok and a.end >= t and a.error not in seen:
                 seen.append(a.error)
         return seen
+
+    def failures(self, t: float, limit: int = 8) -> list[list[Any]]:
+        """[start, end, error] (seconds relative to ``t``) of the first failed attempts that ended after ``t``."""
+        out = [[round(a.start - t, 2), round(a.end - t, 2), a.error] for a in list(self.attempts)
+               if not a.ok and a.end >= t]
+        return out[:limit]
 
     def failed_between(self, t0: float, t1: float) -> int:
         return sum(1 for a in list(self.attempts) if not a.ok and t0 <= a.start <= t1)
@@ -404,6 +411,7 @@ def _worker_failover(lab: CitusLab, keys: dict[int, int], group: int, how: str) 
     assert lab.primary(group) == new, "the old primary took the group back"
     assert loops[other].acks_after(t) > 0 and loops[group].acks_after(t_ok) > 0
     fact["errors_seen"] = loops[group].errors_since(t0)[:6]
+    fact["failed_attempts"] = loops[group].failures(t0)
     _stop_and_check(lab, loops, fact)
     REPORT["faults"][f"{how}-group{group}-primary"] = fact
 
@@ -449,6 +457,7 @@ def test_kill_coordinator_primary(citus_lab: CitusLab, keys: dict[int, int]) -> 
     fact["healthy_again_s"] = round(time.time() - t, 2)
     assert lab.primary(COORDINATOR_GROUP) == new
     fact["errors_seen"] = loops[1].errors_since(t0)[:6]
+    fact["failed_attempts"] = {g: loops[g].failures(t0) for g in WORKER_GROUPS}
     _stop_and_check(lab, loops, fact)
     REPORT["faults"]["kill-coordinator-primary"] = fact
 
@@ -480,6 +489,7 @@ def test_cut_worker_group_off_from_the_coordinator(citus_lab: CitusLab, keys: di
     fact["healthy_again_s"] = round(time.time() - t_restore, 2)
     assert lab.primaries() == primaries, "a cut from the coordinator must not cause a failover"
     fact["errors_seen"] = loops[1].errors_since(t)[:6]
+    fact["failed_attempts"] = loops[1].failures(t)
     _stop_and_check(lab, loops, fact)
     REPORT["faults"][f"cut-group1-{mode}"] = fact
 
