@@ -262,6 +262,16 @@ def keys(citus_lab: CitusLab) -> dict[int, int]:
     return {g: min(k for k, kg in groups.items() if kg == g) for g in WORKER_GROUPS}
 
 
+@pytest.fixture
+def lab(citus_lab: CitusLab) -> Iterator[CitusLab]:
+    """The cluster for one fault test: afterwards, whatever happened, its write loops are stopped and every
+    fault is undone (so a failed test leaves no frozen node or cut link to the next one)."""
+    yield citus_lab
+    for loop in LOOPS:
+        loop.stop()
+    citus_lab.heal()
+
+
 _seq_base = iter(range(1_000_000, 1_000_000_000, 1_000_000))
 
 
@@ -416,25 +426,22 @@ def _worker_failover(lab: CitusLab, keys: dict[int, int], group: int, how: str) 
     REPORT["faults"][f"{how}-group{group}-primary"] = fact
 
 
-def test_kill_worker_primary_fails_over_and_rewrites_pg_dist_node(citus_lab: CitusLab,
-                                                                  keys: dict[int, int]) -> None:
+def test_kill_worker_primary_fails_over_and_rewrites_pg_dist_node(lab: CitusLab, keys: dict[int, int]) -> None:
     """SIGKILL group 1's primary: Patroni promotes its standby and points pg_dist_node at it; group 2 keeps
     taking writes; no acknowledged row is lost."""
-    _worker_failover(citus_lab, keys, 1, "kill")
+    _worker_failover(lab, keys, 1, "kill")
 
 
-def test_pause_worker_primary_fails_over_and_rewrites_pg_dist_node(citus_lab: CitusLab,
-                                                                   keys: dict[int, int]) -> None:
+def test_pause_worker_primary_fails_over_and_rewrites_pg_dist_node(lab: CitusLab, keys: dict[int, int]) -> None:
     """Freeze group 2's primary: Patroni promotes its standby; pg_dist_node points at it (if a coordinator
     backend was mid-statement on the frozen node, only once it thaws: Citus cancels that statement with a
     blocking PQcancel, see docs/lab.md); the thawed old primary rejoins as a standby; nothing acked is lost."""
-    _worker_failover(citus_lab, keys, 2, "pause")
+    _worker_failover(lab, keys, 2, "pause")
 
 
-def test_kill_coordinator_primary(citus_lab: CitusLab, keys: dict[int, int]) -> None:
+def test_kill_coordinator_primary(lab: CitusLab, keys: dict[int, int]) -> None:
     """SIGKILL the coordinator's primary: its standby is promoted, pg_dist_node's coordinator row follows, and
     the loops' multi-host URL finds the new primary; no acknowledged row is lost."""
-    lab = citus_lab
     loops = _start_loops(lab, keys)
     fact: dict[str, Any] = {"pg_dist_node_before": _routes_to(_dist_node(lab), COORDINATOR_GROUP)}
     t0 = time.time()
@@ -463,10 +470,9 @@ def test_kill_coordinator_primary(citus_lab: CitusLab, keys: dict[int, int]) -> 
 
 
 @pytest.mark.parametrize("mode", ["disable", "timeout"])
-def test_cut_worker_group_off_from_the_coordinator(citus_lab: CitusLab, keys: dict[int, int], mode: str) -> None:
+def test_cut_worker_group_off_from_the_coordinator(lab: CitusLab, keys: dict[int, int], mode: str) -> None:
     """Cut group 1's toxiproxy links (refused, or hanging): its writes fail while group 2's continue, Patroni
     does not fail over, and group 1 takes writes again once restored; no acknowledged row is lost."""
-    lab = citus_lab
     loops = _start_loops(lab, keys)
     primaries = lab.primaries()
     fact: dict[str, Any] = {"mode": mode, "cut_s": 10.0}
