@@ -1,24 +1,42 @@
 #!/usr/bin/env bash
-# Prepare the HA chaos lab (docs/lab.md) on Debian 12: idempotent, fast when everything is there.
+# Prepare the HA chaos labs (docs/lab.md) on Debian 12: idempotent, fast when everything is there.
+#   bash scripts/lab-setup.sh [all|postgres|citus]     # which labs (default all; or KIT_LABS=...)
 #   - apt: docker.io, docker-compose, debootstrap (and golang-go when no Go toolchain exists)
 #   - starts dockerd in the background when no Docker engine answers
 #   - pip install -e ".[lab]" (docker, toxiproxy-python) into the interpreter scripts/setup.sh chose
 #   - images: debian:bookworm-slim (pulled, or debootstrapped + docker import), toxiproxy (official image,
 #     or built from `go install github.com/Shopify/toxiproxy/v2/cmd/server@v2.12.0`), and the
-#     etcd/PostgreSQL 15/Patroni 3.1.2 image (Patroni wheels fetched on the host, installed --no-index)
+#     etcd/PostgreSQL 15/Patroni 3.1.2 image (Patroni wheels fetched on the host, installed --no-index);
+#     for the Citus lab (compose/citus-ha) also that image plus Citus 13.2.2 compiled inside `docker build`
+#     from the vendored tarball (../shared/vendor or $KIT_VENDOR_DIR, sha256 checked, copied into a
+#     temporary build context)
 # Exit codes: 0 ready; 3 no Docker engine can run here (the chaos tests then skip with that reason);
-# anything else: a setup step failed.
+# anything else: a setup step failed. Without the Citus tarball, `all` prepares the PostgreSQL lab only and
+# says so (the Citus lab tests then skip with that reason); `citus` fails.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 REPO="$(pwd)"
 LAB="$REPO/compose/postgres-ha"
+CITUS_LAB="$REPO/compose/citus-ha"
 PATRONI_IMAGE="kit-lab/patroni:3.1.2-pg15"
+CITUS_IMAGE="kit-lab/citus:13.2.2-pg15"
+CITUS_VERSION="13.2.2"
+CITUS_SHA256="c8fc76dc8294636a52b1a0dd75a20d8b4a36937df6443e30ca84d8d0464a6bb9"
+VENDOR="${KIT_VENDOR_DIR:-$REPO/../shared/vendor}"
 OFFICIAL_TOXIPROXY="ghcr.io/shopify/toxiproxy:2.12.0"
 LOCAL_TOXIPROXY="kit-lab/toxiproxy:2.12.0"
 TOXIPROXY_VERSION="v2.12.0"
 
 say() { echo "[lab-setup] $*"; }
+
+LABS="${1:-${KIT_LABS:-all}}"
+case "$LABS" in
+all) WANT_CITUS=1; CITUS_REQUIRED=0 ;;
+postgres|postgres-ha) WANT_CITUS=0; CITUS_REQUIRED=0 ;;
+citus|citus-ha) WANT_CITUS=1; CITUS_REQUIRED=1 ;;
+*) echo "lab-setup: error: unknown lab '$LABS' (choose all, postgres or citus)" >&2; exit 2 ;;
+esac
 no_engine() {
     say "NO DOCKER ENGINE: $*" >&2
     say "the chaos lab cannot run on this machine; pytest chaos/ will skip with this reason" >&2
@@ -121,8 +139,9 @@ else
     quiet_build -t "$LOCAL_TOXIPROXY" "$LAB/toxiproxy"
     toxiproxy_image="$LOCAL_TOXIPROXY"
 fi
-# compose reads .env: a plain `docker-compose up` in compose/postgres-ha then uses the same image.
+# compose reads .env: a plain `docker-compose up` in compose/postgres-ha (or citus-ha) then uses the same image.
 echo "KIT_LAB_TOXIPROXY_IMAGE=$toxiproxy_image" > "$LAB/.env"
+echo "KIT_LAB_TOXIPROXY_IMAGE=$toxiproxy_image" > "$CITUS_LAB/.env"
 say "toxiproxy image: $toxiproxy_image"
 
 if ! ls "$LAB"/wheels/patroni-3.1.2-*.whl >/dev/null 2>&1 || ! ls "$LAB"/wheels/ydiff-1.2-*.whl >/dev/null 2>&1; then
@@ -139,5 +158,39 @@ if [ "$current" != "$digest" ]; then
     quiet_build --label "kit.lab.inputs=$digest" -t "$PATRONI_IMAGE" "$LAB"
 else
     say "$PATRONI_IMAGE up to date"
+fi
+
+# -- the Citus lab's image: the Patroni image + Citus compiled from the vendored tarball ---------------------
+if [ "$WANT_CITUS" -eq 1 ]; then
+    tarball="$VENDOR/citus-$CITUS_VERSION.tar.gz"
+    if [ ! -f "$tarball" ]; then
+        if [ "$CITUS_REQUIRED" -eq 1 ]; then
+            say "ERROR: no Citus source at $tarball (set KIT_VENDOR_DIR)" >&2
+            exit 1
+        fi
+        say "no Citus source at $tarball (set KIT_VENDOR_DIR): the Citus lab is not prepared, its tests will skip" >&2
+    else
+        echo "$CITUS_SHA256  $tarball" | sha256sum -c --status || {
+            say "ERROR: sha256 of $tarball does not match $CITUS_SHA256" >&2
+            exit 1
+        }
+        inputs="$(cd "$CITUS_LAB" && cat Dockerfile entrypoint.sh && echo "$CITUS_SHA256" \
+            && docker image inspect -f '{{.Id}}' "$PATRONI_IMAGE" debian:bookworm-slim)"
+        digest="$(printf '%s' "$inputs" | sha256sum | cut -c1-16)"
+        current="$(docker image inspect -f '{{index .Config.Labels "kit.lab.inputs"}}' "$CITUS_IMAGE" 2>/dev/null || true)"
+        if [ "$current" != "$digest" ]; then
+            # The vendor folder may be read-only and is not this repo's: build from a temporary context.
+            ctx="$(mktemp -d /tmp/kit-citus-image.XXXXXX)"
+            trap 'rm -rf "$ctx"' EXIT
+            cp "$CITUS_LAB/Dockerfile" "$CITUS_LAB/entrypoint.sh" "$ctx/"
+            cp "$tarball" "$ctx/citus-$CITUS_VERSION.tar.gz"
+            say "building $CITUS_IMAGE (Citus $CITUS_VERSION compiled in the image; about 3 minutes cold)"
+            quiet_build --build-arg "BASE_IMAGE=$PATRONI_IMAGE" --label "kit.lab.inputs=$digest" -t "$CITUS_IMAGE" "$ctx"
+            rm -rf "$ctx"
+            trap - EXIT
+        else
+            say "$CITUS_IMAGE up to date"
+        fi
+    fi
 fi
 say "ready"
