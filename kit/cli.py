@@ -420,7 +420,7 @@ def _require_schema(app: Any) -> None:
 
 
 def cmd_workflow_show(args: argparse.Namespace) -> int:
-    from kit.app import validate_workflow_id
+    from kit.validation import validate_workflow_id
 
     validate_workflow_id(args.workflow_id)
     app = _app_from_args(args, migrate=False)
