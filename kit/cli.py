@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks: seq, par, queue-drain, recovery (JSON results)")
     _common(p)
-    from kit.bench import add_arguments
+    from kit.bench.params import add_arguments
 
     add_arguments(p)
     p.set_defaults(handler=cmd_bench)
@@ -703,7 +703,7 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from kit.bench import run_bench
+    from kit.bench.runner import run_bench
 
     return run_bench(args)
 

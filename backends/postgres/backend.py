@@ -450,6 +450,12 @@ class PostgresBackend(Backend):
 
         return grants_sql(self.schema, _QUERIES, _MIGRATIONS, worker_role=worker_role, monitor_role=monitor_role)
 
+    def bench_probe(self) -> Any:
+        """The statements of ``kit bench`` on this server and schema (kit.bench.probe.BenchProbe)."""
+        from kit.backends.postgres.bench import PostgresBenchProbe
+
+        return PostgresBenchProbe(self.url, self.schema)
+
     def _migrations_table_sql(self) -> sql.Composed:
         return sql.SQL(
             "CREATE TABLE IF NOT EXISTS {schema}.schema_migrations "
