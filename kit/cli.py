@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(p)
     p.set_defaults(handler=cmd_bench)
 
-    from kit.lab_cli import add_lab_parser
+    from kit.lab.cli import add_lab_parser
 
     add_lab_parser(sub, _common)
     return parser
