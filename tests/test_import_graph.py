@@ -13,8 +13,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[1]
 
 # Ordered lowest first; a module belongs to the layer of its longest matching name (a package name
@@ -179,9 +177,20 @@ def test_the_checker_sees_function_local_and_type_checking_imports():
     assert "kit.app" in GRAPH["kit.bench"]  # imported under TYPE_CHECKING
 
 
-@pytest.mark.parametrize("module", ["kit.app", "kit.serialization", "kit.cli", "kit.bench", "kit.runtime"])
-def test_no_module_over_600_lines(module):
-    """The facade, serialization, CLI, bench and runtime stay in modules of a few hundred lines."""
-    long = [f"{m}: {n} lines" for m, p in MODULES.items() if m == module or m.startswith(module + ".")
-            if (n := len(p.read_text(encoding="utf-8").splitlines())) > 600]
-    assert not long, "modules over 600 lines: " + ", ".join(long)
+# Modules over the size limit, each with the change that splits it. An entry that no longer applies fails
+# the test, so the list only shrinks.
+LONG_MODULES_ALLOWED = {
+    "kit.storage": "becomes a package of modules (issue 11 item 3)",
+    "kit.backends.postgres.backend": "split into modules per area (issue 11 item 3)",
+}
+MAX_LINES = 600
+
+
+def test_no_module_over_600_lines():
+    """Modules of a few hundred lines: a longer one is split by what its parts do."""
+    sizes = {m: len(p.read_text(encoding="utf-8").splitlines()) for m, p in MODULES.items()}
+    long = {m: n for m, n in sizes.items() if n > MAX_LINES}
+    unexpected = [f"{m}: {n} lines" for m, n in sorted(long.items()) if m not in LONG_MODULES_ALLOWED]
+    assert not unexpected, f"modules over {MAX_LINES} lines: " + ", ".join(unexpected)
+    stale = sorted(set(LONG_MODULES_ALLOWED) - set(long))
+    assert not stale, f"no longer over {MAX_LINES} lines, remove from LONG_MODULES_ALLOWED: {stale}"
