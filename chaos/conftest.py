@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from chaos.lab import Lab, LabUnavailable, Timeline, engine_problem
+from kit.lab import Lab, LabUnavailable, Timeline, engine_problem
 
 REPO = Path(__file__).resolve().parent.parent
 

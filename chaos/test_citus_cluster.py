@@ -25,16 +25,9 @@ import pytest
 from kit.backends.postgres.backend import break_connection
 from psycopg import sql
 
-from chaos.lab import (
-    CITUS_GROUPS,
-    COORDINATOR_GROUP,
-    CitusLab,
-    LabError,
-    LabUnavailable,
-    Timeline,
-    citus_node_address,
-    engine_problem,
-)
+from kit.lab.citus import CITUS_GROUPS, COORDINATOR_GROUP, CitusLab, citus_node_address
+from kit.lab.controller import Timeline
+from kit.lab.host import LabError, LabUnavailable, engine_problem
 
 TABLE = "citus_lab_acks"
 WORKER_GROUPS = tuple(g for g in CITUS_GROUPS if g != COORDINATOR_GROUP)

@@ -19,9 +19,9 @@ import pytest
 from psycopg import sql
 
 from chaos.checker import check
-from chaos.lab import Lab
 from chaos.report import ScenarioReport
 from chaos.workload import Workload
+from kit.lab import Lab
 
 DRAIN_TIMEOUT = 420.0
 

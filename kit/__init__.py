@@ -4,7 +4,7 @@ Workflows of steps checkpoint every step to the database; any process running th
 work of a dead one from those checkpoints. No orchestrator server, no broker.
 """
 
-from kit.app import Kit, WorkflowHandle
+from kit.app import Kit
 from kit.client import Client
 from kit.engine import StepInfo, step_info
 from kit.errors import (
@@ -27,6 +27,7 @@ from kit.errors import (
     WorkflowStateError,
     WorkflowTimeoutError,
 )
+from kit.handle import WorkflowHandle
 from kit.serialization import register_type
 from kit.storage import Status
 

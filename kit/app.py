@@ -1,152 +1,38 @@
-"""The application facade: configuration, decorators, starting and retrieving workflows."""
+"""The application facade: configuration, decorators, starting and retrieving workflows.
+
+``Kit`` builds the :class:`~kit.services.Services` that the engine, the worker runtime and the features
+receive (configuration, workflow clock, definitions, backend, runtime) and delegates every operation to
+the feature module that implements it; nothing below this module knows the ``Kit`` object.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import functools
 import inspect
-import logging
 import threading
-import time
-import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeoutError  # not the builtin before Python 3.11
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
+from kit import lifecycle, messaging, queues, schedules, starting, streams
 from kit import serialization as ser
 from kit.clock import SYSTEM_CLOCK, Clock
 from kit.config import Config, load_config, redact_url
-from kit.engine import Outcome, StepOptions, WorkflowContext, current_context, run_step, run_step_async
-from kit.errors import (
-    ConfigError,
-    LeaseLostError,
-    UnknownWorkflowError,
-    UsageError,
-    WorkflowCancelledError,
-    WorkflowConflictError,
-    WorkflowError,
-    WorkflowNotFoundError,
-    WorkflowTimeoutError,
-)
-from kit.registry import load_backend  # noqa: F401 - re-exported: kit.app.load_backend keeps working
-from kit.storage import Backend, NewWorkflow, Status, WorkflowRecord
-from kit.validation import check_size, validate_workflow_id
-from kit.worker import Runtime
+from kit.definitions import Definitions, WorkflowDef
+from kit.engine import StepOptions, current_context, deprecate_patch, patched, run_step, run_step_async
+from kit.errors import ConfigError, UsageError
+from kit.handle import WorkflowHandle
+from kit.queues import Queue, make_spec
+from kit.registry import load_backend
+from kit.runtime import Runtime
+from kit.runtime.versions import accepted_versions
+from kit.schedules import Schedule
+from kit.services import Services
+from kit.storage import Backend
 
-if TYPE_CHECKING:
-    from kit.queues import Queue
-    from kit.schedules import Schedule
-
-log = logging.getLogger("kit")
 F = TypeVar("F", bound=Callable[..., Any])
 
-
-@dataclass(frozen=True)
-class WorkflowDef:
-    name: str
-    fn: Callable[..., Any]
-    timeout: float | None = None  # default deadline (seconds from submission) of each run
-
-
-class WorkflowHandle:
-    """A started workflow: wait for its result or look at its status."""
-
-    def __init__(self, app: Kit, workflow_id: str, future: Future[Outcome] | None = None) -> None:
-        self._app = app
-        self.workflow_id = workflow_id
-        self._future = future
-
-    def __repr__(self) -> str:
-        return f"WorkflowHandle({self.workflow_id!r})"
-
-    def status(self) -> Status:
-        """The workflow's current status as recorded in the database."""
-        return self.record().status
-
-    async def result_async(self, timeout: float | None = None) -> Any:
-        """``result`` for asyncio code: waits on a thread, never blocking the event loop."""
-        return await asyncio.to_thread(self.result, timeout)
-
-    def cancel(self) -> list[str]:
-        """Cancel this workflow (and its unfinished children); see :meth:`Kit.cancel`."""
-        return self._app.cancel(self.workflow_id)
-
-    def _check_waiter(self, waiter: WorkflowContext) -> None:
-        if waiter.ended.is_set():
-            raise LeaseLostError(f"workflow {waiter.workflow_id}: its run ended while waiting for {self.workflow_id}")
-        waiter.check_lease()
-        waiter.check_deadline(self._app.clock.time())
-
-    def record(self) -> WorkflowRecord:
-        rec = self._app.backend.workflow_get(self.workflow_id)
-        if rec is None:
-            raise WorkflowNotFoundError(f"no workflow with id {self.workflow_id!r}")
-        return rec
-
-    def result(self, timeout: float | None = None) -> Any:
-        """Wait for the workflow to end; return its result or raise :class:`WorkflowError`."""
-        waiter = current_context()
-        if waiter is None or waiter.step is not None:
-            return self._result(timeout)
-        runtime = self._app.runtime
-        with runtime._lock:
-            runtime.awaiting[waiter.workflow_id] += 1
-        try:
-            return self._result(timeout, waiter)
-        finally:
-            with runtime._lock:
-                runtime.awaiting[waiter.workflow_id] -= 1
-                if runtime.awaiting[waiter.workflow_id] <= 0:
-                    del runtime.awaiting[waiter.workflow_id]
-
-    def _result(self, timeout: float | None, waiter: WorkflowContext | None = None) -> Any:
-        """Wait for the end; a waiting workflow (``waiter``) checks its lease, deadline and run between
-        short slices, so a cancelled, expired or finished run stops waiting on its children."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        slice_ = 5.0 if waiter is None else 0.25
-        if self._future is not None:
-            while True:
-                left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                try:
-                    outcome = self._future.result(timeout=slice_ if left is None else min(left, slice_))
-                    break
-                except (TimeoutError, FutureTimeoutError):
-                    if deadline is not None and time.monotonic() >= deadline:
-                        raise WorkflowTimeoutError(
-                            f"workflow {self.workflow_id} did not finish within {timeout}s") from None
-                    if waiter is not None:
-                        self._check_waiter(waiter)
-            if outcome.status is not None:
-                return _decode_outcome(self.workflow_id, outcome.status, outcome.output, outcome.error)
-        # The database decides (not an outcome cached here: the workflow may have been resumed elsewhere).
-        while True:
-            if waiter is not None:
-                self._check_waiter(waiter)
-            left = slice_ if deadline is None else max(0.0, deadline - time.monotonic())
-            done = self._app.backend.workflow_wait([self.workflow_id], min(left, slice_))
-            if done:
-                rec = done[0]
-                return _decode_outcome(self.workflow_id, rec.status, rec.output, rec.error)
-            if self._app.backend.workflow_get(self.workflow_id) is None:
-                raise WorkflowNotFoundError(f"no workflow with id {self.workflow_id!r}")
-            if deadline is not None and time.monotonic() >= deadline:
-                raise WorkflowTimeoutError(f"workflow {self.workflow_id} did not finish within {timeout}s")
-
-
-def _decode_outcome(workflow_id: str, status: Status, output: str | None, error: str | None) -> Any:
-    if status == Status.SUCCESS:
-        return ser.loads(output, what=f"result of workflow {workflow_id}")
-    rec = ser.loads(error) if error else {}
-    if not isinstance(rec, dict):
-        rec = {}
-    type_name = rec.get("type", status.value)
-    module = rec.get("module")
-    if module and module != "builtins":
-        type_name = f"{module}.{type_name}"
-    cls = WorkflowCancelledError if status == Status.CANCELLED else WorkflowError
-    raise cls(workflow_id, type_name, rec.get("message", "workflow cancelled"), rec.get("traceback", ""))
+__all__ = ["Kit", "WorkflowDef", "WorkflowHandle", "load_backend"]
 
 
 class Kit:
@@ -155,6 +41,8 @@ class Kit:
     ``Kit()`` with no database configured uses an embedded PostgreSQL in ``.kit/``. Settings come from
     keyword arguments, then ``KIT_*`` environment variables, then ``kit.toml`` / ``[tool.kit]``.
     """
+
+    _definitions_class: type[Definitions] = Definitions
 
     def __init__(
         self,
@@ -183,51 +71,79 @@ class Kit:
         clock: Clock | None = None,
     ) -> None:
         overrides = {k: v for k, v in locals().items() if k not in ("self", "config_file", "clock")}
-        self.config: Config = load_config(overrides, config_file=config_file)
-        self.clock: Clock = clock or SYSTEM_CLOCK  # workflow time: sleeps, timeouts, deadlines, cron ticks
-        self._workflows: dict[str, WorkflowDef] = {}
-        self._backend: Backend | None = None
-        self._open_lock = threading.Lock()
-        self._runtime: Runtime | None = None
-        self._queues: dict[str, Queue] = {}
-        self._queues_defined = False
+        config = load_config(overrides, config_file=config_file)
+        self._services = Services(config, clock or SYSTEM_CLOCK, self._definitions_class(), load_backend)
+        self._queues: dict[str, Queue] = {}  # app.queue declarations (their specs are in the definitions)
         self._schedules: dict[str, Schedule] = {}  # @app.scheduled (kit.schedules)
 
-    # -- lifecycle -------------------------------------------------------------------------------
+    # -- the parts handed down -----------------------------------------------------------------------
+    @property
+    def services(self) -> Services:
+        """What the engine, the worker runtime and the features use (never this object)."""
+        return self._services
+
+    @property
+    def config(self) -> Config:
+        return self._services.config
+
+    @config.setter
+    def config(self, value: Config) -> None:  # kit.testing swaps it before anything is open
+        self._services.config = value
+
+    @property
+    def clock(self) -> Clock:
+        """Workflow time: sleeps, timeouts, deadlines, cron ticks."""
+        return self._services.clock
+
+    @clock.setter
+    def clock(self, value: Clock) -> None:
+        self._services.clock = value
+
     @property
     def backend(self) -> Backend:
         """The opened storage backend (opened, and migrated if enabled, on first use)."""
-        if self._backend is None:
-            with self._open_lock:
-                if self._backend is None:
-                    backend = load_backend(self.config)
-                    backend.open()
-                    try:
-                        if self.config.migrate:
-                            backend.migrate()
-                    except BaseException:
-                        backend.close()
-                        raise
-                    self._backend = backend
-        return self._backend
+        return self._services.backend
 
     @property
     def runtime(self) -> Runtime:
-        if self._runtime is None:
-            with self._open_lock:
-                if self._runtime is None:
-                    self._runtime = Runtime(self)
-        return self._runtime
+        return self._services.runtime
 
     @property
     def worker_id(self) -> str:
         return self.runtime.worker_id
 
+    # What tools and tests look at without opening anything.
+    @property
+    def _backend(self) -> Backend | None:
+        return self._services.opened_backend
+
+    @property
+    def _runtime(self) -> Runtime | None:
+        return self._services.running
+
+    @property
+    def _workflows(self) -> dict[str, WorkflowDef]:
+        return self._services.definitions.workflows
+
+    @_workflows.setter
+    def _workflows(self, value: dict[str, WorkflowDef]) -> None:
+        self._services.definitions.workflows = value
+
+    @property
+    def _queues_defined(self) -> bool:
+        return self._services.definitions.queues_stored
+
+    @_queues_defined.setter
+    def _queues_defined(self, value: bool) -> None:
+        self._services.definitions.queues_stored = value
+
+    # -- lifecycle -------------------------------------------------------------------------------
     def launch(self) -> Kit:
         """Open the database and start claiming ready and orphaned workflows in the background."""
         self.backend  # noqa: B018 - open and migrate now, so errors surface here
         self._ensure_queues()
-        self.runtime.start_worker()
+        services = self._services
+        self.runtime.start_worker(lambda: schedules.start(services, list(self._schedules.values())))
         return self
 
     def run_worker(self, stop: threading.Event | None = None) -> None:
@@ -239,12 +155,7 @@ class Kit:
 
     def close(self, grace: float = 5.0) -> None:
         """Stop the worker, release unfinished leases so others take over at once, close connections."""
-        if self._runtime is not None:
-            self._runtime.stop(grace)
-            self._runtime = None
-        if self._backend is not None:
-            self._backend.close()
-            self._backend = None
+        self._services.close(grace)
 
     def __enter__(self) -> Kit:
         return self
@@ -264,17 +175,12 @@ class Kit:
         """Declare a durable workflow (``def`` or ``async def``). Calling the function runs it durably and
         returns its result. ``timeout``: seconds from submission after which a run is cancelled at its
         next step boundary (its children's deadlines are capped by it)."""
-        from kit.lifecycle import check_timeout
-
-        timeout = check_timeout(timeout, "timeout")
+        timeout = lifecycle.check_timeout(timeout, "timeout")
 
         def decorate(fn: F) -> F:
             wf_name = name or fn.__qualname__
-            existing = self._workflows.get(wf_name)
-            if existing is not None and existing.fn is not fn:
-                raise ConfigError(f"two workflows are named '{wf_name}': give one of them name=...")
+            self._services.definitions.add(WorkflowDef(wf_name, fn, timeout))  # ConfigError if the name is taken
             ser.register_types_from_hints(fn)
-            self._workflows[wf_name] = WorkflowDef(wf_name, fn, timeout)
 
             if inspect.iscoroutinefunction(fn):
                 @functools.wraps(fn)
@@ -320,6 +226,8 @@ class Kit:
         return self._step_decorator(name, opts)
 
     def _step_decorator(self, name: str | None, opts: StepOptions) -> Callable[[F], F]:
+        services = self._services  # the engine's parts, bound once: a step call costs no lookup here
+
         def decorate(fn: F) -> F:
             step_name = name or fn.__qualname__
             ser.register_types_from_hints(fn)
@@ -331,17 +239,17 @@ class Kit:
 
                 @functools.wraps(fn)
                 async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                    return await run_step_async(self, step_name, fn, opts, args, kwargs)
+                    return await run_step_async(services, step_name, fn, opts, args, kwargs)
 
                 async_wrapper.__kit_step__ = step_name  # type: ignore[attr-defined]
                 return async_wrapper  # type: ignore[return-value]
 
             @functools.wraps(fn)
             def wrapper(*args: Any, **kwargs: Any) -> Any:
-                if opts.transactional and not self.backend.capabilities.transactional_steps:
-                    raise UsageError(f"backend '{self.backend.name}' does not support transactional steps "
+                if opts.transactional and not services.backend.capabilities.transactional_steps:
+                    raise UsageError(f"backend '{services.backend.name}' does not support transactional steps "
                                      f"(step '{step_name}')")
-                return run_step(self, step_name, fn, opts, args, kwargs)
+                return run_step(services, step_name, fn, opts, args, kwargs)
 
             wrapper.__kit_step__ = step_name  # type: ignore[attr-defined]
             return wrapper  # type: ignore[return-value]
@@ -353,28 +261,17 @@ class Kit:
         """Declare a cron-scheduled workflow taking its tick (an aware datetime in ``tz``): worker processes
         run it exactly once per tick; ``catch_up`` ("latest", "none", "all") handles ticks missed while no
         worker ran. Invalid cron, time zone or options raise :class:`~kit.errors.CronError` here."""
-        from kit.schedules import scheduled
-
-        return scheduled(self, cron, tz=tz, name=name, queue=queue, catch_up=catch_up, max_catch_up=max_catch_up)
+        return schedules.scheduled(self._schedules, lambda wf_name, fn: self.workflow(name=wf_name)(fn), cron,
+                                   tz=tz, name=name, queue=queue, catch_up=catch_up, max_catch_up=max_catch_up)
 
     def workflow_names(self) -> list[str]:
-        return list(self._workflows)
+        return self._services.definitions.names()
 
     def workflow_definition(self, name: str) -> WorkflowDef:
-        try:
-            return self._workflows[name]
-        except KeyError:
-            raise UnknownWorkflowError(
-                f"workflow '{name}' is not registered in this application; known: {', '.join(self._workflows) or 'none'}"
-            ) from None
+        return self._services.definitions.get(name)
 
     def _resolve(self, fn: Callable[..., Any] | str) -> WorkflowDef:
-        if isinstance(fn, str):
-            return self.workflow_definition(fn)
-        name = getattr(fn, "__kit_workflow__", None)
-        if name is None:
-            raise UsageError(f"{getattr(fn, '__qualname__', fn)!r} is not a workflow: decorate it with @app.workflow()")
-        return self.workflow_definition(name)
+        return self._services.definitions.resolve(fn)
 
     # -- starting and retrieving ----------------------------------------------------------------------
     def start(self, fn: Callable[..., Any] | str, *args: Any, workflow_id: str | None = None,
@@ -385,16 +282,8 @@ class Kit:
         Inside a workflow this starts a child workflow with an id derived from the parent's step.
         ``workflow_timeout`` (seconds) overrides the workflow's declared timeout for this run.
         """
-        from kit.lifecycle import check_timeout, deadline_for
-
-        wf = self._resolve(fn)
-        timeout = check_timeout(workflow_timeout) if workflow_timeout is not None else wf.timeout
-        parent = current_context()
-        if parent is not None and parent.step is None:
-            return self._start_child(parent, wf, workflow_id, args, kwargs, timeout)
-        wid = validate_workflow_id(workflow_id) if workflow_id is not None else str(uuid.uuid4())
-        return self._create_and_run(wf, wid, args, kwargs, parent_id=None, inline=False,
-                                    deadline=deadline_for(self, timeout, None))
+        return starting.start(self._services, self._resolve(fn), args, kwargs, workflow_id=workflow_id,
+                              workflow_timeout=workflow_timeout)
 
     async def start_async(self, fn: Callable[..., Any] | str, *args: Any, workflow_id: str | None = None,
                           workflow_timeout: float | None = None, **kwargs: Any) -> WorkflowHandle:
@@ -404,123 +293,53 @@ class Kit:
         return await asyncio.to_thread(functools.partial(self.start, fn, *args, workflow_id=workflow_id,
                                                          workflow_timeout=workflow_timeout, **kwargs))
 
-    def _create_and_run(self, wf: WorkflowDef, wid: str, args: tuple, kwargs: dict, *, parent_id: str | None,
-                        inline: bool, deadline: float | None = None,
-                        parent_epoch: int | None = None) -> WorkflowHandle:
-        from kit.lifecycle import as_datetime
-
-        inputs = check_size(ser.encode_args(args, kwargs, what=f"inputs of workflow '{wf.name}'"), self.config,
-                            "max_input_bytes", f"inputs of workflow '{wf.name}'")
-        runtime = self.runtime
-        ctx = WorkflowContext(wid, wf.name, 1, deadline=deadline)
-        held = runtime.hold(wid, ctx)  # before the insert, so the heartbeat never mistakes it for a stray claim
-        if held is not ctx:  # this process already runs (or is starting) that id: never a second run
-            if held.name != wf.name:
-                raise WorkflowConflictError(
-                    f"workflow id {wid!r} already belongs to workflow '{held.name}', not '{wf.name}'"
-                )
-            return WorkflowHandle(self, wid)
-        try:
-            created = self.backend.workflow_create(NewWorkflow(
-                workflow_id=wid, name=wf.name, inputs=inputs, app_version=self.config.app_version,
-                owner=runtime.worker_id, lease_seconds=self.config.lease_seconds, parent_id=parent_id,
-                deadline=as_datetime(deadline), parent_epoch=parent_epoch,
-            ))
-        except BaseException:
-            runtime.drop(wid, ctx)
-            raise
-        if not created.created:
-            runtime.drop(wid, ctx)
-            if created.name != wf.name:
-                raise WorkflowConflictError(
-                    f"workflow id {wid!r} already belongs to workflow '{created.name}', not '{wf.name}'"
-                )
-            return WorkflowHandle(self, wid)
-        ctx.confirmed_at = time.monotonic()
-        future = runtime.submit_local(ctx, wf.fn, args, kwargs, dedicated=parent_id is not None)
-        return WorkflowHandle(self, wid, future)
-
-    def _start_child(self, parent: WorkflowContext, wf: WorkflowDef, workflow_id: str | None, args: tuple,
-                     kwargs: dict, timeout: float | None = None) -> WorkflowHandle:
-        """Start a child as a checkpointed step: a recovered parent re-attaches to the same child. The
-        child's deadline is the earlier of its own and its parent's."""
-        from kit.lifecycle import deadline_for
-
-        child_id = workflow_id or f"{parent.workflow_id}/{parent.peek_position()}"
-        validate_workflow_id(child_id)
-
-        def start_child() -> str:
-            self._create_and_run(wf, child_id, args, kwargs, parent_id=parent.workflow_id, inline=False,
-                                 deadline=deadline_for(self, timeout, parent), parent_epoch=parent.epoch)
-            return child_id
-
-        recorded = run_step(self, f"start:{wf.name}", start_child, StepOptions(), (), {})
-        return WorkflowHandle(self, recorded)
-
     def retrieve(self, workflow_id: str) -> WorkflowHandle:
         """A handle to an existing workflow; raises WorkflowNotFoundError when there is none."""
-        validate_workflow_id(workflow_id)
-        if self.backend.workflow_get(workflow_id) is None:
-            raise WorkflowNotFoundError(f"no workflow with id {workflow_id!r}")
-        return WorkflowHandle(self, workflow_id)
+        return starting.retrieve(self._services, workflow_id)
 
     def enqueue(self, fn: Callable[..., Any] | str, *args: Any, workflow_id: str | None = None,
                 priority: int = 0, workflow_timeout: float | None = None, **kwargs: Any) -> WorkflowHandle:
         """Submit a workflow to the default queue for any worker to run; idempotent by id."""
-        from kit.queues import submit
-
-        return submit(self, fn, args, kwargs, queue=None, workflow_id=workflow_id, priority=priority,
-                      workflow_timeout=workflow_timeout)
+        return queues.submit(self._services, fn, args, kwargs, queue=None, workflow_id=workflow_id,
+                             priority=priority, workflow_timeout=workflow_timeout)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def cancel(self, workflow_id: str) -> list[str]:
         """Cancel a workflow and its unfinished children: running ones stop at their next step boundary
         (no checkpoint commits after the cancel); returns the ids cancelled (empty if it had finished)."""
-        from kit import lifecycle
-
-        return lifecycle.cancel(self, workflow_id)
+        return lifecycle.cancel(self._services, workflow_id)
 
     def resume(self, workflow_id: str, *, timeout: float | None = None) -> WorkflowHandle:
         """Continue a CANCELLED or ERROR workflow from its last checkpoint (the step that failed runs
         again); ``timeout`` sets a new deadline (the old one is cleared)."""
-        from kit import lifecycle
-
-        return lifecycle.resume(self, workflow_id, timeout)
+        lifecycle.resume(self._services, workflow_id, timeout)
+        return WorkflowHandle(self._services, workflow_id)
 
     def fork(self, workflow_id: str, *, from_step: int, new_workflow_id: str | None = None,
              timeout: float | None = None) -> WorkflowHandle:
         """Start a new workflow with the same inputs that reuses the checkpoints of steps before
         ``from_step`` and runs the rest with this application's code."""
-        from kit import lifecycle
-
-        return lifecycle.fork(self, workflow_id, from_step, new_workflow_id, timeout)
+        return WorkflowHandle(self._services,
+                              lifecycle.fork(self._services, workflow_id, from_step, new_workflow_id, timeout))
 
     def gc(self, older_than: Any, *, batch_size: int = 1000, dry_run: bool = False) -> int:
         """Delete workflows finished more than ``older_than`` ago (timedelta, seconds, or '30d') in
         batches; never a pending or running one. Returns how many were deleted."""
-        from kit import lifecycle
-
-        return lifecycle.gc(self, older_than, batch_size=batch_size, dry_run=dry_run)
+        return lifecycle.gc(self._services, older_than, batch_size=batch_size, dry_run=dry_run)
 
     def patched(self, patch: str) -> bool:
         """Versioning marker: True in runs that reach this point with the patched code (recorded), False
         when replaying a run that passed this point before the patch existed."""
-        from kit.engine import patched
-
-        return patched(self, patch)
+        return patched(self._services, patch)
 
     def deprecate_patch(self, patch: str) -> None:
         """Replaces ``if app.patched(patch)`` once no pre-patch run remains: keeps runs that recorded
         the marker replayable after the check is removed."""
-        from kit.engine import deprecate_patch
-
         deprecate_patch(patch)
 
     @property
     def accepted_versions(self) -> list[str] | None:
         """Application versions whose workflows this app's worker replays (None: all)."""
-        from kit.lifecycle import accepted_versions
-
         return accepted_versions(self.config.app_version, self.config.compatible_versions)
 
     def queue(self, name: str, *, concurrency: int | None = None, worker_concurrency: int | None = None,
@@ -530,17 +349,12 @@ class Kit:
         (running at once, all workers), ``worker_concurrency`` (per worker process), ``rate_limit``
         ``(count, per_seconds)`` (starts per window), ``partition_concurrency`` (per partition key of a
         ``partitioned`` queue, whose tenants are served in turn)."""
-        from kit.queues import Queue, make_spec
-
         spec = make_spec(name, concurrency=concurrency, worker_concurrency=worker_concurrency,
                          partition_concurrency=partition_concurrency, rate_limit=rate_limit, priority=priority,
                          partitioned=partitioned)
-        existing = self._queues.get(name)
-        if existing is not None and existing.spec != spec:
-            raise ConfigError(f"queue {name!r} is declared twice with different settings")
-        queue = existing or Queue(self, spec)
+        self._services.definitions.declare_queue(spec)  # a different second declaration is a ConfigError
+        queue = self._queues.get(name) or Queue(self._services, spec)
         self._queues[name] = queue
-        self._queues_defined = False
         return queue
 
     def queues(self) -> list[Queue]:
@@ -548,78 +362,49 @@ class Kit:
 
     def _ensure_queues(self) -> None:
         """Store this app's queue declarations (once per process, and after new declarations)."""
-        if self._queues_defined:
-            return
-        for queue in list(self._queues.values()):
-            stored = self.backend.queue_get(queue.name)
-            if stored is not None and stored != queue.spec:
-                log.warning("queue %r: replacing the stored declaration %s with this application's %s; every "
-                            "worker enforces the stored limits from now on", queue.name, stored, queue.spec)
-            if stored != queue.spec:
-                self.backend.queue_define(queue.spec)
-        self._queues_defined = True
+        queues.ensure_declared(self._services)
 
-    # -- timers, messages, events ---------------------------------------------------------------------
+    # -- timers, messages, events, streams ------------------------------------------------------------
     def sleep(self, seconds: float) -> None:
         """Durable sleep: a recovered workflow sleeps only the remainder (``time.sleep`` outside one)."""
-        from kit import messaging
-
-        messaging.sleep(self, seconds)
+        messaging.sleep(self._services, seconds)
 
     async def sleep_async(self, seconds: float) -> None:
         """Durable sleep for async workflows: other tasks of the workflow run meanwhile."""
-        from kit import messaging
-
-        await messaging.sleep_async(self, seconds)
+        await messaging.sleep_async(self._services, seconds)
 
     async def recv_async(self, topic: str | None = None, timeout: float = 60.0) -> Any:
         """``recv`` for async workflows: other tasks of the workflow run while it waits."""
-        from kit import messaging
-
-        return await messaging.recv_async(self, topic, timeout)
+        return await messaging.recv_async(self._services, topic, timeout)
 
     def send(self, workflow_id: str, message: Any, topic: str | None = None) -> None:
         """Send a message to a workflow (idempotent when called from workflow code)."""
-        from kit import messaging
-
-        messaging.send(self, workflow_id, message, topic)
+        messaging.send(self._services, workflow_id, message, topic)
 
     def recv(self, topic: str | None = None, timeout: float = 60.0) -> Any:
         """In workflow code: the next message of ``topic`` (exactly once), or None after ``timeout``."""
-        from kit import messaging
-
-        return messaging.recv(self, topic, timeout)
+        return messaging.recv(self._services, topic, timeout)
 
     def set_event(self, key: str, value: Any) -> None:
         """In workflow code: publish ``value`` under ``key`` for other workflows and clients to read."""
-        from kit import messaging
-
-        messaging.set_event(self, key, value)
+        messaging.set_event(self._services, key, value)
 
     def get_event(self, workflow_id: str, key: str, timeout: float = 60.0) -> Any:
         """The latest value of a workflow's event, waiting up to ``timeout`` seconds; None if unset."""
-        from kit import messaging
-
-        return messaging.get_event(self, workflow_id, key, timeout)
+        return messaging.get_event(self._services, workflow_id, key, timeout)
 
     def write_stream(self, key: str, value: Any) -> None:
         """In workflow code: append ``value`` to this workflow's stream ``key`` (once, even across crashes)."""
-        from kit import streams
-
-        streams.write_stream(self, key, value)
+        streams.write_stream(self._services, key, value)
 
     def close_stream(self, key: str) -> None:
         """In workflow code: close this workflow's stream ``key``; readers end after its last value."""
-        from kit import streams
-
-        streams.close_stream(self, key)
+        streams.close_stream(self._services, key)
 
     def read_stream(self, workflow_id: str, key: str, *, timeout: float | None = 60.0) -> Iterator[Any]:
         """Iterate a workflow's stream in order until it is closed (or the workflow finished without
         closing it); WorkflowTimeoutError when nothing arrives for ``timeout`` seconds (None: no limit)."""
-        from kit import streams
-
-        return streams.read_stream(self, workflow_id, key, timeout)
+        return streams.read_stream(self._services, workflow_id, key, timeout)
 
 
 def _step_options(retries: int, backoff: float, initial_delay: float, max_delay: float, *,

@@ -11,6 +11,7 @@ import heapq
 import itertools
 import threading
 import time
+from contextvars import ContextVar, Token
 from datetime import datetime, timezone
 
 
@@ -43,6 +44,19 @@ class Clock:
 
 
 SYSTEM_CLOCK = Clock()
+
+# The workflow whose code runs in this thread or task (set by the engine around each run): a virtual
+# clock records it with every wait, so kit.testing can tell which workflows are blocked on the clock.
+_waiting_workflow: ContextVar[str | None] = ContextVar("kit_clock_workflow", default=None)
+
+
+def tag_waits(workflow_id: str) -> Token[str | None]:
+    """Attribute the clock waits of this thread or task (and tasks it creates) to ``workflow_id``."""
+    return _waiting_workflow.set(workflow_id)
+
+
+def untag_waits(token: Token[str | None]) -> None:
+    _waiting_workflow.reset(token)
 
 
 class _Waiter:
@@ -86,10 +100,7 @@ class VirtualClock(Clock):
         return self.wait_until(event, deadline)
 
     def wait_until(self, event: threading.Event | None, when: float, max_real: float | None = None) -> bool:
-        from kit.engine import current_context  # the workflow (if any) this wait belongs to
-
-        ctx = current_context()
-        waiter = _Waiter(when, ctx.workflow_id if ctx is not None else None)
+        waiter = _Waiter(when, _waiting_workflow.get())  # the workflow (if any) this wait belongs to
         give_up = None if max_real is None else time.monotonic() + max_real
         with self._cond:
             if self._now >= when:

@@ -24,6 +24,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from kit import demo_app
+from kit.client import Client
 from kit.config import redact_url
 from kit.errors import KitError
 from kit.storage import Status, WorkflowQuery
@@ -52,19 +54,15 @@ def _read_ledger(path: Path) -> list[dict[str, Any]]:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from kit.app import Kit
-
     console = Console()
     data_dir = Path(args.data_dir or os.environ.get("KIT_DATA_DIR") or ".kit")
-    app = Kit(database_url=args.database_url, schema=args.schema or DEMO_SCHEMA, data_dir=str(data_dir),
-              backend=args.backend, config_file=args.config, migrate=False)
-    from kit import demo_app
-
-    app._workflows = dict(demo_app.app._workflows)  # submit the demo app's workflows by name
+    # Submits the demo app's workflows by name; the worker processes run them.
+    app = Client(database_url=args.database_url, schema=args.schema or DEMO_SCHEMA, data_dir=str(data_dir),
+                 backend=args.backend, config_file=args.config, migrate=False)
     backend = app.backend
     url = getattr(backend, "url", None)
     schema = app.config.schema
-    _reset_schema(backend, schema)
+    backend.drop_schema()  # the demo owns its schema: each run starts from nothing, so the summary is this run's
     backend.migrate()
 
     run_dir = data_dir / "demo"
@@ -155,13 +153,6 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-def _reset_schema(backend: Any, schema: str) -> None:
-    """The demo owns its schema: start each run from nothing so the summary covers this run only."""
-    from psycopg import sql
-
-    backend._run(lambda c: c.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema))))
-
-
 def _in_flight(ledger: Path, steps_by_wf: dict[str, list]) -> list[str]:
     """Steps whose side effect happened but whose checkpoint has not committed yet."""
     done = {(wid, s.step_id) for wid, steps in steps_by_wf.items() for s in steps}
@@ -173,18 +164,17 @@ def _ledger_owner(ledger: Path) -> dict[tuple[str, int], int]:
 
 
 def _render(order_ids, rows, steps_by_wf, pids, events, owners) -> Group:
-    from kit.demo_app import STEPS
-
+    steps = demo_app.STEPS
     table = Table(title="orders", expand=False)
     table.add_column("order")
-    for name in STEPS:
+    for name in steps:
         table.add_column(name.replace("_", " "), justify="center")
     table.add_column("status")
     for oid in order_ids:
         rec = rows.get(oid)
         recorded = {s.step_id for s in steps_by_wf.get(oid, [])}
         cells = []
-        for i in range(len(STEPS)):
+        for i in range(len(steps)):
             who = pids.get(owners.get((oid, i), -1), "")
             if i in recorded:
                 cells.append(Text(f"✔ {who}", style="green" if who == "A" else "bold blue"))

@@ -1,6 +1,8 @@
 """Running workflows and steps: the execution context, replay, retries and checkpoints.
 
 The engine never touches SQL: every durable effect goes through a :class:`kit.storage.Backend` call.
+It sees only :class:`EngineServices` (the backend, the workflow clock and the configured limits), never
+the application object.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from kit import serialization as ser
+from kit.clock import Clock, tag_waits, untag_waits
+from kit.config import Config
 from kit.errors import (
     DatabaseUnavailableError,
     DeadlineExceededError,
@@ -29,13 +33,24 @@ from kit.errors import (
     TransientStorageError,
     UsageError,
 )
-from kit.storage import Finish, Status, StepRecord, StepResult
+from kit.storage import Backend, Finish, Status, StepRecord, StepResult
 from kit.validation import check_size
 
-if TYPE_CHECKING:
-    from kit.app import Kit
-
 log = logging.getLogger("kit.engine")
+
+
+class EngineServices(Protocol):
+    """What running a workflow and its steps uses: the opened backend (``backend`` is read once per step:
+    keep it an attribute or a cheap property), the workflow clock and the configuration (size limits)."""
+
+    @property
+    def backend(self) -> Backend: ...
+
+    @property
+    def clock(self) -> Clock: ...
+
+    @property
+    def config(self) -> Config: ...
 
 
 @dataclass(frozen=True)
@@ -241,7 +256,8 @@ def recorded_value(rec: StepRecord) -> Any:
     return ser.loads(rec.output, what=f"recorded output of step '{rec.name}'")
 
 
-def run_step(app: Kit, name: str, fn: Callable[..., Any], opts: StepOptions, args: tuple, kwargs: dict) -> Any:
+def run_step(services: EngineServices, name: str, fn: Callable[..., Any], opts: StepOptions, args: tuple,
+             kwargs: dict) -> Any:
     """Call a step from workflow code: replay it if recorded, else run it with retries and checkpoint."""
     ctx = _current.get()
     if ctx is None or ctx.step is not None:
@@ -252,17 +268,17 @@ def run_step(app: Kit, name: str, fn: Callable[..., Any], opts: StepOptions, arg
     step_id, rec = replay_or_reserve(ctx, name)
     if rec is not None:
         return recorded_value(rec)
-    ctx.check_deadline(app.clock.time())
+    ctx.check_deadline(services.clock.time())
     try:
         _crash_point(ctx, step_id, name, "before")
-        return _run_new_step(app, ctx, step_id, name, fn, opts, args, kwargs)
+        return _run_new_step(services, ctx, step_id, name, fn, opts, args, kwargs)
     except LeaseLostError:
         ctx.lost.set()  # even if workflow code swallows it, no later step of this run may start
         raise
 
 
-async def run_step_async(app: Kit, name: str, fn: Callable[..., Any], opts: StepOptions, args: tuple,
-                         kwargs: dict) -> Any:
+async def run_step_async(services: EngineServices, name: str, fn: Callable[..., Any], opts: StepOptions,
+                         args: tuple, kwargs: dict) -> Any:
     """``run_step`` for an ``async def`` step: the position is taken before the first ``await``, so
     steps gathered concurrently get the same positions on replay (their order of creation)."""
     ctx = _current.get()
@@ -271,18 +287,18 @@ async def run_step_async(app: Kit, name: str, fn: Callable[..., Any], opts: Step
     step_id, rec = replay_or_reserve(ctx, name)
     if rec is not None:
         return recorded_value(rec)
-    ctx.check_deadline(app.clock.time())
+    ctx.check_deadline(services.clock.time())
     try:
         _crash_point(ctx, step_id, name, "before")
-        return await _run_new_step_async(app, ctx, step_id, name, fn, opts, args, kwargs)
+        return await _run_new_step_async(services, ctx, step_id, name, fn, opts, args, kwargs)
     except LeaseLostError:
         ctx.lost.set()
         raise
 
 
-async def _run_new_step_async(app: Kit, ctx: WorkflowContext, step_id: int, name: str, fn: Callable[..., Any],
-                              opts: StepOptions, args: tuple, kwargs: dict) -> Any:
-    backend = app.backend
+async def _run_new_step_async(services: EngineServices, ctx: WorkflowContext, step_id: int, name: str,
+                              fn: Callable[..., Any], opts: StepOptions, args: tuple, kwargs: dict) -> Any:
+    backend = services.backend
     started = utc_now()
     attempt = 0
     while True:
@@ -291,14 +307,14 @@ async def _run_new_step_async(app: Kit, ctx: WorkflowContext, step_id: int, name
         try:
             value = await fn(*args, **kwargs)
             ctx.step = None
-            text = check_size(ser.dumps(value, what=f"output of step '{name}'"), app.config, "max_output_bytes",
+            text = check_size(ser.dumps(value, what=f"output of step '{name}'"), services.config, "max_output_bytes",
                               f"output of step '{name}'")
         except LeaseLostError:
             raise
         except Exception as exc:  # noqa: BLE001 - a user step may raise anything
             ctx.step = None
-            delay = _after_failure(app, ctx, step_id, name, opts, attempt, started, exc)
-            await asyncio.to_thread(retry_wait, app, ctx, delay)
+            delay = _after_failure(services, ctx, step_id, name, opts, attempt, started, exc)
+            await asyncio.to_thread(retry_wait, services, ctx, delay)
             continue
         finally:
             ctx.step = None
@@ -310,7 +326,7 @@ async def _run_new_step_async(app: Kit, ctx: WorkflowContext, step_id: int, name
         return value
 
 
-def patched(app: Kit, patch: str) -> bool:
+def patched(services: EngineServices, patch: str) -> bool:
     """True when this workflow runs the code after patch ``patch``: new runs record a marker at this
     position; replays of runs that reached this position before the patch existed get False."""
     ctx = _current.get()
@@ -326,7 +342,7 @@ def patched(app: Kit, patch: str) -> bool:
         ctx.path_next[path] = n + 1
         ctx.next_step = max(ctx.next_step, rec.step_id + 1)
         return True
-    run_step(app, marker, lambda: True, StepOptions(), (), {})
+    run_step(services, marker, lambda: True, StepOptions(), (), {})
     return True
 
 
@@ -344,10 +360,10 @@ def deprecate_patch(patch: str) -> None:
         ctx.next_step = max(ctx.next_step, rec.step_id + 1)
 
 
-def _run_new_step(app: Kit, ctx: WorkflowContext, step_id: int, name: str, fn: Callable[..., Any],
+def _run_new_step(services: EngineServices, ctx: WorkflowContext, step_id: int, name: str, fn: Callable[..., Any],
                   opts: StepOptions, args: tuple, kwargs: dict) -> Any:
     """Run a step that has no checkpoint yet: attempts with backoff, then record output or error."""
-    backend = app.backend
+    backend = services.backend
     started = utc_now()
     attempt = 0
     storage_retries = 0
@@ -360,7 +376,7 @@ def _run_new_step(app: Kit, ctx: WorkflowContext, step_id: int, name: str, fn: C
                 base = StepResult(ctx.workflow_id, step_id, stored_name(name), ctx.epoch, attempts=attempt, started_at=started)
                 with backend.step_transaction(base) as tx:
                     value = fn(tx.connection, *args, **kwargs)
-                    text = check_size(ser.dumps(value, what=f"output of step '{name}'"), app.config,
+                    text = check_size(ser.dumps(value, what=f"output of step '{name}'"), services.config,
                                       "max_output_bytes", f"output of step '{name}'")
                     ctx.step = None
                     _crash_point(ctx, step_id, name, "after")  # a simulated crash rolls the step back
@@ -369,7 +385,7 @@ def _run_new_step(app: Kit, ctx: WorkflowContext, step_id: int, name: str, fn: C
             else:
                 value = fn(*args, **kwargs)
                 ctx.step = None
-                text = check_size(ser.dumps(value, what=f"output of step '{name}'"), app.config, "max_output_bytes",
+                text = check_size(ser.dumps(value, what=f"output of step '{name}'"), services.config, "max_output_bytes",
                                   f"output of step '{name}'")
                 record = None
         except LeaseLostError:
@@ -385,7 +401,7 @@ def _run_new_step(app: Kit, ctx: WorkflowContext, step_id: int, name: str, fn: C
             continue
         except Exception as exc:  # noqa: BLE001 - a user step may raise anything
             ctx.step = None
-            retry_wait(app, ctx, _after_failure(app, ctx, step_id, name, opts, attempt, started, exc))
+            retry_wait(services, ctx, _after_failure(services, ctx, step_id, name, opts, attempt, started, exc))
             continue
         finally:
             ctx.step = None
@@ -399,8 +415,8 @@ def _run_new_step(app: Kit, ctx: WorkflowContext, step_id: int, name: str, fn: C
         return value
 
 
-def _after_failure(app: Kit, ctx: WorkflowContext, step_id: int, name: str, opts: StepOptions, attempt: int,
-                   started: datetime, exc: Exception) -> float:
+def _after_failure(services: EngineServices, ctx: WorkflowContext, step_id: int, name: str, opts: StepOptions,
+                   attempt: int, started: datetime, exc: Exception) -> float:
     """A step attempt raised ``exc``: return the delay before the next attempt, or record the error as the
     step's checkpoint and re-raise (the database being away records nothing: recovery runs it again)."""
     retryable = not isinstance(exc, (SerializationError, StorageError, NonDeterminismError))
@@ -412,19 +428,19 @@ def _after_failure(app: Kit, ctx: WorkflowContext, step_id: int, name: str, opts
     if isinstance(exc, (DatabaseUnavailableError, TransientStorageError)):
         raise exc
     error = ser.dumps(ser.exception_to_record(exc), what="step error")
-    app.backend.step_record(StepResult(ctx.workflow_id, step_id, stored_name(name), ctx.epoch, error=error,
+    services.backend.step_record(StepResult(ctx.workflow_id, step_id, stored_name(name), ctx.epoch, error=error,
                                        attempts=attempt, started_at=started))
     raise exc
 
 
-def retry_wait(app: Kit, ctx: WorkflowContext, delay: float) -> None:
+def retry_wait(services: EngineServices, ctx: WorkflowContext, delay: float) -> None:
     """Back off before a step's next attempt: on the app clock, ending early (and raising) when the lease
     is lost or the workflow's deadline comes first."""
-    until = app.clock.time() + delay
+    until = services.clock.time() + delay
     end = until if ctx.deadline is None else min(until, ctx.deadline)
-    if app.clock.wait_until(ctx.lost, end):
+    if services.clock.wait_until(ctx.lost, end):
         ctx.check_lease()
-    ctx.check_deadline(app.clock.time())
+    ctx.check_deadline(services.clock.time())
 
 
 def _pause(ctx: WorkflowContext, seconds: float) -> None:
@@ -433,31 +449,34 @@ def _pause(ctx: WorkflowContext, seconds: float) -> None:
         ctx.check_lease()
 
 
-def execute(app: Kit, ctx: WorkflowContext, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Outcome:
+def execute(services: EngineServices, ctx: WorkflowContext, fn: Callable[..., Any], args: tuple,
+            kwargs: dict) -> Outcome:
     """Run a workflow function under ``ctx`` to its end and record the terminal status (fenced)."""
     try:
-        return _execute(app, ctx, fn, args, kwargs)
+        return _execute(services, ctx, fn, args, kwargs)
     finally:
         ctx.ended.set()
         if ctx.task_children:  # an async run that created tasks: wake any of their waits still pending
             ctx.lost.set()
 
 
-def _execute(app: Kit, ctx: WorkflowContext, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Outcome:
+def _execute(services: EngineServices, ctx: WorkflowContext, fn: Callable[..., Any], args: tuple,
+             kwargs: dict) -> Outcome:
     token = _current.set(ctx)
+    waits = tag_waits(ctx.workflow_id)  # a virtual clock tells which workflows wait on it (kit.testing)
     status = Status.SUCCESS
     output: str | None = None
     error: str | None = None
     try:
         if ctx.deadline is not None and not ctx.steps:
-            ctx.check_deadline(app.clock.time())  # queued past its deadline: never start it
+            ctx.check_deadline(services.clock.time())  # queued past its deadline: never start it
         result = fn(*args, **kwargs)
         if inspect.isawaitable(result):
             result = _run_async(ctx, result)  # an async workflow: its own event loop on this thread
         if ctx.deadline_hit:
             raise DeadlineExceededError(f"workflow {ctx.workflow_id}: deadline passed")
         try:
-            output = check_size(ser.dumps(result, what=f"result of workflow '{ctx.name}'"), app.config,
+            output = check_size(ser.dumps(result, what=f"result of workflow '{ctx.name}'"), services.config,
                                 "max_output_bytes", f"result of workflow '{ctx.name}'")
         except SerializationError as exc:
             status, error = Status.ERROR, ser.dumps(ser.exception_to_record(exc))
@@ -473,7 +492,7 @@ def _execute(app: Kit, ctx: WorkflowContext, fn: Callable[..., Any], args: tuple
     except BaseException as exc:  # noqa: BLE001 - anything the workflow raises ends it in ERROR
         if not isinstance(exc, Exception):
             raise
-        if ctx.deadline_hit or (ctx.deadline is not None and app.clock.time() >= ctx.deadline):
+        if ctx.deadline_hit or (ctx.deadline is not None and services.clock.time() >= ctx.deadline):
             # Its deadline passed: whatever failed meanwhile (a child cancelled by the same deadline, a
             # cleanup after DeadlineExceededError), the workflow ends as cancelled by its deadline.
             status, error = Status.CANCELLED, ser.dumps(ser.exception_to_record(
@@ -481,13 +500,14 @@ def _execute(app: Kit, ctx: WorkflowContext, fn: Callable[..., Any], args: tuple
         else:
             status, error = Status.ERROR, ser.dumps(ser.exception_to_record(exc))
     finally:
+        untag_waits(waits)
         _current.reset(token)
     if ctx.lost.is_set():
         log.warning("abandoning workflow %s: lease lost before it finished", ctx.workflow_id)
         return Outcome(None)
     ctx.finishing = True
     try:
-        done = app.backend.workflow_finish(Finish(ctx.workflow_id, ctx.epoch, status, output, error))
+        done = services.backend.workflow_finish(Finish(ctx.workflow_id, ctx.epoch, status, output, error))
     except StorageError as exc:
         log.error("could not record the end of workflow %s: %s", ctx.workflow_id, exc)
         return Outcome(None)

@@ -1,8 +1,9 @@
-"""Workflow lifecycle: deadlines, cancel, resume, fork, retention and version compatibility.
+"""Workflow lifecycle: deadlines, cancel, resume, fork and retention, by workflow id.
 
 Every operation is one backend call (one transaction): a cancel fences the running owner off by bumping
 the lease epoch, so no checkpoint commits after it; resume and fork only ever make work PENDING for a
 worker to claim; retention deletes finished workflows in bounded batches and never touches live ones.
+Which application versions a worker replays is :mod:`kit.runtime.versions`.
 """
 
 from __future__ import annotations
@@ -10,17 +11,17 @@ from __future__ import annotations
 import logging
 import math
 import re
+import uuid
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kit import serialization as ser
+from kit.clock import Clock
+from kit.engine import WorkflowContext
 from kit.errors import UsageError, WorkflowCancelledError
+from kit.services import Services
 from kit.storage import ForkRequest
 from kit.validation import validate_workflow_id
-
-if TYPE_CHECKING:
-    from kit.app import Kit, WorkflowHandle
-    from kit.engine import WorkflowContext
 
 log = logging.getLogger("kit.lifecycle")
 
@@ -41,10 +42,10 @@ def check_timeout(value: object, what: str = "workflow_timeout") -> float | None
     return float(value)
 
 
-def deadline_for(app: Kit, timeout: float | None, parent: WorkflowContext | None) -> float | None:
+def deadline_for(clock: Clock, timeout: float | None, parent: WorkflowContext | None) -> float | None:
     """The absolute deadline (UNIX time, app clock) of a new workflow: its own timeout from now, capped
     by its parent's deadline (deadlines propagate to children)."""
-    own = None if timeout is None else app.clock.time() + timeout
+    own = None if timeout is None else clock.time() + timeout
     inherited = parent.deadline if parent is not None else None
     if own is None:
         return inherited
@@ -55,42 +56,37 @@ def as_datetime(deadline: float | None) -> datetime | None:
     return None if deadline is None else datetime.fromtimestamp(deadline, timezone.utc)
 
 
-def cancel(app: Kit, workflow_id: str) -> list[str]:
+def cancel(services: Services, workflow_id: str) -> list[str]:
     """Cancel a workflow and its unfinished children; returns the ids cancelled (empty when it had
     already finished). Running ones stop at their next step boundary, waits end at once here."""
     validate_workflow_id(workflow_id)
     record = ser.exception_to_record(WorkflowCancelledError(workflow_id, "WorkflowCancelledError",
                                                             "cancelled by request"))
     record["message"] = "cancelled by request"
-    ids = app.backend.workflow_cancel(workflow_id, ser.dumps(record))
+    ids = services.backend.workflow_cancel(workflow_id, ser.dumps(record))
     # Workflows of ours stop now rather than at the next heartbeat; others' at their next checkpoint.
-    if app._runtime is not None:
-        app._runtime.abandon(ids)
+    runtime = services.running
+    if runtime is not None:
+        runtime.abandon(ids)
     if ids:
         log.info("cancelled %s", ", ".join(ids))
     return ids
 
 
-def resume(app: Kit, workflow_id: str, timeout: float | None = None) -> WorkflowHandle:
+def resume(services: Services, workflow_id: str, timeout: float | None = None) -> None:
     """Make a CANCELLED or ERROR workflow run again from its last checkpoint (a final step error is
     dropped so that step runs again); its cancelled children resume with it."""
-    from kit.app import WorkflowHandle
-
     validate_workflow_id(workflow_id)
     timeout = check_timeout(timeout, "timeout")
-    deadline = as_datetime(deadline_for(app, timeout, None))
-    app.backend.workflow_resume(workflow_id, deadline)
-    return WorkflowHandle(app, workflow_id)
+    deadline = as_datetime(deadline_for(services.clock, timeout, None))
+    services.backend.workflow_resume(workflow_id, deadline)
 
 
-def fork(app: Kit, workflow_id: str, from_step: int, new_id: str | None = None,
-         timeout: float | None = None) -> WorkflowHandle:
+def fork(services: Services, workflow_id: str, from_step: int, new_id: str | None = None,
+         timeout: float | None = None) -> str:
     """Start a new workflow with ``workflow_id``'s name and inputs that reuses its checkpoints of steps
-    before ``from_step`` and runs the rest anew (with this application's code and version)."""
-    import uuid
-
-    from kit.app import WorkflowHandle
-
+    before ``from_step`` and runs the rest anew (with this application's code and version); returns the
+    new workflow's id."""
     validate_workflow_id(workflow_id)
     if isinstance(from_step, bool) or not isinstance(from_step, int) or from_step < 0:
         raise UsageError(f"from_step must be a step number >= 0, got {from_step!r}")
@@ -98,9 +94,9 @@ def fork(app: Kit, workflow_id: str, from_step: int, new_id: str | None = None,
     if target == workflow_id:
         raise UsageError("a fork needs a new workflow id, not the id of the workflow it copies")
     timeout = check_timeout(timeout, "timeout")
-    app.backend.workflow_fork(ForkRequest(workflow_id, target, from_step, app.config.app_version,
-                                          as_datetime(deadline_for(app, timeout, None))))
-    return WorkflowHandle(app, target)
+    services.backend.workflow_fork(ForkRequest(workflow_id, target, from_step, services.config.app_version,
+                                               as_datetime(deadline_for(services.clock, timeout, None))))
+    return target
 
 
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
@@ -125,45 +121,17 @@ def parse_age(value: Any) -> float:
     return seconds
 
 
-def gc(app: Kit, older_than: Any, *, batch_size: int = 1000, dry_run: bool = False) -> int:
+def gc(services: Services, older_than: Any, *, batch_size: int = 1000, dry_run: bool = False) -> int:
     """Delete workflows finished more than ``older_than`` ago, in batches of ``batch_size`` (each its
     own short transaction); never one that is pending or running. Returns how many were deleted."""
     age = parse_age(older_than)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= 100_000:
         raise UsageError(f"batch_size must be an integer between 1 and 100000, got {batch_size!r}")
     if dry_run:
-        return app.backend.workflow_gc(age, 10_000_000, dry_run=True)
+        return services.backend.workflow_gc(age, 10_000_000, dry_run=True)
     total = 0
     while True:  # until a batch finds nothing: deleting parents frees their children for the next batch
-        n = app.backend.workflow_gc(age, batch_size)
+        n = services.backend.workflow_gc(age, batch_size)
         total += n
         if n == 0:
             return total
-
-
-def accepted_versions(app_version: str | None, compatible: str | None) -> list[str] | None:
-    """Which recorded app versions a worker replays: None (all) for an unversioned app, else its own
-    version plus the declared compatible ones ('*' accepts all). Unversioned work is always accepted."""
-    if app_version is None:
-        return None
-    extra = [v.strip() for v in (compatible or "").split(",") if v.strip()]
-    if "*" in extra:
-        return None
-    return [app_version, *[v for v in extra if v != app_version]]
-
-
-def warn_stranded(app: Kit) -> dict[str, int]:
-    """Log (and return) unfinished work of versions this worker will not replay: after a deploy, that
-    work waits for a worker of its version or for ``compatible_versions`` to include it."""
-    versions = accepted_versions(app.config.app_version, app.config.compatible_versions)
-    if versions is None:
-        return {}
-    counts = app.backend.workflow_version_counts()
-    stranded = {v: n for v, n in counts.items() if v is not None and v not in versions}
-    if stranded:
-        listing = ", ".join(f"{v!r}: {n}" for v, n in sorted(stranded.items()))
-        log.warning("unfinished workflows of other application versions wait for a compatible worker (%s); "
-                    "this worker (app_version %r) replays %s. Keep a worker of those versions running, or "
-                    "declare them in compatible_versions once this code can replay them (docs/lifecycle.md)",
-                    listing, app.config.app_version, ", ".join(repr(v) for v in versions))
-    return stranded

@@ -11,17 +11,22 @@ from __future__ import annotations
 import asyncio
 import math
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kit import serialization as ser
-from kit.engine import StepOptions, current_context, replay_or_reserve, run_step, stored_name, utc_now
+from kit.engine import (
+    StepOptions,
+    WorkflowContext,
+    current_context,
+    replay_or_reserve,
+    run_step,
+    stored_name,
+    utc_now,
+)
 from kit.errors import LeaseLostError, UsageError, WorkflowNotFoundError
+from kit.services import Services
 from kit.storage import StepResult
 from kit.validation import check_size, validate_key, validate_topic, validate_workflow_id
-
-if TYPE_CHECKING:
-    from kit.app import Kit
-    from kit.engine import WorkflowContext
 
 _MAX_WAIT = 366 * 24 * 3600.0  # a year: longer waits are almost certainly a unit mistake
 
@@ -44,47 +49,47 @@ def _workflow_ctx(operation: str) -> WorkflowContext:
     return ctx
 
 
-def _recorded_deadline(app: Kit, ctx: WorkflowContext, name: str, seconds: float) -> float:
+def _recorded_deadline(services: Services, ctx: WorkflowContext, name: str, seconds: float) -> float:
     """Record (or replay) an absolute deadline as a step; returns it as a UNIX time."""
-    return run_step(app, name, lambda: app.clock.time() + seconds, StepOptions(), (), {})
+    return run_step(services, name, lambda: services.clock.time() + seconds, StepOptions(), (), {})
 
 
-def _pause(app: Kit, ctx: WorkflowContext, until: float) -> None:
+def _pause(services: Services, ctx: WorkflowContext, until: float) -> None:
     """Wait until the UNIX time ``until`` on the app's clock, abandoning at once if the lease is lost
     and ending the workflow (DeadlineExceededError) if its deadline comes first."""
     end = until if ctx.deadline is None else min(until, ctx.deadline)
-    if app.clock.wait_until(ctx.lost, end):
+    if services.clock.wait_until(ctx.lost, end):
         ctx.check_lease()
-    ctx.check_deadline(app.clock.time())  # also when both passed (e.g. recovered after a long outage)
+    ctx.check_deadline(services.clock.time())  # also when both passed (e.g. recovered after a long outage)
 
 
-def sleep(app: Kit, seconds: float) -> None:
+def sleep(services: Services, seconds: float) -> None:
     """Durable sleep: in a workflow the wake time is checkpointed first, so after a crash and recovery the
     workflow sleeps only what remains. Outside a workflow it is ``time.sleep``."""
     seconds = _check_timeout("sleep seconds", seconds)
     ctx = current_context()
     if ctx is None or ctx.step is not None:
-        app.clock.wait(None, seconds)
+        services.clock.wait(None, seconds)
         return
-    wake_at = _recorded_deadline(app, ctx, "sleep", seconds)
-    _pause(app, ctx, wake_at)
+    wake_at = _recorded_deadline(services, ctx, "sleep", seconds)
+    _pause(services, ctx, wake_at)
 
 
-def send(app: Kit, workflow_id: str, message: Any, topic: str | None = None) -> None:
+def send(services: Services, workflow_id: str, message: Any, topic: str | None = None) -> None:
     """Send ``message`` (JSON-serializable, not None) to a workflow. From workflow code the send is a
     step with an idempotency key, so a replay or a re-run after a crash never sends twice."""
     validate_workflow_id(workflow_id)
     topic_ = _check_topic(topic)
     if message is None:
         raise UsageError("a message must not be None (recv returns None for 'no message')")
-    body = check_size(ser.dumps(message, what=f"message to workflow {workflow_id}"), app.config,
+    body = check_size(ser.dumps(message, what=f"message to workflow {workflow_id}"), services.config,
                       "max_message_bytes", f"message to workflow {workflow_id}")
     ctx = current_context()
 
     def deliver(sender_key: str | None) -> None:
         sender = (ctx.workflow_id, ctx.epoch) if ctx is not None else None
         try:
-            delivered = app.backend.message_send(workflow_id, topic_, body, sender_key, sender)
+            delivered = services.backend.message_send(workflow_id, topic_, body, sender_key, sender)
         except LeaseLostError:
             if ctx is not None:
                 ctx.lost.set()
@@ -105,52 +110,52 @@ def send(app: Kit, workflow_id: str, message: Any, topic: str | None = None) -> 
         info = ctx.step
         deliver(info.idempotency_key if info else uuid.uuid4().hex)
 
-    run_step(app, f"send:{workflow_id}", step, StepOptions(), (), {})
+    run_step(services, f"send:{workflow_id}", step, StepOptions(), (), {})
 
 
-def recv(app: Kit, topic: str | None = None, timeout: float = 60.0) -> Any:
+def recv(services: Services, topic: str | None = None, timeout: float = 60.0) -> Any:
     """Receive the next message of ``topic`` sent to this workflow, waiting up to ``timeout`` seconds;
     None when none came. Each message is received at most once; the timeout itself is durable."""
-    begun = _recv_begin(app, topic, timeout)
-    return begun[0] if len(begun) == 1 else _recv_wait(app, *begun)
+    begun = _recv_begin(services, topic, timeout)
+    return begun[0] if len(begun) == 1 else _recv_wait(services, *begun)
 
 
-async def recv_async(app: Kit, topic: str | None = None, timeout: float = 60.0) -> Any:
+async def recv_async(services: Services, topic: str | None = None, timeout: float = 60.0) -> Any:
     """``recv`` for async workflows: positions are taken at once, the wait runs on a thread."""
-    begun = _recv_begin(app, topic, timeout)
+    begun = _recv_begin(services, topic, timeout)
     if len(begun) == 1:
         return begun[0]
-    return await asyncio.to_thread(_recv_wait, app, *begun)
+    return await asyncio.to_thread(_recv_wait, services, *begun)
 
 
-async def sleep_async(app: Kit, seconds: float) -> None:
+async def sleep_async(services: Services, seconds: float) -> None:
     """``sleep`` for async workflows: the wake time is recorded at once, the wait runs on a thread."""
     seconds = _check_timeout("sleep seconds", seconds)
     ctx = current_context()
     if ctx is None or ctx.step is not None:
-        await asyncio.to_thread(app.clock.wait, None, seconds)
+        await asyncio.to_thread(services.clock.wait, None, seconds)
         return
-    wake_at = _recorded_deadline(app, ctx, "sleep", seconds)
-    await asyncio.to_thread(_pause, app, ctx, wake_at)
+    wake_at = _recorded_deadline(services, ctx, "sleep", seconds)
+    await asyncio.to_thread(_pause, services, ctx, wake_at)
 
 
-def _recv_begin(app: Kit, topic: str | None, timeout: float) -> tuple:
+def _recv_begin(services: Services, topic: str | None, timeout: float) -> tuple:
     """Validate, record the deadline and take recv's step position: (replayed value,) or wait args."""
     timeout = _check_timeout("recv timeout", timeout)
     topic_ = _check_topic(topic)
     ctx = _workflow_ctx("recv()")
     name = f"recv:{topic_}"
-    deadline = _recorded_deadline(app, ctx, "recv.deadline", timeout)
+    deadline = _recorded_deadline(services, ctx, "recv.deadline", timeout)
     step_id, rec = replay_or_reserve(ctx, name)
     if rec is not None:
         return (ser.loads(rec.output, what="received message"),)
     return ctx, name, topic_, deadline, step_id
 
 
-def _recv_wait(app: Kit, ctx: WorkflowContext, name: str, topic_: str, deadline: float, step_id: int) -> Any:
+def _recv_wait(services: Services, ctx: WorkflowContext, name: str, topic_: str, deadline: float, step_id: int) -> Any:
     started = utc_now()
-    backend = app.backend
-    with app.runtime.notifier.watch("m:" + ctx.workflow_id) as watch:
+    backend = services.backend
+    with services.runtime.notifier.watch("m:" + ctx.workflow_id) as watch:
         while True:
             step = StepResult(ctx.workflow_id, step_id, stored_name(name), ctx.epoch, started_at=started)
             try:
@@ -160,12 +165,12 @@ def _recv_wait(app: Kit, ctx: WorkflowContext, name: str, topic_: str, deadline:
                 raise
             if got is not None:
                 return ser.loads(got.output, what="received message")
-            now = app.clock.time()
+            now = services.clock.time()
             ctx.check_deadline(now)
             if now >= deadline:
                 break
             end = deadline if ctx.deadline is None else min(deadline, ctx.deadline)
-            app.clock.wait_until(watch.event, end, max_real=app.runtime.notifier.poll)
+            services.clock.wait_until(watch.event, end, max_real=services.runtime.notifier.poll)
             watch.event.clear()
             ctx.check_lease()
     try:
@@ -177,24 +182,24 @@ def _recv_wait(app: Kit, ctx: WorkflowContext, name: str, topic_: str, deadline:
     return ser.loads(record.output, what="received message")
 
 
-def set_event(app: Kit, key: str, value: Any) -> None:
+def set_event(services: Services, key: str, value: Any) -> None:
     """Publish ``value`` under ``key`` for this workflow; readers see the latest value set by a
     committed step."""
     _check_key("event key", key)
-    text = check_size(ser.dumps(value, what=f"event {key!r}"), app.config, "max_event_bytes", f"event {key!r}")
+    text = check_size(ser.dumps(value, what=f"event {key!r}"), services.config, "max_event_bytes", f"event {key!r}")
     ctx = _workflow_ctx("set_event()")
     step_id, rec = replay_or_reserve(ctx, f"set_event:{key}")
     if rec is not None:
         return
     try:
-        app.backend.event_set(StepResult(ctx.workflow_id, step_id, stored_name(f"set_event:{key}"), ctx.epoch, output=text,
+        services.backend.event_set(StepResult(ctx.workflow_id, step_id, stored_name(f"set_event:{key}"), ctx.epoch, output=text,
                                          started_at=utc_now()), key)
     except LeaseLostError:
         ctx.lost.set()
         raise
 
 
-def get_event(app: Kit, workflow_id: str, key: str, timeout: float = 60.0) -> Any:
+def get_event(services: Services, workflow_id: str, key: str, timeout: float = 60.0) -> Any:
     """The latest value of another workflow's event ``key``, waiting up to ``timeout`` seconds for it to
     be set; None if it is not set by then. In workflow code the value read is checkpointed."""
     validate_workflow_id(workflow_id)
@@ -206,22 +211,22 @@ def get_event(app: Kit, workflow_id: str, key: str, timeout: float = 60.0) -> An
     def read() -> Any:
         # On the app's clock (a virtual one skips the wait in tests); a waiting workflow stops when its
         # lease is lost (cancelled, taken over) or its deadline comes.
-        end = app.clock.time() + timeout
-        with app.runtime.notifier.watch("e:" + workflow_id) as watch:
+        end = services.clock.time() + timeout
+        with services.runtime.notifier.watch("e:" + workflow_id) as watch:
             while True:
-                text = app.backend.event_get(workflow_id, key)
+                text = services.backend.event_get(workflow_id, key)
                 if text is not None:
                     return ser.loads(text, what=f"event {key!r} of workflow {workflow_id}")
-                now = app.clock.time()
+                now = services.clock.time()
                 if ctx is not None:
                     ctx.check_lease()
                     ctx.check_deadline(now)
                 if now >= end:
                     return None
                 until = end if ctx is None or ctx.deadline is None else min(end, ctx.deadline)
-                app.clock.wait_until(watch.event, until, max_real=app.runtime.notifier.poll)
+                services.clock.wait_until(watch.event, until, max_real=services.runtime.notifier.poll)
                 watch.event.clear()
 
     if ctx is None or ctx.step is not None:
         return read()
-    return run_step(app, f"get_event:{workflow_id}:{key}", read, StepOptions(), (), {})
+    return run_step(services, f"get_event:{workflow_id}:{key}", read, StepOptions(), (), {})

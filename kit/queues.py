@@ -9,17 +9,22 @@ window in a snapshot taken after that lock, and never start more than the limits
 
 from __future__ import annotations
 
+import logging
+import math
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kit import serialization as ser
+from kit.engine import StepOptions, current_context, run_step
 from kit.errors import ConfigError, UsageError, WorkflowConflictError, WorkflowDuplicateError
+from kit.handle import WorkflowHandle
+from kit.lifecycle import as_datetime, check_timeout, deadline_for
+from kit.services import Services
 from kit.storage import NewWorkflow, QueueSpec
-from kit.validation import check_size, validate_key, validate_queue_name
+from kit.validation import check_size, validate_key, validate_queue_name, validate_workflow_id
 
-if TYPE_CHECKING:
-    from kit.app import Kit, WorkflowHandle
+log = logging.getLogger("kit")
 
 DEFAULT_QUEUE = "default"
 
@@ -62,8 +67,8 @@ def make_spec(name: str, *, concurrency: int | None, worker_concurrency: int | N
 class Queue:
     """A declared queue; ``enqueue`` submits workflows to it."""
 
-    def __init__(self, app: Kit, spec: QueueSpec) -> None:
-        self.app = app
+    def __init__(self, services: Services, spec: QueueSpec) -> None:
+        self._services = services
         self.spec = spec
 
     @property
@@ -92,7 +97,7 @@ class Queue:
             raise UsageError(f"queue {spec.name!r} is partitioned: give partition_key= (a non-empty string)")
         if not spec.partitioned and partition_key is not None:
             raise UsageError(f"queue {spec.name!r} is not partitioned: partition_key= is not accepted")
-        return submit(self.app, fn, args, kwargs, queue=spec.name, workflow_id=workflow_id, dedup_id=dedup_id,
+        return submit(self._services, fn, args, kwargs, queue=spec.name, workflow_id=workflow_id, dedup_id=dedup_id,
                       priority=priority or 0, delay=delay, partition_key=partition_key, if_duplicate=if_duplicate,
                       workflow_timeout=workflow_timeout)
 
@@ -100,8 +105,6 @@ class Queue:
 def check_submit_options(*, priority: int, delay: float | None, dedup_id: str | None, partition_key: str | None,
                          if_duplicate: str) -> None:
     """Validate enqueue options (shared by every way of submitting); UsageError names the option."""
-    import math
-
     if isinstance(priority, bool) or not isinstance(priority, int):
         raise UsageError(f"priority must be an integer, got {priority!r}")
     if delay is not None and (isinstance(delay, bool) or not isinstance(delay, (int, float))
@@ -115,17 +118,30 @@ def check_submit_options(*, priority: int, delay: float | None, dedup_id: str | 
         raise UsageError(f"if_duplicate must be 'error' or 'existing', got {if_duplicate!r}")
 
 
-def submit(app: Kit, fn: Callable[..., Any] | str, args: tuple, kwargs: dict, *, queue: str | None,
+def ensure_declared(services: Services) -> None:
+    """Store the application's queue declarations (once per process, and after new declarations): every
+    worker, and ``kit queues``, enforce the stored limits."""
+    definitions = services.definitions
+    if definitions.queues_stored:
+        return
+    backend = services.backend
+    for spec in list(definitions.queues.values()):
+        stored = backend.queue_get(spec.name)
+        if stored is not None and stored != spec:
+            log.warning("queue %r: replacing the stored declaration %s with this application's %s; every "
+                        "worker enforces the stored limits from now on", spec.name, stored, spec)
+        if stored != spec:
+            backend.queue_define(spec)
+    definitions.queues_stored = True
+
+
+def submit(services: Services, fn: Callable[..., Any] | str, args: tuple, kwargs: dict, *, queue: str | None,
            workflow_id: str | None, dedup_id: str | None = None, priority: int = 0, delay: float | None = None,
            partition_key: str | None = None, if_duplicate: str = "error",
            workflow_timeout: float | None = None) -> WorkflowHandle:
     """Insert a PENDING workflow (one statement, which also wakes idle workers). Validates everything
     and serializes the inputs before writing anything."""
-    from kit.app import WorkflowHandle, validate_workflow_id
-    from kit.engine import StepOptions, current_context, run_step
-    from kit.lifecycle import as_datetime, check_timeout, deadline_for
-
-    wf = app._resolve(fn)
+    wf = services.definitions.resolve(fn)
     timeout = check_timeout(workflow_timeout) if workflow_timeout is not None else wf.timeout
     check_submit_options(priority=priority, delay=delay, dedup_id=dedup_id, partition_key=partition_key,
                          if_duplicate=if_duplicate)
@@ -136,30 +152,54 @@ def submit(app: Kit, fn: Callable[..., Any] | str, args: tuple, kwargs: dict, *,
         child_id = workflow_id or f"{parent.workflow_id}/{parent.peek_position()}"
         validate_workflow_id(child_id)
         recorded = run_step(
-            app, f"enqueue:{wf.name}",
-            lambda: submit(app, wf.name, args, kwargs, queue=queue, workflow_id=child_id, dedup_id=dedup_id,
+            services, f"enqueue:{wf.name}",
+            lambda: submit(services, wf.name, args, kwargs, queue=queue, workflow_id=child_id, dedup_id=dedup_id,
                            priority=priority, delay=delay, partition_key=partition_key,
                            if_duplicate=if_duplicate, workflow_timeout=timeout).workflow_id,
             StepOptions(), (), {},
         )
-        return WorkflowHandle(app, recorded)
+        return WorkflowHandle(services, recorded)
     wid = validate_workflow_id(workflow_id) if workflow_id is not None else str(uuid.uuid4())
-    inputs = check_size(ser.encode_args(args, kwargs, what=f"inputs of workflow '{wf.name}'"), app.config,
+    inputs = check_size(ser.encode_args(args, kwargs, what=f"inputs of workflow '{wf.name}'"), services.config,
                         "max_input_bytes", f"inputs of workflow '{wf.name}'")
     if queue is not None:
-        app._ensure_queues()
+        ensure_declared(services)
     try:
-        created = app.backend.workflow_create(NewWorkflow(
-            workflow_id=wid, name=wf.name, inputs=inputs, queue=queue, app_version=app.config.app_version,
+        created = services.backend.workflow_create(NewWorkflow(
+            workflow_id=wid, name=wf.name, inputs=inputs, queue=queue, app_version=services.config.app_version,
             priority=priority, dedup_id=dedup_id, delay_seconds=float(delay or 0.0), partition_key=partition_key,
             parent_id=parent.workflow_id if parent is not None else None,
             parent_epoch=parent.epoch if parent is not None else None,
-            deadline=as_datetime(deadline_for(app, timeout, parent)),
+            deadline=as_datetime(deadline_for(services.clock, timeout, parent)),
         ))
     except WorkflowDuplicateError as exc:
         if if_duplicate == "existing":
-            return WorkflowHandle(app, exc.existing_id)
+            return WorkflowHandle(services, exc.existing_id)
         raise
     if not created.created and created.name != wf.name:
         raise WorkflowConflictError(f"workflow id {wid!r} already belongs to workflow '{created.name}'")
-    return WorkflowHandle(app, wid)
+    return WorkflowHandle(services, wid)
+
+
+def submit_in(services: Services, connection: Any, name: str, args: tuple, kwargs: dict, *, queue: str | None,
+              workflow_id: str | None, dedup_id: str | None, priority: int, delay: float | None,
+              partition_key: str | None, if_duplicate: str, workflow_timeout: float | None = None) -> WorkflowHandle:
+    """Insert a PENDING workflow named ``name`` inside the caller's open transaction on ``connection``
+    (``kit.Client.enqueue(connection=...)``): it exists if and only if that transaction commits."""
+    check_submit_options(priority=priority, delay=delay, dedup_id=dedup_id, partition_key=partition_key,
+                         if_duplicate=if_duplicate)
+    wid = validate_workflow_id(workflow_id) if workflow_id is not None else str(uuid.uuid4())
+    inputs = check_size(ser.encode_args(args, kwargs, what=f"inputs of workflow '{name}'"), services.config,
+                        "max_input_bytes", f"inputs of workflow '{name}'")
+    try:
+        created = services.backend.workflow_enqueue_in(connection, NewWorkflow(
+            workflow_id=wid, name=name, inputs=inputs, queue=queue, priority=priority, dedup_id=dedup_id,
+            delay_seconds=float(delay or 0.0), partition_key=partition_key, app_version=services.config.app_version,
+            deadline=as_datetime(deadline_for(services.clock, check_timeout(workflow_timeout), None))))
+    except WorkflowDuplicateError as exc:
+        if if_duplicate == "existing":
+            return WorkflowHandle(services, exc.existing_id)
+        raise
+    if not created.created and created.name != name:
+        raise WorkflowConflictError(f"workflow id {wid!r} already belongs to workflow '{created.name}'")
+    return WorkflowHandle(services, wid)

@@ -16,18 +16,20 @@ import inspect
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from kit import serialization as ser
 from kit.cron import CronSchedule, parse
-from kit.errors import CronError, KitError, UnknownQueueError
+from kit.errors import CronError, KitError, UnknownQueueError, WorkflowTimeoutError
+from kit.handle import WorkflowHandle
+from kit.queues import DEFAULT_QUEUE
+from kit.services import Services
 from kit.storage import NewWorkflow, ScheduleSpec
-
-if TYPE_CHECKING:
-    from kit.app import Kit, WorkflowHandle
+from kit.validation import validate_queue_name
 
 log = logging.getLogger("kit.schedules")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -69,34 +71,35 @@ def tick_workflow_id(name: str, tick: datetime) -> str:
     return f"sched:{name}:{tick.astimezone(timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')}"
 
 
-def wait_for_tick(app: Kit, name: str, tick: datetime, timeout: float = 10.0) -> WorkflowHandle:
+class _HasServices(Protocol):
+    @property
+    def services(self) -> Services: ...
+
+
+def wait_for_tick(app: _HasServices | Services, name: str, tick: datetime, timeout: float = 10.0) -> WorkflowHandle:
     """Wait (real seconds) until schedule ``name``'s tick at ``tick`` has been enqueued; return its handle.
 
     Meant for tests on a virtual clock: advancing the clock makes a worker enqueue the tick a moment later.
-    Raises WorkflowTimeoutError when no worker enqueued it in time.
+    Raises WorkflowTimeoutError when no worker enqueued it in time. ``app``: the application (or its
+    services).
     """
-    import time
-
-    from kit.app import WorkflowHandle
-    from kit.errors import WorkflowTimeoutError
-
+    services = app if isinstance(app, Services) else app.services
     workflow_id = tick_workflow_id(name, tick)
     end = time.monotonic() + timeout
-    while app.backend.workflow_get(workflow_id) is None:
+    while services.backend.workflow_get(workflow_id) is None:
         if time.monotonic() >= end:
             raise WorkflowTimeoutError(f"tick {workflow_id} was not enqueued within {timeout}s: is a worker running "
                                        "(app.launch()) and has the clock reached the tick?")
         time.sleep(0.02)
-    return WorkflowHandle(app, workflow_id)
+    return WorkflowHandle(services, workflow_id)
 
 
-def _registry(app: Kit) -> dict[str, Schedule]:
-    return app._schedules
-
-
-def scheduled(app: Kit, cron: str, *, tz: str | None = None, name: str | None = None, queue: str | None = None,
+def scheduled(registry: dict[str, Schedule], register_workflow: Callable[[str, Callable[..., Any]], Any], cron: str,
+              *, tz: str | None = None, name: str | None = None, queue: str | None = None,
               catch_up: str = "latest", max_catch_up: int = 100) -> Callable[[F], F]:
-    """The ``@app.scheduled`` decorator: validate everything now (CronError), register at decoration."""
+    """The ``@app.scheduled`` decorator: validate everything now (CronError), register at decoration: the
+    schedule in ``registry`` (the app's schedules by name), its tick workflow with ``register_workflow(name,
+    fn)`` (the app's ``@workflow`` decorator), which returns the decorated function."""
     schedule_cron = parse(cron, tz)
     if catch_up not in CATCH_UP_POLICIES:
         raise CronError(f"catch_up must be one of {', '.join(repr(p) for p in CATCH_UP_POLICIES)}, got {catch_up!r}")
@@ -105,8 +108,6 @@ def scheduled(app: Kit, cron: str, *, tz: str | None = None, name: str | None = 
     if max_catch_up != 100 and catch_up != "all":
         raise CronError(f"max_catch_up only applies to catch_up='all' (got catch_up={catch_up!r})")
     if queue is not None:
-        from kit.queues import DEFAULT_QUEUE, validate_queue_name
-
         validate_queue_name(queue)
         if queue == DEFAULT_QUEUE:
             queue = None
@@ -116,7 +117,7 @@ def scheduled(app: Kit, cron: str, *, tz: str | None = None, name: str | None = 
         if not isinstance(sched_name, str) or not _NAME.match(sched_name):
             raise CronError(f"invalid schedule name {sched_name!r}: use 1-100 printable ASCII characters without "
                             "spaces (it is part of every tick's workflow id); pass name=...")
-        existing = _registry(app).get(sched_name)
+        existing = registry.get(sched_name)
         schedule = Schedule(sched_name, schedule_cron, queue, catch_up, max_catch_up)
         if existing is not None and existing != schedule:
             raise CronError(f"two schedules are named {sched_name!r}: give one of them name=...")
@@ -138,8 +139,8 @@ def scheduled(app: Kit, cron: str, *, tz: str | None = None, name: str | None = 
             def run_tick(tick: datetime) -> Any:
                 return fn(localize(tick))
 
-        wrapper = app.workflow(name=sched_name)(run_tick)
-        _registry(app)[sched_name] = schedule
+        wrapper = register_workflow(sched_name, run_tick)
+        registry[sched_name] = schedule
         wrapper.__kit_schedule__ = sched_name  # type: ignore[attr-defined]
         return wrapper  # type: ignore[return-value]
 
@@ -170,8 +171,8 @@ def plan_ticks(schedule: Schedule, cursor: datetime, now: datetime) -> tuple[lis
 class Scheduler:
     """One thread per worker process: waits for the next tick of any schedule, then enqueues it."""
 
-    def __init__(self, app: Kit, schedules: list[Schedule]) -> None:
-        self.app = app
+    def __init__(self, services: Services, schedules: list[Schedule]) -> None:
+        self.services = services
         self.schedules = schedules
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -179,13 +180,13 @@ class Scheduler:
 
     def start(self) -> None:
         """Store the definitions (errors surface to the caller), then start the thread."""
-        backend = self.app.backend
-        declared = {q.name for q in self.app.queues()}
+        backend = self.services.backend
+        declared = set(self.services.definitions.queue_names())
         for s in self.schedules:
             if s.queue is not None and s.queue not in declared:
                 raise UnknownQueueError(f"schedule {s.name!r} uses queue {s.queue!r}, which this application does "
                                         f"not declare: call app.queue({s.queue!r}, ...) before starting the worker")
-        now = self.app.clock.now()
+        now = self.services.clock.now()
         for s in self.schedules:
             before = backend.schedule_define(s.spec, now)
             if before is not None and before != s.spec:
@@ -201,7 +202,7 @@ class Scheduler:
             self._thread.join(timeout)
 
     def _loop(self) -> None:
-        clock = self.app.clock
+        clock = self.services.clock
         due_at = {s.name: clock.now() for s in self.schedules}  # each schedule's next tick (all due at start)
         while not self._stop.is_set():
             failed = False
@@ -229,13 +230,13 @@ class Scheduler:
 
     def run_due(self, schedule: Schedule) -> datetime:
         """Enqueue this schedule's due ticks (if this worker is first); return its next tick."""
-        backend = self.app.backend
+        backend = self.services.backend
         for _ in range(10):
             state = backend.schedule_get(schedule.name)
             if state is None:  # dropped from the database (schema reset): declare it again
-                backend.schedule_define(schedule.spec, self.app.clock.now())
+                backend.schedule_define(schedule.spec, self.services.clock.now())
                 continue
-            now = self.app.clock.now()
+            now = self.services.clock.now()
             cursor = state.cursor_at
             ticks, new_cursor = plan_ticks(schedule, cursor, now)
             if new_cursor is None:
@@ -246,12 +247,12 @@ class Scheduler:
                 self._log_advance(schedule, cursor, ticks, new_cursor)
                 return schedule.cron.next_after(max(new_cursor, now))
             # Another worker moved the cursor meanwhile: read it again.
-        return schedule.cron.next_after(self.app.clock.now())
+        return schedule.cron.next_after(self.services.clock.now())
 
     def _new_workflow(self, schedule: Schedule, tick: datetime) -> NewWorkflow:
         inputs = ser.encode_args((tick,), {}, what=f"tick of schedule '{schedule.name}'")
         return NewWorkflow(workflow_id=schedule.workflow_id(tick), name=schedule.name, inputs=inputs,
-                           queue=schedule.queue, app_version=self.app.config.app_version)
+                           queue=schedule.queue, app_version=self.services.config.app_version)
 
     @staticmethod
     def _log_advance(schedule: Schedule, cursor: datetime, ticks: list[datetime], new_cursor: datetime) -> None:
@@ -267,11 +268,10 @@ class Scheduler:
                      schedule.workflow_id(tick))
 
 
-def start(app: Kit) -> Scheduler | None:
+def start(services: Services, schedules: list[Schedule]) -> Scheduler | None:
     """Start the scheduler of a worker process (None when the app has no schedules)."""
-    schedules = list(_registry(app).values())
     if not schedules:
         return None
-    scheduler = Scheduler(app, schedules)
+    scheduler = Scheduler(services, schedules)
     scheduler.start()
     return scheduler

@@ -17,18 +17,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kit import serialization as ser
-from kit.engine import StepOptions, current_context, replay_or_reserve, run_step, stored_name, utc_now
+from kit.engine import (
+    StepOptions,
+    WorkflowContext,
+    current_context,
+    replay_or_reserve,
+    run_step,
+    stored_name,
+    utc_now,
+)
 from kit.errors import LeaseLostError, UsageError, WorkflowNotFoundError, WorkflowTimeoutError
 from kit.messaging import _workflow_ctx
+from kit.services import Services
 from kit.storage import StepResult
 from kit.validation import check_size, validate_key, validate_workflow_id
-
-if TYPE_CHECKING:
-    from kit.app import Kit
-    from kit.engine import WorkflowContext
 
 READ_BATCH = 1000  # elements fetched per database read
 
@@ -47,7 +52,7 @@ def _check_timeout(value: object) -> float | None:
 
 
 
-def _append(app: Kit, ctx: WorkflowContext, name: str, write: Any) -> None:
+def _append(services: Services, ctx: WorkflowContext, name: str, write: Any) -> None:
     step_id, rec = replay_or_reserve(ctx, name)
     if rec is not None:
         return  # written (and recorded) by an earlier run: never again
@@ -58,24 +63,24 @@ def _append(app: Kit, ctx: WorkflowContext, name: str, write: Any) -> None:
         raise
 
 
-def write_stream(app: Kit, key: str, value: Any) -> None:
+def write_stream(services: Services, key: str, value: Any) -> None:
     """Append ``value`` (JSON-serializable) to this workflow's stream ``key``: step ``write_stream:<key>``."""
     key = _check_key(key)
-    text = check_size(ser.dumps(value, what=f"element of stream {key!r}"), app.config, "max_event_bytes",
+    text = check_size(ser.dumps(value, what=f"element of stream {key!r}"), services.config, "max_event_bytes",
                       f"element of stream {key!r}")
     ctx = _workflow_ctx("write_stream()")
-    _append(app, ctx, f"write_stream:{key}", lambda step: app.backend.stream_write(step, key, text))
+    _append(services, ctx, f"write_stream:{key}", lambda step: services.backend.stream_write(step, key, text))
 
 
-def close_stream(app: Kit, key: str) -> None:
+def close_stream(services: Services, key: str) -> None:
     """Close this workflow's stream ``key`` (readers end after its last element): step ``close_stream:<key>``.
     Closing a closed stream is a no-op; writing to a closed stream raises UsageError."""
     key = _check_key(key)
     ctx = _workflow_ctx("close_stream()")
-    _append(app, ctx, f"close_stream:{key}", lambda step: app.backend.stream_close(step, key))
+    _append(services, ctx, f"close_stream:{key}", lambda step: services.backend.stream_close(step, key))
 
 
-def read_stream(app: Kit, workflow_id: str, key: str, timeout: float | None = 60.0) -> Iterator[Any]:
+def read_stream(services: Services, workflow_id: str, key: str, timeout: float | None = 60.0) -> Iterator[Any]:
     """Iterate the values of ``workflow_id``'s stream ``key`` in order, waiting for new ones, until the
     stream is closed or the workflow finished without closing it. Raises WorkflowTimeoutError when no
     element (nor the end) arrives within ``timeout`` seconds of the previous one (None: wait forever), and
@@ -86,20 +91,20 @@ def read_stream(app: Kit, workflow_id: str, key: str, timeout: float | None = 60
     timeout = _check_timeout(timeout)
     ctx = current_context()
     if ctx is None or ctx.step is not None:
-        return _iterate(app, workflow_id, key, timeout)
+        return _iterate(services, workflow_id, key, timeout)
     if workflow_id == ctx.workflow_id:
         raise UsageError("a workflow cannot read its own stream (it would wait for a close it has not written)")
-    values = run_step(app, f"read_stream:{key}", lambda: list(_iterate(app, workflow_id, key, timeout)),
+    values = run_step(services, f"read_stream:{key}", lambda: list(_iterate(services, workflow_id, key, timeout)),
                       StepOptions(), (), {})
     return iter(values)
 
 
-def _iterate(app: Kit, workflow_id: str, key: str, timeout: float | None) -> Iterator[Any]:
-    backend = app.backend
+def _iterate(services: Services, workflow_id: str, key: str, timeout: float | None) -> Iterator[Any]:
+    backend = services.backend
     after = -1
     what = f"element of stream {key!r} of workflow {workflow_id}"
     # The watch is taken before the first read: a write committed after any read wakes the next wait.
-    with app.runtime.notifier.watch("s:" + workflow_id) as watch:
+    with services.runtime.notifier.watch("s:" + workflow_id) as watch:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             chunk = backend.stream_read(workflow_id, key, after, READ_BATCH)

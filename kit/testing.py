@@ -20,9 +20,11 @@ from datetime import datetime, timezone
 from typing import Any
 
 from kit import engine
-from kit.app import Kit, WorkflowHandle, load_backend
+from kit.app import Kit, load_backend
 from kit.clock import VirtualClock
 from kit.errors import UsageError, WorkflowTimeoutError
+from kit.handle import WorkflowHandle
+from kit.schedules import wait_for_tick
 from kit.storage import Status
 
 __all__ = ["Harness", "harness", "VirtualClock"]
@@ -57,7 +59,7 @@ class Harness:
 
     def idle(self) -> bool:
         """True when every workflow running here waits on the virtual clock (so time may jump)."""
-        runtime = self.app._runtime
+        runtime = self.app.services.running
         if runtime is None:
             return False
         with runtime._lock:
@@ -104,16 +106,15 @@ class Harness:
     def next_tick(self, schedule: Callable[..., Any] | str, timeout: float = 10.0) -> WorkflowHandle:
         """Jump the virtual clock to the next tick of an ``@app.scheduled`` schedule and return the handle of
         the workflow a worker enqueued for it (exactly one per tick)."""
-        from kit.schedules import _registry, wait_for_tick
-
+        schedules = self.app._schedules
         name = schedule if isinstance(schedule, str) else getattr(schedule, "__kit_workflow__", None)
-        found = _registry(self.app).get(name) if name is not None else None
+        found = schedules.get(name) if name is not None else None
         if found is None:
-            known = ", ".join(sorted(_registry(self.app))) or "none"
+            known = ", ".join(sorted(schedules)) or "none"
             raise UsageError(f"{schedule!r} is not a schedule of this app (schedules: {known})")
         tick = found.cron.next_after(self.clock.now())
         self.clock.set(tick)
-        return wait_for_tick(self.app, found.name, tick, timeout=timeout)
+        return wait_for_tick(self.app.services, found.name, tick, timeout=timeout)
 
     # -- crashes --------------------------------------------------------------------------------------
     def crash_at(self, workflow: Callable[..., Any] | str, step: int, *, after_body: bool = False,
@@ -151,7 +152,7 @@ def harness(app: Kit, *, start: datetime | None = None, isolate: bool = True) ->
     """Run ``app`` for a test: a virtual clock starting at ``start`` (default: now), a worker in this
     process (short lease, so simulated crashes recover quickly), and with ``isolate`` a fresh schema
     that is dropped afterwards. The app must not have opened its database yet."""
-    if app._backend is not None:
+    if app.services.opened_backend is not None:
         raise UsageError("harness(app) must wrap an app that has not opened its database yet (it sets the "
                          "clock and schema first)")
     if engine.crash_hook is not None:
@@ -173,7 +174,7 @@ def harness(app: Kit, *, start: datetime | None = None, isolate: bool = True) ->
     finally:
         engine.crash_hook = None
         try:
-            opened = app._backend is not None
+            opened = app.services.opened_backend is not None
             app.close(grace=1.0)
             if isolate and opened:
                 backend = load_backend(app.config)
@@ -190,4 +191,4 @@ def harness(app: Kit, *, start: datetime | None = None, isolate: bool = True) ->
 def _reset_app_state(app: Kit) -> None:
     """Forget what the app learned about its database (the queue declarations it stored): each harness
     runs on a schema of its own."""
-    app._queues_defined = False
+    app.services.definitions.queues_stored = False

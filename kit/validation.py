@@ -21,12 +21,9 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from kit.errors import ConfigError, LimitExceededError, UsageError
-
-if TYPE_CHECKING:
-    from kit.config import Config
 
 MAX_ID = 200
 MAX_NAME = 200
@@ -44,6 +41,15 @@ SIZE_SETTINGS = {
     "max_event_bytes": "event values and stream elements",
 }
 MAX_LIMIT = 1024 * 1024 * 1024 - 1  # PostgreSQL's largest text value is just under 1 GiB
+
+
+class SizeLimits(Protocol):
+    """The size settings :func:`check_size` reads (a :class:`kit.config.Config` has them)."""
+
+    max_input_bytes: int
+    max_output_bytes: int
+    max_message_bytes: int
+    max_event_bytes: int
 
 
 def _short(value: object) -> str:
@@ -117,7 +123,7 @@ def _mib(n: int) -> str:
     return f"{n / (1024 * 1024):.1f} MiB" if n >= 1024 * 1024 else f"{n} bytes"
 
 
-def check_size(text: str | None, config: Config, setting: str, what: str) -> str | None:
+def check_size(text: str | None, config: SizeLimits, setting: str, what: str) -> str | None:
     """Return ``text`` if its UTF-8 size is within ``config.<setting>``; else LimitExceededError naming
     the value, its size, the limit and the setting. Nothing has been written when this raises."""
     if text is None:

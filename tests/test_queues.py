@@ -182,7 +182,9 @@ def test_priority_then_fifo_and_delayed_start(apps):  # noqa: F811
     order = apps.sql(f'SELECT inputs, started_at, created_at FROM "{apps.schema}".workflows '
                      "WHERE queue = 'prio' ORDER BY started_at")
     labels = [json.loads(r[0])["args"][0] for r in order]
-    assert labels[:4] == ["urgent", "low0", "low1", "low2"]
+    # "later" joins the queue whenever its delay ends (on a loaded machine possibly before low2 started);
+    # the rest keep priority, then FIFO.
+    assert [x for x in labels if x != "later"] == ["urgent", "low0", "low1", "low2"]
     delayed = next(r for r in order if json.loads(r[0])["args"][0] == "later")
     assert (delayed[1] - delayed[2]).total_seconds() >= 0.5  # never started before its delay
 

@@ -8,7 +8,7 @@ server that needs a few different statements subclasses it and replaces only tho
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from .connection import PostgresCore, break_connection, default_worker_info
 from .control import ControlPart
@@ -44,6 +44,12 @@ class PostgresBackend(
     specificity: ClassVar[int] = 0
     queries: ClassVar[QuerySet] = QuerySet.load(__package__, "queries.sql")
     migrations: ClassVar[MigrationSet] = MigrationSet.load(__package__, "migrations")
+
+    def bench_probe(self) -> Any:
+        """The statements of ``kit bench`` on this server and schema (kit.bench.probe.BenchProbe)."""
+        from kit.backends.postgres.bench import PostgresBenchProbe
+
+        return PostgresBenchProbe(self.url, self.schema)
 
 
 # Older names (tests, chaos/workload.py): the statements and migrations of the base class.

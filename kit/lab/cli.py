@@ -7,11 +7,12 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from kit.config import redact_url
 from kit.errors import KitError, UsageError
+from kit.lab.controller import FAULTS, Lab
+from kit.lab.host import LabError, LabUnavailable, engine_problem
 
-# Kept here (not imported from chaos.lab) so `kit lab fault --help` and bad names work without the lab's deps.
-FAULT_NAMES = ("kill-primary", "pause-primary", "partition-primary", "partition-victim", "timeout-victim",
-               "latency", "reset-peer", "limit-data", "restart-cluster", "heal")
+FAULT_NAMES = tuple(FAULTS)
 
 
 def add_lab_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -23,8 +24,10 @@ def add_lab_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None]) 
     p = lsub.add_parser("up", help="build what is missing, start etcd + 3 PostgreSQL/Patroni nodes + toxiproxy")
     p.add_argument("--variant", choices=("async", "sync"), default="async",
                    help="replication: asynchronous (default) or Patroni synchronous_mode")
+    _compose_option(p)
     p.set_defaults(handler=cmd_lab_up)
     p = lsub.add_parser("down", help="remove the lab's containers, network and data (images stay cached)")
+    _compose_option(p)
     p.set_defaults(handler=cmd_lab_down)
     p = lsub.add_parser("status", help="containers, Patroni members and roles, proxies and toxics")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -34,17 +37,24 @@ def add_lab_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None]) 
     p.set_defaults(handler=cmd_lab_fault)
 
 
-def _lab(variant: str | None = None) -> Any:
-    """A controller for the lab, or a one-line UsageError when the lab can't run here."""
-    try:
-        from chaos.lab import Lab, engine_problem
-    except ImportError as exc:
-        raise UsageError(f"the chaos lab is not importable ({exc}); run kit from a checkout of the "
-                         "repository with `pip install -e '.[lab]'`") from None
+def _compose_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--compose-dir", metavar="DIR",
+                   help="the lab's compose directory (default: $KIT_LAB_COMPOSE_DIR, else compose/postgres-ha "
+                        "of the kit checkout or of the current directory)")
+
+
+def _lab(variant: str | None = None, compose_dir: str | None = None, *, needs_compose: bool = False) -> Lab:
+    """A controller for the lab, or a one-line UsageError when the lab can't run here (no Docker engine;
+    for ``up``/``down``, no compose files: an installed kit without a checkout)."""
+    lab = Lab(variant or "async", compose_dir=compose_dir)
+    if needs_compose:
+        try:
+            lab.compose_dir  # noqa: B018 - found before anything starts, or one line saying where to look
+        except LabUnavailable as exc:
+            raise UsageError(f"chaos lab unavailable: {exc}") from None
     problem = engine_problem()
     if problem:
         raise UsageError(f"chaos lab unavailable: {problem}")
-    lab = Lab(variant or "async")
     if variant is None:
         # Keep the running cluster's replication mode.
         try:
@@ -56,8 +66,6 @@ def _lab(variant: str | None = None) -> Any:
 
 
 def _errors(fn: Callable[[], int]) -> int:
-    from chaos.lab import LabError, LabUnavailable
-
     try:
         return fn()
     except LabUnavailable as exc:
@@ -68,9 +76,7 @@ def _errors(fn: Callable[[], int]) -> int:
 
 def cmd_lab_up(args: argparse.Namespace) -> int:
     """Start the cluster (or reuse it) and print the primary and the workers' URL (password hidden)."""
-    from kit.config import redact_url
-
-    lab = _lab(args.variant)
+    lab = _lab(args.variant, args.compose_dir, needs_compose=True)
 
     def run() -> int:
         if lab.is_up():
@@ -88,7 +94,7 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
 
 def cmd_lab_down(args: argparse.Namespace) -> int:
     """Remove the cluster."""
-    lab = _lab("async")
+    lab = _lab("async", args.compose_dir, needs_compose=True)
 
     def run() -> int:
         lab.down()
