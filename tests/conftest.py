@@ -13,9 +13,14 @@ Servers
   debian15    Debian ``postgresql-15`` on 127.0.0.1, password auth              -- if installed
   external    the URL in $KIT_TEST_DATABASE_URL                                 -- if set
 
+Extra targets (tests/targets.py)
+  citus       a local Citus cluster (coordinator + 2 workers)                    -- if Citus is built
+  Tests marked ``all_backends`` run on them too (their ``pg_url`` is the target's URL).
+
 Environment
   KIT_TEST_SERVERS       comma list restricting which of the above run (e.g. ``pgserver16``).
   KIT_TEST_DATABASE_URL  adds the ``external`` server.
+  KIT_TEST_TARGETS       comma list of extra targets (``none``: only PostgreSQL servers).
 """
 
 from __future__ import annotations
@@ -29,16 +34,27 @@ import pytest
 from psycopg import sql
 
 try:  # works whether or not tests/ is a package
+    from .citus_cluster import CitusCluster
     from .servers import DebianPostgres, PgServer
     from .servers import selected_servers as _selected_servers
+    from .targets import EXTRA_TARGETS, selected_targets, unavailable_report
 except ImportError:
+    from citus_cluster import CitusCluster
     from servers import DebianPostgres, PgServer
     from servers import selected_servers as _selected_servers
+    from targets import EXTRA_TARGETS, selected_targets, unavailable_report
 
 
 def selected_servers() -> list[str]:
     try:
         return _selected_servers()
+    except ValueError as e:
+        raise pytest.UsageError(str(e)) from None
+
+
+def extra_targets() -> list[str]:
+    try:
+        return [t.name for t in selected_targets()]
     except ValueError as e:
         raise pytest.UsageError(str(e)) from None
 
@@ -63,6 +79,10 @@ class _ServerPool:
                 self._urls[name] = handle.start().url
             elif name == "external":
                 self._urls[name] = os.environ["KIT_TEST_DATABASE_URL"]
+            elif name == "citus":
+                handle = CitusCluster(workers=2)
+                self._handles.append(handle)
+                self._urls[name] = handle.start().url
             else:
                 raise KeyError(f"unknown test server {name!r}")
         return self._urls[name]
@@ -79,15 +99,22 @@ class _ServerPool:
 
 def pytest_configure(config: pytest.Config) -> None:
     selected_servers()  # fail fast on a bad KIT_TEST_SERVERS
+    extra_targets()  # ... and KIT_TEST_TARGETS
+    config.addinivalue_line("markers", "all_backends: also run on every extra target (tests/targets.py)")
+    config.addinivalue_line("markers", "skip_targets(**reasons): skipped on the named targets, with the reason")
 
 
-def pytest_report_header(config: pytest.Config) -> str:
-    return f"kit test servers: {', '.join(selected_servers())}"
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    lines = [f"kit test servers: {', '.join(selected_servers())}; extra targets: {', '.join(extra_targets()) or 'none'}"]
+    lines += [f"  not available: {line}" for line in unavailable_report()]
+    return lines
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "pg_url" in metafunc.fixturenames:
         names = selected_servers()
+        if metafunc.definition.get_closest_marker("all_backends") is not None:
+            names = names + extra_targets()
         metafunc.parametrize("pg_url", names, ids=names, indirect=True, scope="session")
 
 
@@ -105,7 +132,29 @@ def pg_servers(_pg_pool) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def pg_url(request, _pg_pool) -> str:
-    return _pg_pool.url(request.param)
+    target = EXTRA_TARGETS.get(request.param)
+    return _pg_pool.url(target.server if target is not None else request.param)
+
+
+@pytest.fixture(autouse=True)
+def _target_backend(request, monkeypatch):
+    """On an extra target: skip when the test says it cannot run there, else configure its backend."""
+    callspec = getattr(request.node, "callspec", None)
+    name = callspec.params.get("pg_url") if callspec is not None else None
+    target = EXTRA_TARGETS.get(name) if isinstance(name, str) else None
+    if target is None:
+        return
+    marker = request.node.get_closest_marker("skip_targets")
+    if marker is not None and target.name in marker.kwargs:
+        pytest.skip(f"not on {target.name}: {marker.kwargs[target.name]}")
+    if target.backend is not None:
+        monkeypatch.setenv("KIT_BACKEND", target.backend)
+
+
+@pytest.fixture
+def target_name(request) -> str:
+    """The server or extra target this test runs on (the ``pg_url`` parameter)."""
+    return request.node.callspec.params["pg_url"]
 
 
 @pytest.fixture
@@ -125,10 +174,11 @@ def schema(request):
 
 @pytest.fixture
 def backend(pg_url: str, schema: str):
-    """An opened, migrated PostgreSQL backend on the test's schema (closed after the test)."""
-    from kit.backends.postgres import PostgresBackend
+    """An opened, migrated backend on the test's schema and server (closed after the test)."""
+    from kit.registry import resolve
 
-    b = PostgresBackend(pg_url, schema=schema, pool_size=2, retry_seconds=5)
+    cls = resolve(pg_url, os.environ.get("KIT_BACKEND") or None)  # PostgreSQL, or an extra target's backend
+    b = cls(pg_url, schema=schema, pool_size=2, retry_seconds=5)
     b.open()
     b.migrate()
     yield b
