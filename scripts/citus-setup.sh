@@ -19,11 +19,10 @@ PG_BIN=/usr/lib/postgresql/15/bin
 VENDOR="${KIT_VENDOR_DIR:-$(pwd)/../shared/vendor}"
 TARBALL="$VENDOR/citus-$CITUS_VERSION.tar.gz"
 
+# A marker beside citus.so records which source was built (pg_config alone cannot tell 13.2.2 from 13.2.x).
 if [ -x "$PG_BIN/pg_config" ]; then
     pkglib="$("$PG_BIN/pg_config" --pkglibdir)"
-    share="$("$PG_BIN/pg_config" --sharedir)"
-    if [ -f "$pkglib/citus.so" ] && [ -f "$share/extension/citus--$CITUS_VERSION.sql" ] \
-        || { [ -f "$pkglib/citus.so" ] && grep -qs "default_version = '$CITUS_VERSION" "$share/extension/citus.control"; }; then
+    if [ -f "$pkglib/citus.so" ] && grep -qsx "$CITUS_SHA256" "$pkglib/citus.kit-build"; then
         say "Citus $CITUS_VERSION already installed for PostgreSQL 15 ($pkglib/citus.so)"
         exit 0
     fi
@@ -69,4 +68,6 @@ say "building Citus $CITUS_VERSION against $("$PG_BIN/pg_config" --version) (abo
     make -s -j"$(nproc)" >"$work/make.log" 2>&1 || { tail -40 "$work/make.log"; exit 1; }
     "${SUDO[@]}" make -s install >"$work/install.log" 2>&1 || { tail -20 "$work/install.log"; exit 1; }
 )
-say "installed: $("$PG_BIN/pg_config" --pkglibdir)/citus.so"
+pkglib="$("$PG_BIN/pg_config" --pkglibdir)"
+echo "$CITUS_SHA256" | "${SUDO[@]}" tee "$pkglib/citus.kit-build" >/dev/null
+say "installed: $pkglib/citus.so"

@@ -2,6 +2,7 @@
 # Idempotent test-environment installer for Debian 12 (run as root, or as a user with sudo).
 #   - Debian packages: postgresql-15 + postgresql-contrib (second real server for the tests), tmux
 #   - python -m pip install -e ".[test,lab]" (lab: the chaos lab's Docker and toxiproxy clients)
+#   - Citus 13.2.2 built from ../shared/vendor into PostgreSQL 15 (scripts/citus-setup.sh), once
 # Safe to run repeatedly: apt is only touched when something is missing.
 set -euo pipefail
 
@@ -99,4 +100,14 @@ if [ -z "${PYTHON:-}" ] && [ "$PY" != .venv/bin/python ] && externally_managed "
 fi
 say "pip install -e .[test,lab] ($("$PY" -c 'import sys; print(sys.executable, sys.version.split()[0])'))"
 "$PY" -m pip install -q --disable-pip-version-check --root-user-action=ignore -e ".[test,lab]"
+# Citus (the sharded backend's test cluster): built once from the vendored source into PostgreSQL 15.
+# Exit 3 means the tarball is not beside the clone: the Citus tests then skip with that reason.
+if [ "$PYTHON_ONLY" -eq 0 ]; then
+    citus_rc=0
+    bash scripts/citus-setup.sh || citus_rc=$?
+    if [ "$citus_rc" -ne 0 ] && [ "$citus_rc" -ne 3 ]; then
+        say "ERROR: building Citus failed (exit $citus_rc)" >&2
+        exit 1
+    fi
+fi
 say "done"
