@@ -238,6 +238,9 @@ class PostgresBackend(Backend):
     """Single PostgreSQL (13+). Claims with SKIP LOCKED, checkpoints fenced by the lease epoch."""
 
     name = "postgres"
+    # The driver connection class of every connection (pool, listener, probe): a subclass may wrap the
+    # driver, e.g. the conformance suite's fault injection (tests/conformance/faults.py).
+    connection_class: type[psycopg.Connection] = psycopg.Connection
 
     def __init__(
         self,
@@ -298,7 +301,7 @@ class PostgresBackend(Backend):
         pool = ConnectionPool(
             self.url, min_size=1, max_size=self.pool_size, kwargs=self._conn_kwargs(), open=False,
             name="kit", timeout=max(self.connect_timeout * 2, 10.0), reconnect_timeout=self.retry_seconds,
-            configure=self._configure_conn,
+            configure=self._configure_conn, connection_class=self.connection_class,
         )
         try:
             pool.open(wait=True, timeout=self.connect_timeout + 1)
@@ -348,7 +351,7 @@ class PostgresBackend(Backend):
     def _probe_error(self) -> str:
         """One direct connection attempt, to report why the pool could not connect."""
         try:
-            with psycopg.connect(self.url, **self._conn_kwargs()):
+            with self.connection_class.connect(self.url, **self._conn_kwargs()):
                 return "connection timed out"
         except psycopg.Error as exc:
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -817,7 +820,7 @@ class PostgresBackend(Backend):
             try:
                 conn = self._listen_conn
                 if conn is None or conn.closed:
-                    conn = psycopg.connect(self.url, **self._conn_kwargs())
+                    conn = self.connection_class.connect(self.url, **self._conn_kwargs())
                     self._listen_conn = conn
                     self._listening = set()
                 fresh = [ch for ch in channels if ch not in self._listening]
