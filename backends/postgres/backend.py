@@ -537,15 +537,17 @@ class PostgresBackend(Backend):
             "deadline": wf.deadline, "parent_epoch": wf.parent_epoch,
         }
 
-        attempts = 0
+        maybe_ours = False  # an earlier attempt lost its connection: its insert may have committed
         # Submitted work (no owner) goes through workflow_enqueue, which also wakes idle workers.
         stmt = self._q["workflow_create" if wf.owner is not None else "workflow_enqueue"]
 
         def create(conn: psycopg.Connection) -> Created:
-            nonlocal attempts
-            attempts += 1
+            nonlocal maybe_ours
             try:
                 row = conn.execute(stmt, params).fetchone()
+            except psycopg.OperationalError:
+                maybe_ours = maybe_ours or conn.broken or conn.closed
+                raise
             except psycopg.errors.UniqueViolation as exc:
                 if wf.dedup_id is None:
                     raise
@@ -569,10 +571,14 @@ class PostgresBackend(Backend):
                 raise psycopg.errors.SerializationFailure("workflow vanished during create")
             rec = _wf(existing)
             # Our own insert whose acknowledgement was lost (only possible when an earlier attempt of this
-            # call ran): same owner, epoch 1, same inputs. On the first attempt an existing row is never ours,
-            # even with the same owner (one process starting the same id twice must not run it twice, G1).
-            mine = (attempts > 1 and wf.owner is not None and rec.owner == wf.owner and rec.epoch == 1
+            # call lost its connection): same owner, epoch 1, same inputs. Otherwise an existing row is never
+            # ours, even with the same owner (one process starting the same id twice must not run it twice, G1).
+            mine = (maybe_ours and wf.owner is not None and rec.owner == wf.owner and rec.epoch == 1
                     and rec.inputs == wf.inputs)
+            # Submitted work is never run on the strength of `created`: an identical row after a lost
+            # acknowledgement is our insert (a worker may have claimed it since).
+            mine = mine or (maybe_ours and wf.owner is None and rec.name == wf.name and rec.inputs == wf.inputs
+                            and rec.queue == wf.queue and rec.parent_id == wf.parent_id)
             return Created(mine, rec.epoch, rec.name, rec.status)
 
         return self._run(create)
@@ -622,7 +628,23 @@ class PostgresBackend(Backend):
 
     def workflow_release(self, workflow_id: str, epoch: int) -> bool:
         params = {"workflow_id": workflow_id, "epoch": epoch, "channel": self.wake_channel}
-        return self._run(lambda c: c.execute(self._q["workflow_release"], params).rowcount == 1)
+        maybe_done = False  # an earlier attempt lost its connection: its update may have committed
+
+        def release(conn: psycopg.Connection) -> bool:
+            nonlocal maybe_done
+            try:
+                if conn.execute(self._q["workflow_release"], params).rowcount == 1:
+                    return True
+            except psycopg.OperationalError:
+                maybe_done = maybe_done or conn.broken or conn.closed
+                raise
+            if not maybe_done:
+                return False
+            # Our earlier attempt committed if the workflow is PENDING at our epoch (a claim bumps it).
+            row = conn.execute(self._q["workflow_get"], {"workflow_id": workflow_id}).fetchone()
+            return row is not None and row[2] == Status.PENDING.value and row[9] == epoch
+
+        return self._run(release)
 
     def workflow_list(self, query: WorkflowQuery) -> list[WorkflowRecord]:
         cols = sql.SQL(
@@ -780,6 +802,10 @@ class PostgresBackend(Backend):
                 committed = True
             except psycopg.OperationalError as exc:
                 if not (conn.broken or conn.closed):
+                    if getattr(exc, "sqlstate", None) in ("40001", "40P01"):
+                        # The transaction lost a serialization race or a deadlock (in a statement, the
+                        # checkpoint or the COMMIT): nothing committed, the step runs again.
+                        raise TransientStorageError(f"transactional step rolled back: {exc}") from exc
                     raise  # an error of the user's SQL (e.g. statement timeout): a normal step failure
                 if tx.pending is None:
                     raise TransientStorageError(_scrub(f"connection lost during step: {exc}", self.url)) from exc
@@ -997,7 +1023,9 @@ class PostgresBackend(Backend):
             raise WorkflowDuplicateError(f"queue {wf.queue or 'default'!r} already has a live workflow {live[0]!r} "
                                          f"with dedup id {wf.dedup_id!r}", live[0]) from None
         except psycopg.Error as exc:
-            raise StorageError(_scrub(f"{type(exc).__name__}: {exc}", self.url)) from exc
+            # A serialization failure or deadlock: the caller's transaction must run again.
+            kind = TransientStorageError if getattr(exc, "sqlstate", None) in ("40001", "40P01") else StorageError
+            raise kind(_scrub(f"{type(exc).__name__}: {exc}", self.url)) from exc
         if row is not None:
             return Created(True, row[0], wf.name, Status.PENDING)
         existing = connection.execute(self._q["workflow_get"], {"workflow_id": wf.workflow_id}).fetchone()
@@ -1243,13 +1271,27 @@ class PostgresBackend(Backend):
                   "last_tick": new_cursor if last is not None else None,
                   "last_workflow_id": last.workflow_id if last is not None else None}
 
+        maybe_committed = False  # an earlier attempt lost its connection at or after the COMMIT
+
         def advance(conn: psycopg.Connection) -> bool:
-            with conn.transaction():
-                conn.execute(self._q["schedule_tx_guard"], {"idle_ms": str(self.schedule_idle_timeout_ms)})
-                if conn.execute(self._q["schedule_advance"], params).fetchone() is None:
-                    return False  # another worker moved the cursor first: it enqueued these ticks
-                for wf in workflows:  # idempotent by workflow id, and committed with the cursor
-                    self.workflow_enqueue_in(conn, wf)
+            nonlocal maybe_committed
+            try:
+                with conn.transaction():
+                    conn.execute(self._q["schedule_tx_guard"], {"idle_ms": str(self.schedule_idle_timeout_ms)})
+                    if conn.execute(self._q["schedule_advance"], params).fetchone() is None:
+                        if maybe_committed:  # then the cursor is at or past ours and our ticks' workflows exist
+                            row = conn.execute(self._q["schedule_get"], {"name": name}).fetchone()
+                            return row is not None and row[7] >= new_cursor and (last is None or conn.execute(
+                                self._q["workflow_epoch"], {"workflow_id": last.workflow_id}).fetchone() is not None)
+                        return False  # another worker moved the cursor first: it enqueued these ticks
+                    for wf in workflows:  # idempotent by workflow id, and committed with the cursor
+                        try:
+                            self.workflow_enqueue_in(conn, wf)
+                        except TransientStorageError as exc:
+                            raise exc.__cause__ from None  # a serialization failure: _run retries the advance
+            except psycopg.OperationalError:
+                maybe_committed = maybe_committed or conn.broken or conn.closed
+                raise
             return True
 
         # Retried from the start after a lost connection: the compare-and-set then finds out whether the
