@@ -37,13 +37,14 @@ def _with_password(url: str) -> tuple[str, str]:
 class PostgresFactory(SqlFactory):
     backend_cls = PostgresBackend
 
-    def make(self) -> PostgresBackend:
-        return self.cls(self.url, schema=self.schema, pool_size=4, connect_timeout=5, retry_seconds=5)
+    def make(self, cls: type[PostgresBackend]) -> PostgresBackend:
+        return cls(self.url, schema=self.schema, pool_size=4, connect_timeout=5, retry_seconds=5)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "conformance_target" in metafunc.fixturenames:
-        metafunc.parametrize("conformance_target", conformance_targets(selected_servers()), indirect=True)
+        metafunc.parametrize("conformance_target", conformance_targets(selected_servers(), metafunc.function),
+                             indirect=True)
 
 
 @pytest.fixture

@@ -14,7 +14,8 @@ Areas: :mod:`.lifecycle` (open/close, migrations, drop_schema, describe, capabil
 and rate limits, takeovers), :mod:`.fairness` (partitioned queues, partition concurrency, priority),
 :mod:`.dedup` (one live workflow per dedup id), :mod:`.delay` (delayed starts), :mod:`.schedules` (cron
 schedules: definitions, the cursor's compare-and-set), :mod:`.enqueue_in` (enqueue in the caller's
-transaction), :mod:`.sql_enqueue` (the SQL ``enqueue()`` function).
+transaction), :mod:`.sql_enqueue` (the SQL ``enqueue()`` function), :mod:`.ambiguity` (a lost
+acknowledgement of each write, one at a time).
 
 Differences a backend is known to have are declared in :mod:`.differences`, nowhere else.
 """
@@ -22,6 +23,7 @@ Differences a backend is known to have are declared in :mod:`.differences`, nowh
 from __future__ import annotations
 
 from . import (
+    ambiguity,
     control,
     dedup,
     delay,
@@ -42,7 +44,7 @@ from . import (
 from .fixtures import _known_differences, conformance_fault_totals
 
 AREAS = (lifecycle, workflows, leases, steps, notifications, messaging, streams, control, observability,
-         queue_limits, fairness, dedup, delay, schedules, enqueue_in, sql_enqueue)
+         queue_limits, fairness, dedup, delay, schedules, enqueue_in, sql_enqueue, ambiguity)
 
 __all__: list[str] = []
 

@@ -7,7 +7,7 @@ import pytest
 from kit.errors import WorkflowDuplicateError, WorkflowStateError
 from kit.storage import Finish, Status, WorkflowQuery
 
-from .helpers import claim, create, run_threads, uid
+from .helpers import NAME, claim, create, run_threads, uid
 
 
 def test_a_live_holder_refuses_a_second_workflow_and_is_named(backend_factory):
@@ -20,7 +20,7 @@ def test_a_live_holder_refuses_a_second_workflow_and_is_named(backend_factory):
     assert holder in str(info.value) and "order-7" in str(info.value)
     # The same id again is not a duplicate: creating is idempotent by workflow id.
     _, again = create(backend, holder, queue="mail", dedup_id="order-7")
-    assert again.created is False and again.status == Status.PENDING
+    assert again.status == Status.PENDING and again.name == NAME
     # Another queue, the default queue, or another dedup id: independent.
     assert create(backend, queue="sms", dedup_id="order-7")[1].created
     assert create(backend, dedup_id="order-7")[1].created

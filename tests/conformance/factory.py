@@ -12,7 +12,8 @@ A short adapter (see tests/test_conformance_postgres.py)::
 
     def pytest_generate_tests(metafunc):
         if "conformance_target" in metafunc.fixturenames:
-            metafunc.parametrize("conformance_target", conformance_targets(servers), indirect=True)
+            metafunc.parametrize("conformance_target", conformance_targets(servers, metafunc.function),
+                                 indirect=True)
 
     @pytest.fixture
     def backend_factory(request, conformance_target, conformance_fault_totals):
@@ -23,6 +24,7 @@ A short adapter (see tests/test_conformance_postgres.py)::
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
@@ -33,6 +35,7 @@ from psycopg import sql
 
 from kit.storage import Backend
 
+from .differences import spared_operations
 from .faults import FaultPlan, fault_injecting, faulty_connection_class
 
 
@@ -47,10 +50,13 @@ def fault_servers(servers: Sequence[str]) -> list[str]:
     return ["pgserver16"] if "pgserver16" in servers else list(servers[:1])
 
 
-def conformance_targets(servers: Sequence[str]) -> list[Any]:
+def conformance_targets(servers: Sequence[str], function: Any = None) -> list[Any]:
     """Parameters of ``conformance_target``: (server, faults) for the plain pass on every server and the
-    fault-injected pass on :func:`fault_servers`; ids ``<server>`` and ``<server>-faults``."""
+    fault-injected pass on :func:`fault_servers` (not for a test marked with ``no_faults``); ids
+    ``<server>`` and ``<server>-faults``."""
     plain = [pytest.param((s, False), id=s) for s in servers]
+    if getattr(function, "__conformance_no_faults__", None):
+        return plain
     return plain + [pytest.param((s, True), id=f"{s}-faults") for s in fault_servers(servers)]
 
 
@@ -68,25 +74,36 @@ class SqlFactory:
         self.url = url
         self.schema = schema
         self.secret = secret
-        self.faults: FaultPlan | None = FaultPlan.from_env(label) if faults else None
-        self.cls: type[Backend] = fault_injecting(self.backend_cls, self.faults) if self.faults else self.backend_cls
         self.name: str = self.backend_cls.name
+        self.faults: FaultPlan | None = FaultPlan.from_env(label, spared_operations(self.name)) if faults else None
+        self.cls: type[Backend] = fault_injecting(self.backend_cls, self.faults) if self.faults else self.backend_cls
         self._made: list[Backend] = []
         self._conns: list[psycopg.Connection] = []
         self._version: str | None = None
         self.test_name: str | None = None  # set by the suite's _known_differences fixture
         self.area: str | None = None
 
-    def make(self) -> Backend:
-        """A new, unopened backend on the test namespace."""
-        return self.cls(self.url, schema=self.schema)  # type: ignore[call-arg]
+    def make(self, cls: type[Backend]) -> Backend:
+        """A new, unopened backend of class ``cls`` (the backend class or a subclass) on the test namespace."""
+        return cls(self.url, schema=self.schema)  # type: ignore[call-arg]
 
     def __call__(self, *, migrate: bool = True) -> Any:
-        backend = self.make()
+        return self._open(self.cls, self.faults, migrate)
+
+    def with_faults(self, plan: FaultPlan, *, migrate: bool = True) -> Any:
+        """A new backend on the test namespace that injects ``plan``'s faults (e.g. a
+        :class:`~conformance.faults.OneFault`), whatever the pass."""
+        return self._open(fault_injecting(self.backend_cls, plan), plan, migrate)
+
+    def _open(self, cls: type[Backend], plan: FaultPlan | None, migrate: bool) -> Any:
+        backend = self.make(cls)
         self._made.append(backend)
-        backend.open()
-        if migrate:
-            backend.migrate()
+        # Setting up the test is not its subject: no faults here (lifecycle tests that open or migrate
+        # under test call those operations themselves).
+        with plan.quiet() if plan else contextlib.nullcontext():
+            backend.open()
+            if migrate:
+                backend.migrate()
         return backend
 
     def qualify(self, name: str) -> str:
@@ -98,9 +115,11 @@ class SqlFactory:
             cur = conn.execute(query, params)  # type: ignore[arg-type]
             return cur.fetchall() if cur.description else []
 
-    def connect(self) -> psycopg.Connection:
+    def connect(self, faults: FaultPlan | None = None) -> psycopg.Connection:
+        """A caller's own connection (not autocommit); with the pass's faults, or ``faults``."""
         base = getattr(self.backend_cls, "connection_class", psycopg.Connection)
-        cls = faulty_connection_class(base, self.faults) if self.faults else base
+        plan = faults or self.faults
+        cls = faulty_connection_class(base, plan) if plan else base
         conn = cls.connect(self.url, autocommit=False, connect_timeout=5)
         self._conns.append(conn)
         return conn
@@ -156,9 +175,9 @@ def factory_fixture(request: Any, factory: Any, totals: FaultTotals | None = Non
     finally:
         factory.close_all()
     if plan is not None:
+        print(f"{plan!r}:", *plan.log, sep="\n  ")  # shown with a failure's report
         if totals is not None:
             totals.add(plan)
         # Every test long enough to reach the plan's phase got faults (else the wrapper is not wired in).
-        first = plan.phase or plan.every
-        assert plan.boundaries < first or plan.total > 0, (
+        assert plan.boundaries < plan.first or plan.total > 0, (
             f"the fault pass injected nothing in {plan.boundaries} boundaries: {plan!r}")

@@ -13,10 +13,11 @@ connection class injects faults at statement boundaries, following a seeded :cla
 
 Faults are injected only while one of the backend's interface operations runs on the calling thread
 (the subclass wraps each of them), at most ``per_operation`` per call so that the backend's retries
-converge, at every ``every``-th eligible boundary (the phase comes from the seed and the test id, so a
-single-threaded test sees the same faults on every run). Statements that carry no data (LISTEN, explicit
-transaction control) are left alone. Operations that make one attempt by design (a heartbeat, a wake-up)
-are exempt, each with its reason (:data:`SINGLE_ATTEMPT`).
+converge, on about one eligible boundary in ``every`` (seeded by the test id, so a single-threaded test
+sees the same faults on every run). Statements that carry no data (LISTEN, explicit transaction control)
+are left alone. Operations that make one attempt by design (a heartbeat, a wake-up) are spared, each with
+its reason (:data:`SINGLE_ATTEMPT`); so are the fault kinds a backend is known not to withstand yet, each
+with its reason in the register (:data:`conformance.differences.FAULT_GAPS`).
 """
 
 from __future__ import annotations
@@ -54,10 +55,16 @@ _NOT_FAULTED = re.compile(r"^\s*(LISTEN|UNLISTEN|BEGIN|COMMIT|ROLLBACK|SAVEPOINT
 
 
 class FaultPlan:
-    """Which boundaries fail and how; counts what was injected (``injected``, ``log``)."""
+    """Which boundaries fail and how; counts what was injected (``injected``, ``log``).
+
+    The first fault falls on one of the first three eligible boundaries (seeded); after it, each
+    eligible boundary fails with probability 1/``every`` (seeded: a single-threaded test sees the same
+    faults on every run, and a retry loop never meets the same fault forever). ``spared`` maps an operation
+    to the fault kinds it is spared (:data:`SINGLE_ATTEMPT`, and the known gaps of the backend under test
+    from :mod:`conformance.differences`)."""
 
     def __init__(self, *, seed: int = 1, label: str = "", every: int = 4, per_operation: int = 2,
-                 kinds: tuple[str, ...] = KINDS, exempt: Mapping[str, str] = SINGLE_ATTEMPT) -> None:
+                 kinds: tuple[str, ...] = KINDS, spared: Mapping[str, tuple[str, ...]] | None = None) -> None:
         if every < 1 or per_operation < 0 or not kinds or set(kinds) - set(KINDS):
             raise ValueError(f"bad fault plan: every={every} per_operation={per_operation} kinds={kinds}")
         self.seed = seed
@@ -65,23 +72,23 @@ class FaultPlan:
         self.every = every
         self.per_operation = per_operation
         self.kinds = tuple(kinds)
-        self.exempt = dict(exempt)
+        self.spared = {op: KINDS for op in SINGLE_ATTEMPT} if spared is None else dict(spared)
         self._rng = random.Random(f"{seed}:{label}")
-        self.phase = self._rng.randrange(every)
+        self.first = self._rng.randrange(min(every, 3)) + 1  # the boundary of the first fault: early
         self._lock = threading.Lock()
         self._local = threading.local()
-        self.boundaries = 0  # eligible boundaries seen (inside a non-exempt operation with budget left)
+        self.boundaries = 0  # eligible boundaries seen (inside an operation with budget and kinds left)
         self.injected: Counter[str] = Counter()
         self.log: list[str] = []  # "operation: kind at <statement>", in order
 
     @classmethod
-    def from_env(cls, label: str) -> FaultPlan:
+    def from_env(cls, label: str, spared: Mapping[str, tuple[str, ...]] | None = None) -> FaultPlan:
         """The plan of one test: seed and density from KIT_TEST_FAULT_SEED / KIT_TEST_FAULT_EVERY."""
         return cls(seed=int(os.environ.get("KIT_TEST_FAULT_SEED", "1")), label=label,
-                   every=int(os.environ.get("KIT_TEST_FAULT_EVERY", "4")))
+                   every=int(os.environ.get("KIT_TEST_FAULT_EVERY", "10")), spared=spared)
 
     def __repr__(self) -> str:
-        return (f"FaultPlan(seed={self.seed}, every={self.every}, phase={self.phase}, "
+        return (f"FaultPlan(seed={self.seed}, every={self.every}, first={self.first}, "
                 f"per_operation={self.per_operation}, injected={dict(self.injected)})")
 
     @property
@@ -95,7 +102,8 @@ class FaultPlan:
         depth = getattr(local, "depth", 0)
         if depth == 0:
             local.name = name
-            local.budget = 0 if name in self.exempt else self.per_operation
+            local.budget = self.per_operation
+            local.kinds = tuple(k for k in self.kinds if k not in self.spared.get(name, ()))
         local.depth = depth + 1
         try:
             yield
@@ -103,33 +111,59 @@ class FaultPlan:
             local.depth = depth
 
     @contextmanager
-    def paused(self) -> Iterator[None]:
-        """No faults on this thread inside the block (e.g. a connection's own clean-up)."""
+    def quiet(self) -> Iterator[None]:
+        """No faults on this thread inside the block (the factory's own setup of a test's backends)."""
         local = self._local
-        saved = getattr(local, "depth", 0)
-        local.depth = 0
+        saved = getattr(local, "depth", 0), getattr(local, "budget", 0), getattr(local, "name", None)
+        local.depth, local.budget, local.name = 1, 0, None
         try:
             yield
         finally:
-            local.depth = saved
+            local.depth, local.budget, local.name = saved
 
     def decide(self, where: str, kinds: tuple[str, ...]) -> str | None:
         """Called at a boundary: the fault to inject there (one of ``kinds``), or None."""
         local = self._local
         if getattr(local, "depth", 0) == 0 or local.budget <= 0:
             return None
-        usable = [k for k in self.kinds if k in kinds]
+        usable = [k for k in local.kinds if k in kinds]
         if not usable:
             return None
         with self._lock:
             self.boundaries += 1
-            if self.boundaries % self.every != self.phase:
+            n = self.boundaries
+            if not (n == self.first or (n > self.first and self._rng.random() * self.every < 1)):
                 return None
             kind = self._rng.choice(usable)
             self.injected[kind] += 1
-            self.log.append(f"{local.name}: {kind} at {where}")
+            self.log.append(f"{local.name}: {kind} at {where[:70]}")
         local.budget -= 1
         return kind
+
+
+class OneFault(FaultPlan):
+    """Exactly one fault of ``kind``, at the first boundary of ``operation`` whose statement starts with
+    ``at`` (e.g. ``"COMMIT"``; None: its first boundary that can take ``kind``)."""
+
+    def __init__(self, operation: str, kind: str = "ambiguous", at: str | None = None) -> None:
+        super().__init__(kinds=(kind,), spared={}, label=f"{operation}:{kind}:{at}")
+        self.target = operation
+        self.kind = kind
+        self.at = at
+
+    def __repr__(self) -> str:
+        return f"OneFault({self.target!r}, {self.kind!r}, at={self.at!r}, injected={dict(self.injected)})"
+
+    def decide(self, where: str, kinds: tuple[str, ...]) -> str | None:
+        local = self._local
+        if (getattr(local, "depth", 0) == 0 or local.budget <= 0 or local.name != self.target or self.kind not in kinds
+                or self.total or (self.at is not None and not where.upper().startswith(self.at.upper()))):
+            return None
+        with self._lock:
+            self.boundaries += 1
+            self.injected[self.kind] += 1
+            self.log.append(f"{local.name}: {self.kind} at {where[:70]}")
+        return self.kind
 
 
 def _text(query: Any, conn: psycopg.Connection) -> str:

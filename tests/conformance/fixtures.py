@@ -4,6 +4,7 @@ import *`` brings them into the adapter module, where pytest finds them)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -18,13 +19,22 @@ def _known_differences(request: pytest.FixtureRequest) -> None:
         differences.check_whole_test(request, request.getfixturevalue("backend_factory"))
 
 
+class _FaultSummary:
+    """A plugin registered by the session fixture: prints the totals in pytest's terminal summary."""
+
+    def __init__(self, totals: FaultTotals) -> None:
+        self.totals = totals
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.totals.tests:
+            terminalreporter.write_line(self.totals.summary())
+
+
 @pytest.fixture(scope="session")
 def conformance_fault_totals(request: pytest.FixtureRequest) -> Iterator[FaultTotals]:
-    """Counts what the fault-injected pass injected; reported at the end of the session."""
+    """Counts what the fault-injected pass injected; reported in the terminal summary."""
     totals = FaultTotals()
+    name = "conformance-fault-summary"
+    if not request.config.pluginmanager.has_plugin(name):
+        request.config.pluginmanager.register(_FaultSummary(totals), name)
     yield totals
-    if totals.tests:
-        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
-            reporter.write_line("")
-            reporter.write_line(totals.summary())

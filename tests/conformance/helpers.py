@@ -174,16 +174,16 @@ def qclaim_now(backend: Backend, owner: str, queue: str, *, timeout: float = 15.
         time.sleep(0.005)
 
 
-def run_step_transaction(backend: Backend, step: StepResult, body: Callable[[Any], str | None]) -> StepRecord:
-    """A transactional step as the engine runs it: ``body(connection)`` returns the output, then the
-    checkpoint; a TransientStorageError (nothing of it committed) runs it again."""
+def run_step_transaction(backend: Backend, step: StepResult, body: Callable[[Any], None]) -> StepRecord | None:
+    """A transactional step as the engine runs it: ``body(tx)`` writes through ``tx.connection`` and calls
+    ``tx.checkpoint(...)``; a TransientStorageError (nothing of it committed) runs it again. Returns
+    ``tx.record``; whatever else the block raises propagates."""
     for _ in range(20):
         try:
             with backend.step_transaction(step) as tx:
-                tx.checkpoint(body(tx.connection))
+                body(tx)
         except TransientStorageError:
             continue
-        assert tx.record is not None
         return tx.record
     raise AssertionError("a transactional step failed transiently 20 times in a row")
 

@@ -108,7 +108,7 @@ def test_global_concurrency_holds_across_claimers(backend_factory):
     def drain(i: int) -> None:
         backend = backends[i % 3]
         idle = 0
-        while idle < 50:
+        while idle < 20:
             got = qclaim_now(backend, f"d{i}", q, limit=2)
             assert len(_running(backend, q)) <= 3
             if not got:
