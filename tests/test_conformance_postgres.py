@@ -48,11 +48,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture
-def conformance_target(request):
-    return request.param
-
-
-@pytest.fixture
 def backend_factory(request, conformance_target, pg_servers, conformance_fault_totals):
     server, faults = conformance_target
     url, secret = _with_password(pg_servers[server])

@@ -41,7 +41,7 @@ from . import (
     streams,
     workflows,
 )
-from .fixtures import _known_differences, conformance_fault_totals
+from .fixtures import _known_differences, conformance_fault_totals, conformance_target
 
 AREAS = (lifecycle, workflows, leases, steps, notifications, messaging, streams, control, observability,
          queue_limits, fairness, dedup, delay, schedules, enqueue_in, sql_enqueue, ambiguity)
@@ -58,4 +58,4 @@ for _module in AREAS:
 
 # Fixtures the suite defines for itself (the adapter gets them with the tests).
 listing = workflows.listing
-__all__ += ["listing", "_known_differences", "conformance_fault_totals"]
+__all__ += ["listing", "_known_differences", "conformance_fault_totals", "conformance_target"]

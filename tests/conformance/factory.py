@@ -18,8 +18,12 @@ A short adapter (see tests/test_conformance_postgres.py)::
     @pytest.fixture
     def backend_factory(request, conformance_target, conformance_fault_totals):
         server, faults = conformance_target
-        yield from factory_fixture(request, MyFactory(url_of(server), new_schema(), faults=faults),
-                                   conformance_fault_totals)
+        factory = MyFactory(url_of(server), new_schema(), faults=faults, label=request.node.nodeid)
+        yield from factory_fixture(request, factory, conformance_fault_totals)
+
+``conformance_target`` and ``conformance_fault_totals`` are fixtures of the suite (they come with the star
+import). Environment: KIT_TEST_FAULT_SERVERS (servers of the fault pass, or ``none``), KIT_TEST_FAULT_SEED
+and KIT_TEST_FAULT_EVERY (the schedule: about one boundary in EVERY fails, default 10).
 """
 
 from __future__ import annotations

@@ -12,6 +12,12 @@ from . import differences
 from .factory import FaultTotals
 
 
+@pytest.fixture
+def conformance_target(request: pytest.FixtureRequest) -> tuple[str, bool]:
+    """(server, faults): parametrized by the adapter with :func:`conformance.factory.conformance_targets`."""
+    return request.param
+
+
 @pytest.fixture(autouse=True)
 def _known_differences(request: pytest.FixtureRequest) -> None:
     """Apply the register of known differences to every test that uses ``backend_factory``."""

@@ -16,6 +16,8 @@ instances behave like two worker processes. The factory also carries:
 ``connect()``         a new driver connection of the caller's own (not autocommit), as an application
                       passes to ``workflow_enqueue_in``; closed by the factory at the end of the test
 ``server_version()``  the server's version text (for version ranges in the register)
+``with_faults(plan)`` optional: a new backend on the namespace injecting ``plan``'s faults (the
+                      :mod:`.ambiguity` area skips without it)
 
 :class:`conformance.factory.SqlFactory` implements all of it for psycopg-based backends.
 """

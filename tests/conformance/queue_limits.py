@@ -188,13 +188,13 @@ def test_expired_leases_are_taken_over_within_the_limits(backend_factory):
     q = _queue(backend, concurrency=2, worker_concurrency=1)
     orphans = {create(backend, queue=q)[0] for _ in range(2)}
     fresh = [create(backend, queue=q)[0] for _ in range(2)]
-    got = qclaim_now(backend, "w-dead-1", q, lease=0.2) + qclaim_now(backend, "w-dead-2", q, lease=0.2)
+    # Leases long enough that the second claim never takes over the first one's, short enough to wait for.
+    got = qclaim_now(backend, "w-dead-1", q, lease=1.0) + qclaim_now(backend, "w-dead-2", q, lease=1.0)
     assert {c.workflow_id for c in got} == orphans
-    time.sleep(0.3)  # both leases expire (database clock)
     taken: list = []
     # Each live worker has room for one run: one takeover each, and no new start (the queue holds 2).
     for owner in ("w1", "w2"):
-        taken += wait_for(lambda owner=owner: qclaim_now(backend, owner, q), what="a takeover")
+        taken += wait_for(lambda owner=owner: qclaim_now(backend, owner, q), what="a takeover")  # once expired
     assert {c.workflow_id for c in taken} == orphans
     assert all(c.recovery and c.epoch == 2 for c in taken)
     assert qclaim_now(backend, "w3", q) == [], "two running: the queue is full"
