@@ -63,7 +63,7 @@ class FaultPlan:
     to the fault kinds it is spared (:data:`SINGLE_ATTEMPT`, and the known gaps of the backend under test
     from :mod:`conformance.differences`)."""
 
-    def __init__(self, *, seed: int = 1, label: str = "", every: int = 4, per_operation: int = 2,
+    def __init__(self, *, seed: int = 1, label: str = "", every: int = 10, per_operation: int = 2,
                  kinds: tuple[str, ...] = KINDS, spared: Mapping[str, tuple[str, ...]] | None = None) -> None:
         if every < 1 or per_operation < 0 or not kinds or set(kinds) - set(KINDS):
             raise ValueError(f"bad fault plan: every={every} per_operation={per_operation} kinds={kinds}")
