@@ -1271,14 +1271,16 @@ class PostgresBackend(Backend):
                   "last_tick": new_cursor if last is not None else None,
                   "last_workflow_id": last.workflow_id if last is not None else None}
 
-        maybe_committed = False  # an earlier attempt lost its connection at or after the COMMIT
+        maybe_committed = False  # an earlier attempt moved the cursor, then lost its connection
 
         def advance(conn: psycopg.Connection) -> bool:
             nonlocal maybe_committed
+            moved = False
             try:
                 with conn.transaction():
                     conn.execute(self._q["schedule_tx_guard"], {"idle_ms": str(self.schedule_idle_timeout_ms)})
-                    if conn.execute(self._q["schedule_advance"], params).fetchone() is None:
+                    moved = conn.execute(self._q["schedule_advance"], params).fetchone() is not None
+                    if not moved:
                         if maybe_committed:  # then the cursor is at or past ours and our ticks' workflows exist
                             row = conn.execute(self._q["schedule_get"], {"name": name}).fetchone()
                             return row is not None and row[7] >= new_cursor and (last is None or conn.execute(
@@ -1290,12 +1292,12 @@ class PostgresBackend(Backend):
                         except TransientStorageError as exc:
                             raise exc.__cause__ from None  # a serialization failure: _run retries the advance
             except psycopg.OperationalError:
-                maybe_committed = maybe_committed or conn.broken or conn.closed
+                maybe_committed = maybe_committed or (moved and (conn.broken or conn.closed))
                 raise
             return True
 
-        # Retried from the start after a lost connection: the compare-and-set then finds out whether the
-        # first attempt committed (cursor moved: False) or not (it runs again).
+        # Retried from the start after a lost connection: if an earlier attempt had moved the cursor, the
+        # compare-and-set now fails and the outcome is read back; otherwise it simply runs again.
         return self._run(lambda conn: _retry_if_cut_off(conn, advance))
 
 
