@@ -179,6 +179,19 @@ def test_lost_ack_of_a_schedule_advance_is_read_back(backend_factory):
 
 
 @no_faults(OWN)
+def test_lost_ack_of_a_refused_schedule_advance_stays_refused(backend_factory):
+    """The COMMIT of an advance whose compare-and-set failed (it wrote nothing) is lost: still False."""
+    backend = backend_factory()
+    spec = ScheduleSpec(uid("s"), NAME, "* * * * *", "UTC")
+    backend.schedule_define(spec, T0)
+    tick = T0 + timedelta(minutes=1)
+    assert backend.schedule_advance(spec.name, T0, tick, []) is True
+    faulty, plan = _faulty(backend_factory, "schedule_advance", at="COMMIT")
+    assert faulty.schedule_advance(spec.name, T0, tick, []) is False, "another worker's advance, not ours"
+    _injected(plan)
+
+
+@no_faults(OWN)
 def test_lost_ack_of_a_queue_definition_and_of_drop_schema(backend_factory):
     backend = backend_factory()
     faulty, plan = _faulty(backend_factory, "queue_define")
