@@ -137,8 +137,7 @@ class StepsPart(PostgresCore):
             raise StorageError("backend is not open")
         try:
             # Wait as long as any other call would (the retry budget): a failover must not abandon the step.
-            conn_cm = self._pool.connection(timeout=max(1.0, self.retry_seconds))
-            conn = conn_cm.__enter__()
+            conn_cm, conn = self._checkout_checked(max(1.0, self.retry_seconds))
         except (psycopg.Error, PoolTimeout) as exc:
             raise DatabaseUnavailableError(scrub(f"database unavailable: {exc}", self.url)) from exc
         tx = _PgStepTx(self, conn, step)
