@@ -32,7 +32,7 @@ from kit.errors import (
 )
 from kit.storage import Backend, NewWorkflow, Status, WorkflowRecord
 from kit.validation import check_size, validate_workflow_id
-from kit.worker import Runtime
+from kit.worker import Runtime, StopSummary
 
 if TYPE_CHECKING:
     from kit.queues import Queue
@@ -268,14 +268,19 @@ class Kit:
         while not stop.wait(0.5):
             pass
 
-    def close(self, grace: float = 5.0) -> None:
-        """Stop the worker, release unfinished leases so others take over at once, close connections."""
+    def close(self, grace: float = 5.0) -> StopSummary | None:
+        """Stop the worker and hand its running workflows over at step boundaries (each finishes the step it
+        is in, records it and is released for another worker to go on at once; a step still running after
+        ``grace`` seconds is released mid-step), then close connections. Returns what the stop did (None
+        when this process ran no workflows)."""
+        summary = None
         if self._runtime is not None:
-            self._runtime.stop(grace)
+            summary = self._runtime.stop(grace)
             self._runtime = None
         if self._backend is not None:
             self._backend.close()
             self._backend = None
+        return summary
 
     def __enter__(self) -> Kit:
         return self
@@ -451,6 +456,7 @@ class Kit:
                     f"workflow id {wid!r} already belongs to workflow '{held.name}', not '{wf.name}'"
                 )
             return WorkflowHandle(self, wid)
+        sent = time.monotonic()
         try:
             created = self.backend.workflow_create(NewWorkflow(
                 workflow_id=wid, name=wf.name, inputs=inputs, app_version=self.config.app_version,
@@ -467,6 +473,7 @@ class Kit:
                     f"workflow id {wid!r} already belongs to workflow '{created.name}', not '{wf.name}'"
                 )
             return WorkflowHandle(self, wid)
+        ctx.lease_until = runtime.lease_valid_until(sent)
         ctx.confirmed_at = time.monotonic()
         future = runtime.submit_local(ctx, wf.fn, args, kwargs, dedicated=parent_id is not None)
         return WorkflowHandle(self, wid, future)

@@ -299,11 +299,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
     app.launch()
     print(f"kit worker {app.worker_id}: running {', '.join(app.workflow_names())} "
           f"(concurrency {app.config.worker_concurrency}); Ctrl-C to stop", file=sys.stderr, flush=True)
+    from kit.worker import StopSummary
+
+    worker_id = app.worker_id
     try:
         while not stop.wait(0.5):
             pass
     finally:
-        app.close()
+        summary = app.close()  # hands running workflows over at step boundaries
+    print(f"kit worker {worker_id}: stopped; of the workflows running, {summary or StopSummary()}",
+          file=sys.stderr, flush=True)
     return 0
 
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import os
 import socket
 import threading
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from kit import serialization as ser
@@ -34,6 +36,18 @@ def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+@dataclass(frozen=True)
+class StopSummary:
+    """What a graceful stop did with the workflows this process was running when it began."""
+
+    finished: int = 0  # ended here (their end recorded) while stopping
+    handed_over: int = 0  # released to other workers: at a step boundary, or mid-step after the grace period
+    mid_step: int = 0  # of those, released with a step still running when the grace period ended
+
+    def __str__(self) -> str:
+        return f"{self.finished} finished, {self.handed_over} handed over ({self.mid_step} of them mid-step)"
+
+
 class Runtime:
     """Per-process execution state: the held leases, the heartbeat thread, the optional claim loop."""
 
@@ -43,7 +57,11 @@ class Runtime:
         self.worker_id = new_worker_id()
         self.info = WorkerInfo(self.worker_id, socket.gethostname(), os.getpid())
         self._held: dict[str, WorkflowContext] = {}
-        self._lock = threading.Lock()  # guards _held; held across claim and renew statements
+        self._lock = threading.Lock()  # guards _held, _claims_in_flight and the stop counters (never held
+        # across a database call: the heartbeat must not wait for a claim that waits for the database)
+        self._claims_in_flight = 0  # claim rounds whose claims are not in _held yet
+        self._stopping = False
+        self._stop_counts = collections.Counter()
         self._stop = threading.Event()
         self._claiming = threading.Event()
         self._heartbeat: threading.Thread | None = None
@@ -96,14 +114,35 @@ class Runtime:
             self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="kit-heartbeat", daemon=True)
             self._heartbeat.start()
 
+    def lease_valid_until(self, sent_at: float) -> float:
+        """Until when (monotonic) a lease the database set or extended no earlier than ``sent_at`` is
+        certainly still ours: its expiry counts from the server's time of the statement, which is later.
+        A small margin stays in hand."""
+        lease = self.cfg.lease_seconds
+        return sent_at + lease - min(1.0, 0.1 * lease)
+
     def renew_once(self) -> None:
-        """Extend our leases; flag workflows whose lease was taken; release leases we don't know."""
+        """Extend our leases; flag workflows whose lease was taken; release leases we don't know.
+
+        Runs without the runtime's lock (a claim waiting for the database must not hold the heartbeat
+        up); a lease returned by the renewal that no run here knows is released only when no claim was
+        in flight, so a claim committed but not yet registered is never mistaken for a stray one."""
         with self._lock:
-            started = time.monotonic()
-            leases = self.app.backend.lease_renew(self.worker_id, self.cfg.lease_seconds, self.info)
-            lost = [c for c in self._held.values()
-                    if 0 < c.confirmed_at < started and not c.finishing and leases.get(c.workflow_id) != c.epoch]
-            unknown = {wid: ep for wid, ep in leases.items() if wid not in self._held}
+            known = set(self._held)  # a run that ends during the renewal is not a stray lease
+        started = time.monotonic()
+        leases = self.app.backend.lease_renew(self.worker_id, self.cfg.lease_seconds, self.info)
+        until = self.lease_valid_until(started)
+        with self._lock:
+            held = list(self._held.values())
+            settled = self._claims_in_flight == 0 and not self._stopping
+            unknown = ({wid: ep for wid, ep in leases.items() if wid not in self._held and wid not in known}
+                       if settled else {})
+        lost = []
+        for c in held:
+            if leases.get(c.workflow_id) == c.epoch:
+                c.lease_until = until if c.lease_until == math.inf else max(c.lease_until, until)
+            elif 0 < c.confirmed_at < started and not c.finishing and not c.handover:
+                lost.append(c)
         for ctx in lost:
             if not ctx.lost.is_set():
                 log.warning("lease of workflow %s (epoch %d) was taken over; abandoning it at the next step",
@@ -116,13 +155,41 @@ class Runtime:
             self.app.backend.workflow_release(wid, epoch)
 
     def _heartbeat_loop(self) -> None:
-        while not self._stop.wait(self.cfg.heartbeat_seconds):
+        wait = self.cfg.heartbeat_seconds
+        failing_since: float | None = None
+        warned = 0.0
+        while not self._stop.wait(wait):
+            wait = self.cfg.heartbeat_seconds
             try:
                 self.renew_once()
+                if failing_since is not None:
+                    log.warning("heartbeat: leases renewed again after %.1fs", time.monotonic() - failing_since)
+                    failing_since = None
             except StorageError as exc:
-                log.warning("heartbeat failed: %s", exc)
+                # The renewal retried within its own budget (well under the lease): try again at once, so
+                # the leases are renewed as soon as the database is back (a warning per lease period).
+                now = time.monotonic()
+                failing_since = failing_since if failing_since is not None else now
+                if now - warned >= self.cfg.lease_seconds:
+                    warned = now
+                    log.warning("heartbeat failed: %s", exc)
+                wait = 0.05
             except Exception:  # pragma: no cover - keep the heartbeat alive whatever happens
                 log.exception("heartbeat failed")
+            self._expire_local_views()
+
+    def _expire_local_views(self) -> None:
+        """Stop the runs whose lease may have expired: no renewal confirmed within the lease, so another
+        worker may take them over soon. Each stops at its next step boundary (also checked by the engine);
+        the database still fences whatever it writes."""
+        now = time.monotonic()
+        with self._lock:
+            expired = [c for c in self._held.values()
+                       if now >= c.lease_until and not c.lost.is_set() and not c.finishing]
+        for ctx in expired:
+            log.warning("workflow %s: no lease renewal confirmed within the lease (%.1fs), it may have expired: "
+                        "stopping the run at its next step boundary", ctx.workflow_id, self.cfg.lease_seconds)
+            ctx.lost.set()
 
     # -- running -----------------------------------------------------------------------------------
     def submit_local(self, ctx: WorkflowContext, fn, args: tuple, kwargs: dict, *,
@@ -154,9 +221,30 @@ class Runtime:
 
     def _run(self, ctx: WorkflowContext, fn, args: tuple, kwargs: dict) -> Outcome:
         try:
-            return execute(self.app, ctx, fn, args, kwargs)
+            outcome = execute(self.app, ctx, fn, args, kwargs)
+            self._ended(ctx, outcome)
+            return outcome
         finally:
             self.drop(ctx.workflow_id, ctx)
+
+    def _ended(self, ctx: WorkflowContext, outcome: Outcome) -> None:
+        """A run ended while this process is stopping: count it; one that stopped at a step boundary is
+        released now, so another worker goes on with its next step at once (its wake-up is the release's
+        notification). Released before the run is dropped, so ``stop`` never closes the database first."""
+        if not ctx.handover or self._stop.is_set():  # (after the stop, late runs were released by it)
+            return
+        if outcome.status is not None:
+            with self._lock:
+                self._stop_counts["finished"] += 1
+            return
+        try:
+            released = self.app.backend.workflow_release(ctx.workflow_id, ctx.epoch)
+        except StorageError as exc:
+            log.warning("could not release %s (it will be recovered after its lease): %s", ctx.workflow_id, exc)
+            return
+        if released:
+            with self._lock:
+                self._stop_counts["handed_over"] += 1
 
     # -- claim loop ----------------------------------------------------------------------------------
     def start_worker(self) -> None:
@@ -227,7 +315,10 @@ class Runtime:
                 if due:  # start each round at a different limited queue
                     turn = self.claimed_count % len(due)
                     due = due[turn:] + due[:turn]
-                with self._lock:
+                with self._lock:  # the heartbeat leaves leases it does not know alone until they are held
+                    self._claims_in_flight += 1
+                try:
+                    sent = time.monotonic()
                     # Limited queues first: a backlog on an unlimited queue must not starve them.
                     claims: list[Claim] = []
                     for queue in due:
@@ -235,7 +326,8 @@ class Runtime:
                         if room <= 0:
                             break
                         self._limited_dirty.discard(queue)  # a finish or notification from now on re-marks it
-                        here = sum(1 for c in self._held.values() if c.queue == queue)
+                        with self._lock:
+                            here = sum(1 for c in self._held.values() if c.queue == queue)
                         got = backend.queue_claim(ClaimRequest(self.worker_id, names, room, self.cfg.lease_seconds,
                                                                versions=versions, running_here=here), queue)
                         if got is None or len(got) >= room:
@@ -247,13 +339,18 @@ class Runtime:
                                                                       versions=versions))
                     now = time.monotonic()
                     ctxs = [WorkflowContext(c.workflow_id, c.name, c.epoch, confirmed_at=now, queue=c.queue,
-                                            deadline=c.deadline.timestamp() if c.deadline else None)
+                                            deadline=c.deadline.timestamp() if c.deadline else None,
+                                            lease_until=self.lease_valid_until(sent))
                             for c in claims]
-                    for ctx in ctxs:
-                        old = self._held.get(ctx.workflow_id)
-                        if old is not None:  # an earlier run here (e.g. cancelled, then resumed): stop it
-                            old.lost.set()
-                        self._held[ctx.workflow_id] = ctx
+                    with self._lock:
+                        for ctx in ctxs:
+                            old = self._held.get(ctx.workflow_id)
+                            if old is not None:  # an earlier run here (e.g. cancelled, then resumed): stop it
+                                old.lost.set()
+                            self._held[ctx.workflow_id] = ctx
+                finally:
+                    with self._lock:
+                        self._claims_in_flight -= 1
             except KitError as exc:
                 log.warning("claim failed: %s", exc)
                 self._stop.wait(poll)
@@ -282,7 +379,7 @@ class Runtime:
                 err = ser.dumps(ser.exception_to_record(exc))
                 self.app.backend.workflow_finish(Finish(claim.workflow_id, claim.epoch, Status.ERROR, error=err))
                 return
-            execute(self.app, ctx, wf.fn, tuple(args), kwargs)
+            self._ended(ctx, execute(self.app, ctx, wf.fn, tuple(args), kwargs))
             if ctx.queue is not None and self._notifier is not None:
                 # Capacity of a limited queue was freed here: claim from it again now.
                 self._limited_dirty.add(ctx.queue)
@@ -299,14 +396,26 @@ class Runtime:
                 self._idle.notify_all()
 
     # -- shutdown -----------------------------------------------------------------------------------
-    def stop(self, grace: float = 5.0) -> None:
-        """Stop claiming, give running workflows ``grace`` seconds, then release the rest's leases."""
+    def stop(self, grace: float = 5.0) -> StopSummary:
+        """Stop claiming and hand the running workflows over at step boundaries: each finishes the step it
+        is in, records it, and is released at once for another worker to go on (one that reaches its end
+        first finishes here). A step still running after ``grace`` seconds is released mid-step: it will
+        run again elsewhere (G3)."""
         self._claiming.clear()
         if self._scheduler is not None:
             self._scheduler.stop()
             self._scheduler = None
+        with self._lock:
+            self._stopping = True
+            running = list(self._held.values())
+        for ctx in running:  # claimed and locally started workflows alike
+            ctx.handover = True
+            ctx.lost.set()  # waits end now; a step body in flight runs on and is recorded
+        if running:
+            log.info("stopping: handing %d workflow(s) over at their next step boundary (grace %.1fs)",
+                     len(running), grace)
         deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:  # claimed and locally started workflows alike
+        while time.monotonic() < deadline:
             with self._lock:
                 busy = any(c.confirmed_at > 0 for c in self._held.values())
             if not busy:
@@ -315,13 +424,30 @@ class Runtime:
         with self._lock:
             remaining = list(self._held.values())
         for ctx in remaining:
+            ctx.handover = True
             ctx.lost.set()
-            if ctx.confirmed_at > 0:
-                try:
-                    self.app.backend.workflow_release(ctx.workflow_id, ctx.epoch)
-                except StorageError as exc:
-                    log.warning("could not release %s (it will be recovered after its lease): %s",
-                                ctx.workflow_id, exc)
+            if ctx.confirmed_at <= 0:
+                continue
+            in_flight = ", ".join(f"{i} '{name}'" for i, name in sorted(dict(ctx.running).items()))
+            if in_flight:
+                log.warning("workflow %s: step %s still running after the %.1fs grace period: released mid-step "
+                            "(it will run again elsewhere)", ctx.workflow_id, in_flight, grace)
+            else:
+                log.warning("workflow %s did not reach a step boundary within the %.1fs grace period: released",
+                            ctx.workflow_id, grace)
+            try:
+                released = self.app.backend.workflow_release(ctx.workflow_id, ctx.epoch)
+            except StorageError as exc:
+                log.warning("could not release %s (it will be recovered after its lease): %s", ctx.workflow_id, exc)
+                continue
+            if released:
+                with self._lock:
+                    self._stop_counts["handed_over"] += 1
+                    self._stop_counts["mid_step"] += 1 if in_flight else 0
+        with self._lock:
+            summary = StopSummary(**self._stop_counts)
+        if running:
+            log.info("stopped: %s", summary)
         self._stop.set()
         if self._notifier is not None:
             self._notifier.stop()
@@ -332,3 +458,4 @@ class Runtime:
         self._local.shutdown(wait=False, cancel_futures=True)
         if self._claimed_pool is not None:
             self._claimed_pool.shutdown(wait=False, cancel_futures=True)
+        return summary

@@ -18,8 +18,10 @@ from typing import Any, TypeVar
 
 import psycopg
 import psycopg.errors
+from kit.backends.postgres.leases import LeaseConnection
+from kit.backends.postgres.pool import Pool, mark_ok, ok_at
 from psycopg import sql
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import PoolTimeout
 
 from kit.config import redact_url
 from kit.errors import (
@@ -256,7 +258,7 @@ class PostgresBackend(Backend):
         self.connect_timeout = connect_timeout
         self.retry_seconds = retry_seconds
         self.use_notify = notify
-        self._pool: ConnectionPool | None = None
+        self._pool: Pool | None = None
         self._caps = Capabilities()
         # Rendered to text once: psycopg then caches each statement's conversion and prepared plan.
         self._q = {k: sql.SQL(v).format(schema=sql.Identifier(schema)).as_string(None) for k, v in _QUERIES.items()}
@@ -265,6 +267,11 @@ class PostgresBackend(Backend):
         self._listening: set[str] = set()
         self._closed = False
         self._watchdog = _Watchdog(call_timeout)
+        # The heartbeat's own connection (lease_renew), bounded by the renewal budget (set per call).
+        self._lease_budget = call_timeout
+        self._lease_watchdog = _Watchdog(call_timeout)
+        self._leases = LeaseConnection(self._lease_connect, self._lease_watchdog, _is_connection_error,
+                                       self._commit_unacknowledged)
         # Connections (by id) that got "canceling wait for synchronous replication": their last commit is
         # local only, not acknowledged (see _commit_unacknowledged).
         self._unreplicated: set[int] = set()
@@ -295,7 +302,7 @@ class PostgresBackend(Backend):
     def open(self) -> None:
         if self._pool is not None:
             return
-        pool = ConnectionPool(
+        pool = Pool(
             self.url, min_size=1, max_size=self.pool_size, kwargs=self._conn_kwargs(), open=False,
             name="kit", timeout=max(self.connect_timeout * 2, 10.0), reconnect_timeout=self.retry_seconds,
             configure=self._configure_conn,
@@ -316,6 +323,7 @@ class PostgresBackend(Backend):
         """Watch every pooled connection's notices for a synchronous-replication wait that was cancelled."""
         key = id(conn)
         self._unreplicated.discard(key)
+        mark_ok(conn)
 
         def on_notice(diag: psycopg.errors.Diagnostic, key: int = key) -> None:
             if _SYNC_REP_CANCELLED in (diag.message_primary or "").lower():
@@ -356,6 +364,7 @@ class PostgresBackend(Backend):
 
     def close(self) -> None:
         self._closed = True
+        self._leases.close()
         with self._listen_lock:
             if self._listen_conn is not None:
                 try:
@@ -383,17 +392,25 @@ class PostgresBackend(Backend):
 
     def _run(self, fn: Callable[[psycopg.Connection], T], *, retry: bool = True) -> T:
         """Run ``fn`` on a pooled connection; retry lost connections and transient errors with backoff
-        for up to ``retry_seconds``. Every statement run this way is idempotent or read-back checked."""
-        if self._pool is None:
+        for up to ``retry_seconds``. Every statement run this way is idempotent or read-back checked.
+
+        A pooled connection that worked before this call and is found dead (it died with a restarted or
+        failed-over server, like every connection idle in the pool) is not charged: the call goes on at
+        once with another one. Only a server that stays unreachable costs backoff and budget."""
+        pool = self._pool
+        if pool is None:
             raise StorageError("backend is not open")
-        deadline = time.monotonic() + self.retry_seconds
+        started = time.monotonic()
+        deadline = started + self.retry_seconds
         delay = 0.05
         watchdog = self._watchdog
         barrier = False
+        free = self.pool_size + 1  # bound on retries that are not charged
         while True:
+            conn: psycopg.Connection | None = None
             try:
                 # Waiting for a pooled connection counts against the same retry budget.
-                with self._pool.connection(timeout=max(0.1, deadline - time.monotonic())) as conn:
+                with pool.connection(timeout=max(0.1, deadline - time.monotonic())) as conn:
                     watchdog.enter(conn)
                     try:
                         if barrier:
@@ -403,6 +420,7 @@ class PostgresBackend(Backend):
                             # Never taken as success: retry fn (idempotent / read-back) after a barrier.
                             barrier = True
                             raise psycopg.OperationalError("commit not acknowledged by synchronous replication")
+                        mark_ok(conn)
                         return result
                     finally:
                         watchdog.leave(conn)
@@ -421,6 +439,13 @@ class PostgresBackend(Backend):
             except (psycopg.Error, PoolTimeout) as exc:
                 if not _is_connection_error(exc):
                     raise StorageError(_scrub(f"{type(exc).__name__}: {exc}", self.url)) from exc
+                if conn is not None and conn.broken:
+                    pool.mark_lost()
+                    if ok_at(conn) < started and free > 0 and not self._closed and time.monotonic() < deadline:
+                        free -= 1  # it died before this call could know: not the caller's cost
+                        log.debug("a pooled connection was lost (%s): retrying at once on another",
+                                  _scrub(str(exc).strip(), self.url))
+                        continue
                 if not retry or self._closed or time.monotonic() + delay > deadline:
                     raise DatabaseUnavailableError(
                         _scrub(f"database {redact_url(self.url)} unavailable: {exc}", self.url)
@@ -680,14 +705,34 @@ class PostgresBackend(Backend):
                 for r in rows]
 
     def lease_renew(self, owner: str, lease_seconds: float, worker: WorkerInfo | None = None) -> dict[str, int]:
+        """On the heartbeat's own connection (never queued behind step traffic), retried within a quarter
+        of the lease; a connection that died with the server is replaced at once."""
         if worker is not None:
             params = {"owner": owner, "lease": lease_seconds, "hostname": worker.hostname, "pid": worker.pid}
             stmt = self._q["lease_renew"]
         else:
             params = {"owner": owner, "lease": lease_seconds}
             stmt = self._q["lease_renew_no_worker"]
-        rows = self._run(lambda c: c.execute(stmt, params).fetchall(), retry=False)
+        if self._pool is None:
+            raise StorageError("backend is not open")
+        budget = max(0.5, min(self.retry_seconds, lease_seconds / 4))
+        self._lease_budget = self._lease_watchdog.limit = budget
+        try:
+            rows = self._leases.execute(stmt, params, budget)
+        except psycopg.errors.UndefinedTable as exc:
+            raise SchemaError(f"kit tables are missing in schema '{self.schema}': run `kit migrate`") from exc
+        except psycopg.Error as exc:
+            cls = DatabaseUnavailableError if _is_connection_error(exc) else StorageError
+            raise cls(_scrub(f"lease renewal failed: database {redact_url(self.url)}: {exc}", self.url)) from exc
         return {r[0]: r[1] for r in rows}
+
+    def _lease_connect(self) -> psycopg.Connection:
+        kwargs = self._conn_kwargs()
+        if "connect_timeout" in kwargs:  # ours, not the URL's: bound a connect by the renewal's budget
+            kwargs["connect_timeout"] = str(max(2, int(min(self.connect_timeout, self._lease_budget))))
+        conn = psycopg.connect(self.url, **kwargs)
+        self._configure_conn(conn)
+        return conn
 
     # -- steps ------------------------------------------------------------------------------------------
     def step_record(self, step: StepResult) -> StepRecord:
@@ -748,6 +793,34 @@ class PostgresBackend(Backend):
         rows = self._run(lambda c: c.execute(self._q["step_list"], {"workflow_id": workflow_id}).fetchall())
         return [_step(r) for r in rows]
 
+    def _checkout_checked(self, timeout: float) -> tuple[Any, psycopg.Connection]:
+        """A pooled connection for a transaction nobody retries blindly (a user's transactional step): one
+        idle since a connection of the pool was found broken is checked first (one round trip, only then),
+        and a dead one is dropped and replaced at once. Returns the pool's context manager and the connection."""
+        pool = self._pool
+        assert pool is not None
+        deadline = time.monotonic() + timeout
+        for _ in range(self.pool_size + 1):
+            conn_cm = pool.connection(timeout=max(0.1, deadline - time.monotonic()))
+            conn = conn_cm.__enter__()
+            if not pool.suspect(conn):
+                return conn_cm, conn
+            self._watchdog.enter(conn)
+            try:
+                conn.execute("")
+                mark_ok(conn)
+                return conn_cm, conn
+            except psycopg.Error as exc:
+                if not conn.broken:
+                    conn_cm.__exit__(type(exc), exc, exc.__traceback__)
+                    raise
+                pool.mark_lost()
+                conn_cm.__exit__(type(exc), exc, exc.__traceback__)  # the pool drops the broken connection
+            finally:
+                self._watchdog.leave(conn)
+        conn_cm = pool.connection(timeout=max(0.1, deadline - time.monotonic()))
+        return conn_cm, conn_cm.__enter__()
+
     @contextmanager
     def step_transaction(self, step: StepResult) -> Iterator[_PgStepTx]:
         """Run a transactional step's body and its checkpoint in one transaction.
@@ -760,8 +833,7 @@ class PostgresBackend(Backend):
             raise StorageError("backend is not open")
         try:
             # Wait as long as any other call would (the retry budget): a failover must not abandon the step.
-            conn_cm = self._pool.connection(timeout=max(1.0, self.retry_seconds))
-            conn = conn_cm.__enter__()
+            conn_cm, conn = self._checkout_checked(max(1.0, self.retry_seconds))
         except (psycopg.Error, PoolTimeout) as exc:
             raise DatabaseUnavailableError(_scrub(f"database unavailable: {exc}", self.url)) from exc
         tx = _PgStepTx(self, conn, step)
