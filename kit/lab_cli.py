@@ -11,7 +11,7 @@ from kit.errors import KitError, UsageError
 
 # Kept here (not imported from chaos.lab) so `kit lab fault --help` and bad names work without the lab's deps.
 FAULT_NAMES = ("kill-primary", "pause-primary", "partition-primary", "partition-victim", "timeout-victim",
-               "latency", "reset-peer", "limit-data", "restart-cluster", "heal")
+               "latency", "reset-peer", "limit-data", "restart-cluster", "restart-primary", "heal")
 
 
 def add_lab_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:

@@ -248,6 +248,18 @@ def test_lost_checkpoint_that_was_executed_and_acknowledged_is_a_lost_ack_not_a_
     assert set(verdict(h, sync=True).failures()) == {"G9"}
 
 
+def test_lost_checkpoint_acknowledged_only_by_a_later_epochs_replay_is_a_lost_ack() -> None:
+    h = clean_history()
+    # W1's step 0 ran and committed at epoch 1, whose worker was killed before acknowledging it; epoch 2
+    # replayed (acknowledged) the checkpoint, which a failover then lost.
+    h.steps = [s for s in h.steps if (s.workflow_id, s.step_id) != (W1, 0)]
+    h.acks = [a for a in h.acks if (a.workflow_id, a.step_id) != (W1, 0)] + [ack(W1, 0, 110.0, 2, fresh=False)]
+    h.workflows[0] = dataclasses.replace(h.workflows[0], epoch=2)
+    sync = verdict(h, sync=True)
+    assert set(sync.failures()) == {"G9"} and sync.lost_acks == 1, sync.summary()
+    assert verdict(h, sync=False).ok
+
+
 def test_report_round_trip_and_summary(tmp_path: Path) -> None:
     r = ScenarioReport("kill-primary", "sync")
     r.event(0.0, "start on postgresql://lab:secret@10.0.0.1:5432/lab")
