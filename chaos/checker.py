@@ -181,7 +181,12 @@ def evaluate(history: History, *, sync_replication: bool, queue_limit: int | Non
     g3: list[str] = []
     duplicates = 0
     dup_after_lost_ack = 0
-    dup_examples: list[str] = []  # older-epoch executions: which step, which epochs, whose run was lost
+    dup_examples: list[str] = []  # which step, which epochs, whose run was lost
+    # Why each duplicate happened: an older epoch's run whose checkpoint never committed (its worker died,
+    # froze or was cut off: the G3 window), a transactional step re-run by its owner after the transaction
+    # rolled back (nothing of it committed, G4), one epoch run by two workers (a lost claim), or a run whose
+    # acknowledged checkpoint was lost in a failover (G9).
+    dup_kinds: Counter[str] = Counter()
     for key, entries in runs.items():
         wid, step = key
         rows = checkpoints.get(key)
@@ -194,6 +199,7 @@ def evaluate(history: History, *, sync_replication: bool, queue_limit: int | Non
                 # between its commit and its own ack) and is gone: a lost write, G9 decides.
                 duplicates += len(entries)
                 dup_after_lost_ack += len(entries)
+                dup_kinds["after_lost_ack"] += len(entries)
             elif wf and wf[0].status == "SUCCESS":
                 g3.append(f"{wid}#{step} ({name}) ran {len(entries)}x but has no checkpoint in a finished workflow")
             continue
@@ -209,16 +215,22 @@ def evaluate(history: History, *, sync_replication: bool, queue_limit: int | Non
             if count > 1:
                 if tx:
                     duplicates += count - 1  # rolled-back transaction run again by its owner
+                    dup_kinds["tx_rolled_back"] += count - 1
+                    dup_examples.append(f"{wid}#{step} {name} {count}x at e{cp.epoch} by {worker} (rolled back)")
                 else:
                     g2.append(f"{wid}#{step} ({name}) ran {count}x at e{cp.epoch} attempt {attempt} by {worker}")
         if len(owners) > 1:
             duplicates += len(owners) - 1  # one epoch, two owners: a lost claim (G6 decides whether allowed)
+            dup_kinds["two_owners_one_epoch"] += len(owners) - 1
         older = [e for e in entries if e.epoch < cp.epoch]
         for e in older:
             duplicates += 1
             dup_examples.append(f"{wid}#{step} {name} e{e.epoch}->e{cp.epoch} (ran by {e.worker or e.pid})")
             if (wid, step, e.epoch) in acked:
                 dup_after_lost_ack += 1
+                dup_kinds["after_lost_ack"] += 1
+            else:
+                dup_kinds["older_epoch"] += 1
     g["G2"] = _verdict(g2, f"{len(checkpoints)} checkpoints; no step ran again after its checkpoint"
                        + (f" ({dup_after_lost_ack} re-runs after lost acknowledgements, see G9)"
                           if dup_after_lost_ack else ""))
@@ -441,6 +453,7 @@ def evaluate(history: History, *, sync_replication: bool, queue_limit: int | Non
         "queue_limit": queue_limit,
         "worker_queue_limit": worker_queue_limit,
         "duplicates_after_lost_ack": dup_after_lost_ack,
+        "duplicate_kinds": dict(dup_kinds),
         "duplicate_examples": sorted(dup_examples)[:20],
         "torn_ledger_lines": h.torn_lines,
         "recoveries": sum(w.recoveries for w in h.workflows),

@@ -119,8 +119,15 @@ def render_summary(reports: list[ScenarioReport]) -> Table:
             status = (r.guarantees.get(gid) or {}).get("status")
             cells.append(marks.get(status or "", "[dim]?[/]"))
         table.add_row(r.name, r.variant, str(r.workflows), _fmt_s(r.fault_to_first_checkpoint_s), _fmt_s(r.drain_s),
-                      str(r.takeovers), str(r.duplicates), str(r.lost_acks), *cells, "[green]ok[/]" if r.ok else "[bold red]FAIL[/]")
+                      str(r.takeovers), _dup(r), str(r.lost_acks), *cells, "[green]ok[/]" if r.ok else "[bold red]FAIL[/]")
     return table
+
+
+def _dup(r: ScenarioReport) -> str:
+    """Duplicates, with how many of them were transactional steps re-run after their transaction rolled back
+    (nothing of the first run committed): ``7 (5 tx)``."""
+    tx = ((r.extra.get("stats") or {}).get("duplicate_kinds") or {}).get("tx_rolled_back", 0)
+    return f"{r.duplicates} ({tx} tx)" if tx else str(r.duplicates)
 
 
 def _slug(text: str) -> str:
