@@ -8,7 +8,9 @@ How each guarantee is decided (``E`` is the epoch recorded on a step's checkpoin
 
 - G1: one row (one terminal status) per workflow id; a finished workflow's result is the expected one.
 - G2: no execution of a checkpointed step in an epoch newer than ``E`` (a newer owner replays it), and no
-  ordinary step executed twice by the same owner in the same epoch and attempt.
+  ordinary step executed twice by the same owner in the same epoch and attempt. Under asynchronous
+  replication, an execution under a claim that a deposed primary acknowledged and lost (its epoch then
+  claimed again by another worker) is a lost write, counted as a duplicate (kind ``lost_claim``).
 - G3: every execution beyond the checkpointed one is inside the crash window: it belongs to an older
   epoch than ``E`` (its owner died or lost its lease, and its checkpoint never committed), or it is a
   transactional step re-run by the same owner after its transaction rolled back. Counted as duplicates.
@@ -176,6 +178,18 @@ def evaluate(history: History, *, sync_replication: bool, queue_limit: int | Non
             problems.append(f"{wid} completed with {rows[0].output!r}, expected {h.expected_outputs[wid]!r}")
     g["G1"] = _verdict(problems, f"{len(rows_by_id)} workflow ids, one row and one terminal status each")
 
+    # One epoch held by two workers: a claim that was acknowledged and then lost. Under synchronous
+    # replication that breaks fencing; under asynchronous replication it is a lost write (reported), and
+    # the late writes of the owners involved are not fencing failures either, nor (G2) a step run under
+    # such a claim: the deposed primary that acknowledged the claim did not have the step's checkpoint.
+    owners_of: dict[tuple[str, int], set[str]] = defaultdict(set)
+    for e in list(h.ledger) + list(h.acks):
+        if e.worker:
+            owners_of[(e.workflow_id, e.epoch)].add(e.worker)
+    reused = sorted(k for k, v in owners_of.items() if len(v) > 1)
+    reused_wf = {w for w, _ep in reused}
+    lost_claims = set(reused) if not sync_replication else set()
+
     # -- G2 / G3: executions against checkpoints ----------------------------------------------------------
     g2: list[str] = []
     g3: list[str] = []
@@ -205,6 +219,13 @@ def evaluate(history: History, *, sync_replication: bool, queue_limit: int | Non
             continue
         cp = min(rows, key=lambda r: r.epoch)
         newer = [e for e in entries if e.epoch > cp.epoch]
+        under_lost_claim = [e for e in newer if (wid, e.epoch) in lost_claims]
+        if under_lost_claim:
+            newer = [e for e in newer if (wid, e.epoch) not in lost_claims]
+            duplicates += len(under_lost_claim)
+            dup_kinds["lost_claim"] += len(under_lost_claim)
+            dup_examples += [f"{wid}#{step} {name} e{cp.epoch} ran again at e{e.epoch} under a lost claim (by "
+                             f"{e.worker})" for e in under_lost_claim]
         if newer:
             g2.append(f"{wid}#{step} ({name}) checkpointed at e{cp.epoch} ran again at "
                       f"e{sorted({e.epoch for e in newer})}")
@@ -275,15 +296,6 @@ def evaluate(history: History, *, sync_replication: bool, queue_limit: int | Non
     by_wf_steps: dict[str, list[StepRow]] = defaultdict(list)
     for s in h.steps:
         by_wf_steps[s.workflow_id].append(s)
-    # One epoch held by two workers: a claim that was acknowledged and then lost. Under synchronous
-    # replication that breaks fencing; under asynchronous replication it is a lost write (reported), and
-    # the late writes of the owners involved are not fencing failures either.
-    owners_of: dict[tuple[str, int], set[str]] = defaultdict(set)
-    for e in list(h.ledger) + list(h.acks):
-        if e.worker:
-            owners_of[(e.workflow_id, e.epoch)].add(e.worker)
-    reused = sorted(k for k, v in owners_of.items() if len(v) > 1)
-    reused_wf = {w for w, _ep in reused}
     if sync_replication:
         problems += [f"{w} epoch {ep} held by {len(owners_of[(w, ep)])} workers" for w, ep in reused]
     lost_claim_writes = 0

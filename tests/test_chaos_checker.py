@@ -260,6 +260,20 @@ def test_lost_checkpoint_acknowledged_only_by_a_later_epochs_replay_is_a_lost_ac
     assert verdict(h, sync=False).ok
 
 
+def test_step_run_under_a_claim_a_deposed_primary_lost_is_a_lost_write_only_when_asynchronous() -> None:
+    h = clean_history()
+    # A thawed old primary acknowledged a claim of W1 at epoch 2 and lost it (it lacked step 0's checkpoint,
+    # so that worker ran step 0 again); the new primary's epoch 2 went to another worker, which replayed.
+    other = "host:200:bbbb"
+    h.ledger.append(run(W1, 0, "lab.prepare", 110.0, epoch=2, worker=other))
+    h.acks.append(ack(W1, 0, 111.0, epoch=2, fresh=False))
+    h.workflows[0] = dataclasses.replace(h.workflows[0], epoch=2)
+    async_ = verdict(h, sync=False)
+    assert async_.ok, async_.summary()
+    assert async_.stats["duplicate_kinds"] == {"lost_claim": 1}
+    assert {"G2", "G6"} <= set(verdict(h, sync=True).failures())
+
+
 def test_report_round_trip_and_summary(tmp_path: Path) -> None:
     r = ScenarioReport("kill-primary", "sync")
     r.event(0.0, "start on postgresql://lab:secret@10.0.0.1:5432/lab")
