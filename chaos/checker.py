@@ -196,10 +196,10 @@ def evaluate(history: History, *, sync_replication: bool, queue_limit: int | Non
     duplicates = 0
     dup_after_lost_ack = 0
     dup_examples: list[str] = []  # which step, which epochs, whose run was lost
-    # Why each duplicate happened: an older epoch's run whose checkpoint never committed (its worker died,
-    # froze or was cut off: the G3 window), a transactional step re-run by its owner after the transaction
-    # rolled back (nothing of it committed, G4), one epoch run by two workers (a lost claim), or a run whose
-    # acknowledged checkpoint was lost in a failover (G9).
+    # Why each duplicate happened: an older epoch's run of an ordinary step whose checkpoint never committed
+    # (its worker died, froze or was cut off: the G3 window), a transactional step run again after its
+    # transaction rolled back (by its owner or a later epoch; nothing of the first run committed, G4), one
+    # epoch run by two workers (a lost claim), or a run whose acknowledged checkpoint was lost (G9).
     dup_kinds: Counter[str] = Counter()
     for key, entries in runs.items():
         wid, step = key
@@ -250,6 +250,8 @@ def evaluate(history: History, *, sync_replication: bool, queue_limit: int | Non
             if (wid, step, e.epoch) in acked:
                 dup_after_lost_ack += 1
                 dup_kinds["after_lost_ack"] += 1
+            elif tx:  # its transaction never committed (G4 checks that): only effects outside it repeat
+                dup_kinds["tx_rolled_back"] += 1
             else:
                 dup_kinds["older_epoch"] += 1
     g["G2"] = _verdict(g2, f"{len(checkpoints)} checkpoints; no step ran again after its checkpoint"

@@ -136,7 +136,8 @@ def test_crash_window_rerun_is_counted_not_failed() -> None:
               for a in h.acks]
     r = verdict(h)
     assert r.ok, r.summary()
-    assert r.duplicates == 1 and r.stats["takeovers"] == 1
+    assert r.duplicates == 1 and r.stats["takeovers"] == 1 and r.takeovers == 1
+    assert r.stats["duplicate_kinds"] == {"older_epoch": 1}
 
 
 def test_duplicate_execution_outside_the_crash_window_fails() -> None:
