@@ -101,8 +101,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if not app.workflow_names():
         raise UsageError(f"{args.app} registers no workflows: nothing to run")
     stop = threading.Event()
+    received: list[int] = []
 
     def on_signal(signum: int, frame: Any) -> None:
+        received.append(signum)
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -113,9 +115,21 @@ def cmd_worker(args: argparse.Namespace) -> int:
     try:
         while not stop.wait(0.5):
             pass
+        if received and received[0] == signal.SIGINT:
+            _say_stopping(app)
     finally:
         app.close()
+    if received and received[0] == signal.SIGINT:
+        print(f"kit worker {app.worker_id}: stopped", file=sys.stderr, flush=True)
     return 0
+
+
+def _say_stopping(app: Kit) -> None:
+    """The Ctrl-C line: what this worker did, and what happens to what it still runs."""
+    claimed = getattr(app.runtime, "claimed_count", 0)
+    print(f"kit worker {app.worker_id}: stopping (Ctrl-C) after claiming {claimed} workflow(s); running ones get "
+          "5s to finish, the rest are released for other workers to continue from their checkpoints",
+          file=sys.stderr, flush=True)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
