@@ -79,13 +79,12 @@ def run_demo(args: argparse.Namespace) -> int:
     })
     env.pop("KIT_CONFIG", None)
 
-    where = (f"embedded PostgreSQL in {data_dir / 'pgdata'}" if app.config.database_url is None
+    where = (f"embedded PostgreSQL ({data_dir / 'pgdata'})" if app.config.database_url is None
              else redact_url(url or ""))
     console.print(Panel.fit(Text.assemble(
         ("kit demo", "bold"), f": an order pipeline of {len(demo_app.STEPS)} steps, {args.orders} orders\n",
-        f"database: {where}, schema {schema}\n",
-        "Worker A is killed (SIGKILL) in the middle of a step; worker B recovers its work."),
-        border_style="cyan"))
+        f"database: {where}\nschema: {schema}\n",
+        "worker A is killed (SIGKILL) mid-step; worker B recovers its work"), border_style="cyan"))
 
     order_ids = [f"order-{i + 1:03d}" for i in range(args.orders)]
     for i, oid in enumerate(order_ids):
@@ -121,7 +120,7 @@ def run_demo(args: argparse.Namespace) -> int:
                         killed_at = time.monotonic()
                         events.append(f"[red]SIGKILL worker A[/red] (pid {worker_a.pid}) after {done_steps} "
                                       "checkpointed steps")
-                        events.append(f"  A was mid-step in: {', '.join(in_flight) or 'none'}")
+                        events.append(f"  A was mid-step in: {_by_step(in_flight)}")
                         worker_b, _ = _spawn_worker("B", env, run_dir)
                         pids[worker_b.pid] = "B"
                         events.append(f"worker B started (pid {worker_b.pid}); A's leases expire within "
@@ -157,6 +156,15 @@ def run_demo(args: argparse.Namespace) -> int:
     console.print(f"inspect it yourself:\n  kit workflows list {opts}\n  kit workflow show {order_ids[0]} {opts}",
                   highlight=False, markup=False)
     return 0 if ok else 1
+
+
+def _by_step(in_flight: list[str]) -> str:
+    """``order-1/charge, order-2/charge`` as ``charge of order-1, order-2`` (one clause per step)."""
+    orders: dict[str, list[str]] = defaultdict(list)
+    for item in in_flight:
+        order, _, step = item.partition("/")
+        orders[step].append(order)
+    return "; ".join(f"{step} of {', '.join(o)}" for step, o in orders.items()) or "none"
 
 
 def _in_flight(ledger: Path, steps_by_wf: dict[str, list]) -> list[str]:
@@ -229,8 +237,7 @@ def _summary(console: Console, backend: Any, order_ids: list[str], ledger: Path,
             if len(committed_run) != 1 or after:
                 violations.append(f"{oid} step {s.name}: {len(effects)} side effects for one checkpoint")
             for e in before:
-                reruns.append(f"{oid} {s.name} (worker {pids.get(e['pid'], e['pid'])} was killed before "
-                              "its checkpoint committed)")
+                reruns.append(f"{oid}/{s.name} ({pids.get(e['pid'], e['pid'])} died before its checkpoint committed)")
     per_worker = Counter(pids.get(e["pid"], str(e["pid"])) for e in entries)
     table = Table(title="summary", show_header=False)
     table.add_row("orders completed", f"{sum(1 for o in order_ids if backend.workflow_get(o).status == Status.SUCCESS)}"

@@ -104,6 +104,14 @@ def stop_embedded(data_dir: str | os.PathLike[str], *, timeout: float = 60.0) ->
     return status
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the current directory when it is inside it (shorter on a narrow terminal)."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def embedded_url(data_dir: str | os.PathLike[str], *, quiet: bool = False) -> str:
     """Start (or reuse) the embedded PostgreSQL in ``data_dir``/pgdata and return its URL.
 
@@ -134,6 +142,6 @@ def embedded_url(data_dir: str | os.PathLike[str], *, quiet: bool = False) -> st
     if not was_running:
         log.info("started the embedded PostgreSQL in %s", pgdata)
         if not quiet:
-            print(f"kit: started the embedded PostgreSQL in {pgdata}; it keeps running after kit exits "
-                  "(`kit db` shows it, `kit db stop` stops it)", file=sys.stderr)
+            print(f"kit: started the embedded PostgreSQL in {_shown(pgdata)} (it keeps running; `kit db stop` "
+                  "stops it)", file=sys.stderr)
     return server.get_uri()

@@ -295,6 +295,7 @@ def test_workflow_show_lists_messages_events_and_streams(pg_url: str, schema: st
         (["workflows"], "required"),
         (["workflow", "show"], "required"),
         (["workflow", "show", "has space"], "invalid workflow id"),
+        (["workflow", "show", "5f0c9a8e…"], "shortened id: `kit workflows list --wide`"),
         (["worker", "nonsense"], "MODULE:APP"),
         (["worker", "nomodule_kit_test:app"], "nomodule_kit_test"),
         (["worker", "tests.apps.ledger_app:no_such_attr"], "no_such_attr"),
