@@ -51,18 +51,18 @@ def _root(data_dir: str | os.PathLike[str]) -> Path:
     return Path(data_dir).expanduser().resolve()
 
 
-def _alive(pid: int) -> bool:
+def _alive(pid: int, pgdata: Path) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         pass  # someone else's process (pgserver runs the server as its own user under root)
-    try:  # a recycled pid is not our server
+    try:  # a recycled pid is not our server: the server's command line names its data directory
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return True  # no /proc: trust the pid
-    return b"postgres" in cmdline
+    return os.fsencode(pgdata) in cmdline
 
 
 def embedded_status(data_dir: str | os.PathLike[str]) -> EmbeddedStatus:
@@ -74,7 +74,7 @@ def embedded_status(data_dir: str | os.PathLike[str]) -> EmbeddedStatus:
         pid = int(lines[0])
     except (OSError, ValueError, IndexError):
         return EmbeddedStatus(root, pgdata, False)
-    if not _alive(pid):
+    if not _alive(pid, pgdata):
         return EmbeddedStatus(root, pgdata, False)
     started = None
     if len(lines) > 2 and lines[2].strip().isdigit():
@@ -96,7 +96,7 @@ def stop_embedded(data_dir: str | os.PathLike[str], *, timeout: float = 60.0) ->
     except PermissionError as exc:
         raise ConfigError(f"cannot stop the embedded PostgreSQL (pid {status.pid}): {exc.strerror}") from None
     deadline = time.monotonic() + timeout
-    while _alive(status.pid):
+    while _alive(status.pid, status.pgdata):
         if time.monotonic() > deadline:
             raise DatabaseUnavailableError(f"the embedded PostgreSQL (pid {status.pid}) did not stop within "
                                            f"{timeout:g}s; see {status.log_file}")

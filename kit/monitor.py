@@ -31,6 +31,7 @@ from rich.table import Table
 from rich.text import Text
 
 from kit.cli.layout import natural_width, render_plain, short_id, span
+from kit.cli.views import error_line
 from kit.config import redact_url
 from kit.errors import KitError
 from kit.storage import (
@@ -40,7 +41,6 @@ from kit.storage import (
     Percentiles,
     ScheduleState,
     Status,
-    WorkflowRecord,
 )
 
 SPARK = "▁▂▃▄▅▆▇█"
@@ -114,18 +114,6 @@ def _latency(value: float | None) -> str:
 
 def _rate(value: float) -> str:
     return f"{value:.1f}/s" if value < 100 else f"{value:.0f}/s"
-
-
-def _error_text(rec: WorkflowRecord) -> str:
-    import json
-
-    if not rec.error:
-        return ""
-    try:
-        data = json.loads(rec.error)
-        return f"{data.get('type', '')}: {data.get('message', '')}"
-    except (ValueError, AttributeError):
-        return rec.error
 
 
 def _one_line(text: str, width: int) -> str:
@@ -248,7 +236,7 @@ def _failures_panel(stats: MonitorStats, clock: _Clock, width: int, rows: int | 
         for rec in failures:
             table.add_row(clock.age(rec.finished_at) + " ago",
                           Text(rec.workflow_id if full else short_id(rec.workflow_id)), Text(rec.name),
-                          Text(_one_line(_error_text(rec), 1000)))
+                          Text(_one_line(error_line(rec.error), 1000)))
         return table
 
     inner = width - 4  # the panel's border and padding
@@ -448,7 +436,7 @@ class MonitorSource:
 
 def _error_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
-    return _one_line(redact_url(text), 160)
+    return _one_line(redact_url(text), 300)
 
 
 # -- live loop ------------------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """What ``kit workflows list``, ``kit workflow show``, ``kit queues`` and ``kit schedules`` print: pure
 functions of the records, the time and the terminal width (golden-tested at 80 and 140 columns).
 
-Each view is built in its fullest form first (whole ids, full times) and falls back to the compact form
-of :mod:`kit.cli.layout` when that does not fit; ``wide=True`` keeps the fullest form at any width. User
-data is never read as markup.
+Each table is built in its fullest form first (whole ids, long headers) and falls back to the compact
+form of :mod:`kit.cli.layout` (ids cut by its rule) when that does not fit; the free text (an error, an
+output, a body) takes what is left of the line. ``wide=True`` shows everything whole, with full times, at
+any width. User data is never read as markup.
 """
 
 from __future__ import annotations
