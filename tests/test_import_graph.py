@@ -19,15 +19,16 @@ REPO = Path(__file__).resolve().parents[1]
 # covers its submodules).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("kit.errors", "kit.clock", "kit.config", "kit.validation", "kit.serialization", "kit.cron",
-              "kit.groupcommit", "kit.embedded")),
+              "kit.groupcommit", "kit.embedded", "kit.telemetry", "kit.integrations")),
     ("storage", ("kit.storage", "kit.registry", "kit.notifier", "kit.backends",
                  "kit.bench.probe")),  # the protocol a backend's bench probe implements
     ("engine", ("kit.definitions", "kit.engine")),
     ("runtime", ("kit.runtime", "kit.services")),
     ("features", ("kit.lifecycle", "kit.handle", "kit.queues", "kit.messaging", "kit.streams", "kit.schedules",
-                  "kit.starting")),
+                  "kit.starting", "kit.integrations.sqlalchemy")),
     ("facade", ("kit", "kit.app", "kit.client")),
-    ("tools", ("kit.cli", "kit.bench", "kit.lab", "kit.monitor", "kit.demo", "kit.demo_app", "kit.testing")),
+    ("tools", ("kit.cli", "kit.bench", "kit.lab", "kit.monitor", "kit.demo", "kit.demo_app", "kit.testing",
+               "kit.integrations.otel", "kit.integrations.prometheus", "kit.integrations.metrics")),
 ]
 RANK = {name: i for i, (name, _) in enumerate(LAYERS)}
 
