@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                   "kit.starting", "kit.integrations.sqlalchemy")),
     ("facade", ("kit", "kit.app", "kit.client")),
     ("tools", ("kit.cli", "kit.bench", "kit.lab", "kit.monitor", "kit.demo", "kit.demo_app", "kit.testing",
-               "kit.integrations.otel", "kit.integrations.prometheus", "kit.integrations.metrics")),
+               "kit.integrations.otel", "kit.integrations.prometheus", "kit.integrations.metrics", "kit.__main__")),
 ]
 RANK = {name: i for i, (name, _) in enumerate(LAYERS)}
 
