@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent test-environment installer for Debian 12 (run as root, or as a user with sudo).
 #   - Debian packages: postgresql-15 + postgresql-contrib (second real server for the tests), tmux
-#   - python -m pip install -e ".[test,lab]" (lab: the chaos lab's Docker and toxiproxy clients)
+#   - python -m pip install -e ".[test,lab,sqlalchemy,otel,prometheus]" (lab: the chaos lab's Docker and
+#     toxiproxy clients; sqlalchemy, otel, prometheus: the integrations' tests, docs/integrations.md)
 #   - Citus 13.2.2 built from ../shared/vendor into PostgreSQL 15 (scripts/citus-setup.sh), once
 # Safe to run repeatedly: apt is only touched when something is missing.
 set -euo pipefail
@@ -98,8 +99,8 @@ if [ -z "${PYTHON:-}" ] && [ "$PY" != .venv/bin/python ] && externally_managed "
     "$PY" -m venv .venv
     PY=.venv/bin/python
 fi
-say "pip install -e .[test,lab] ($("$PY" -c 'import sys; print(sys.executable, sys.version.split()[0])'))"
-"$PY" -m pip install -q --disable-pip-version-check --root-user-action=ignore -e ".[test,lab]"
+say "pip install -e .[test,lab,sqlalchemy,otel,prometheus] ($("$PY" -c 'import sys; print(sys.executable, sys.version.split()[0])'))"
+"$PY" -m pip install -q --disable-pip-version-check --root-user-action=ignore -e ".[test,lab,sqlalchemy,otel,prometheus]"
 # Citus (the sharded backend's test cluster): built once from the vendored source into PostgreSQL 15.
 # Exit 3 means the tarball is not beside the clone: the Citus tests then skip with that reason.
 if [ "$PYTHON_ONLY" -eq 0 ]; then
