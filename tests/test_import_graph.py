@@ -1,11 +1,12 @@
 """kit's modules import one way, down the layers, with no cycle: read from the source with ``ast``.
 
 Every import counts: module level, inside functions, and under ``if TYPE_CHECKING``. Layers, lowest
-first: base (errors, clock, config, serialization, ...) < storage (the interface, the backends, the
-notifier, the bench's probe protocol) < engine (definitions, engine) < runtime (worker runtime,
-services) < features (lifecycle, handle, queues, messaging, streams, schedules, starting) < facade
-(``kit``, ``kit.app``, ``kit.client``) < tools (CLI, bench, lab, monitor, demo, testing). A module may
-import its own layer or lower ones; within a layer the cycle check keeps the order.
+first: base (errors, clock, config, serialization, the telemetry hook, ...) < storage (the interface,
+the backends, the notifier, the bench's probe protocol) < engine (definitions, engine) < runtime (worker
+runtime, services) < features (lifecycle, handle, queues, messaging, streams, schedules, starting, the
+SQLAlchemy adapter) < facade (``kit``, ``kit.app``, ``kit.client``) < tools (CLI, bench, lab, monitor,
+demo, testing, the OpenTelemetry and Prometheus integrations, ``python -m kit``). A module may import its
+own layer or lower ones; within a layer the cycle check keeps the order.
 """
 
 from __future__ import annotations

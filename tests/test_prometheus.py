@@ -147,3 +147,45 @@ def test_metrics_port_out_of_range_is_one_line(tmp_path):
                          cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert out.stderr.strip() == "kit: error: --metrics-port must be a port number (0-65535), got 70000"
+
+
+def test_opentelemetry_and_prometheus_installed_together_both_see_every_step(apps):  # noqa: F811
+    """Two hooks chain: each wraps the next, sync and async steps alike."""
+    from test_otel import Telemetry
+
+    app = apps(**FAST)
+
+    @app.step(name="both.sync")
+    def sync_step() -> int:
+        return 1
+
+    @app.step(name="both.async")
+    async def async_step() -> int:
+        return 2
+
+    @app.workflow(name="both.sync_wf")
+    def sync_wf() -> int:
+        return sync_step()
+
+    @app.workflow(name="both.async_wf")
+    async def async_wf() -> int:
+        return await async_step()
+
+    tel = Telemetry()
+    tel.instrument(app)
+    server = prometheus.serve(app, 0, address="127.0.0.1", monitor=False)
+    try:
+        assert app.start(sync_wf).result(timeout=30) == 1
+        assert app.start(async_wf).result(timeout=30) == 2
+        samples = scrape(server.url)
+        for step in ("both.sync", "both.async"):
+            assert value(samples, "kit_step_duration_seconds_count", step=step, status="SUCCESS") == 1
+            assert tel.value("kit.step.duration", step=step, status="SUCCESS") == 1
+            (span,) = [s for s in tel.finished("step ") if s.attributes["kit.step.name"] == step]
+            assert span.attributes["kit.step.attempt"] == 1
+        assert value(samples, "kit_workflow_finished_total", status="SUCCESS") == 2
+        assert len(tel.finished("workflow ")) == 2
+    finally:
+        server.close()
+        tel.close()
+    assert telemetry.hook is None
