@@ -298,7 +298,8 @@ def run_step(services: EngineServices, name: str, fn: Callable[..., Any], opts: 
         _crash_point(ctx, step_id, name, "before")
         hook = telemetry.hook  # None unless an integration traces or measures steps
         if hook is not None:
-            return hook.step(ctx, step_id, name, fn, lambda f: _run_new_step(services, ctx, step_id, name, f, opts, args, kwargs))
+            return hook.step(ctx, step_id, name, fn,
+                             lambda f: _run_new_step(services, ctx, step_id, name, f, opts, args, kwargs))
         return _run_new_step(services, ctx, step_id, name, fn, opts, args, kwargs)
     except LeaseLostError:
         ctx.lost.set()  # even if workflow code swallows it, no later step of this run may start
@@ -323,7 +324,8 @@ async def run_step_async(services: EngineServices, name: str, fn: Callable[..., 
         _crash_point(ctx, step_id, name, "before")
         hook = telemetry.hook
         if hook is not None:
-            return await hook.step_async(ctx, step_id, name, fn, lambda f: _run_new_step_async(services, ctx, step_id, name, f, opts, args, kwargs))
+            return await hook.step_async(ctx, step_id, name, fn, lambda f: _run_new_step_async(
+                services, ctx, step_id, name, f, opts, args, kwargs))
         return await _run_new_step_async(services, ctx, step_id, name, fn, opts, args, kwargs)
     except LeaseLostError:
         ctx.lost.set()

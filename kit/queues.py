@@ -170,8 +170,9 @@ def submit(services: Services, fn: Callable[..., Any] | str, args: tuple, kwargs
         )
         return WorkflowHandle(services, recorded)
     wid = validate_workflow_id(workflow_id) if workflow_id is not None else str(uuid.uuid4())
-    inputs = check_size(ser.encode_args(args, kwargs, what=f"inputs of workflow '{wf.name}'", trace=telemetry.carrier()),
-                        services.config, "max_input_bytes", f"inputs of workflow '{wf.name}'")
+    what = f"inputs of workflow '{wf.name}'"
+    inputs = check_size(ser.encode_args(args, kwargs, what=what, trace=telemetry.carrier()), services.config,
+                        "max_input_bytes", what)
     if queue is not None:
         ensure_declared(services)
     try:
@@ -204,8 +205,9 @@ def submit_in(services: Services, connection: Any, name: str, args: tuple, kwarg
     check_submit_options(priority=priority, delay=delay, dedup_id=dedup_id, partition_key=partition_key,
                          if_duplicate=if_duplicate)
     wid = validate_workflow_id(workflow_id) if workflow_id is not None else str(uuid.uuid4())
-    inputs = check_size(ser.encode_args(args, kwargs, what=f"inputs of workflow '{name}'", trace=telemetry.carrier()),
-                        services.config, "max_input_bytes", f"inputs of workflow '{name}'")
+    what = f"inputs of workflow '{name}'"
+    inputs = check_size(ser.encode_args(args, kwargs, what=what, trace=telemetry.carrier()), services.config,
+                        "max_input_bytes", what)
     if is_sqlalchemy(connection):
         from kit.integrations.sqlalchemy import driver_connection
 

@@ -122,6 +122,8 @@ def _bind_step(h: Hook, ctx: Any, step_id: int, name: str,
     return lambda body: h.step(ctx, step_id, name, body, run)
 
 
-def _bind_step_async(h: Hook, ctx: Any, step_id: int, name: str,
-                     run: Callable[[Callable[..., Any]], Awaitable[Any]]) -> Callable[[Callable[..., Any]], Awaitable[Any]]:
+_AsyncRun = Callable[[Callable[..., Any]], Awaitable[Any]]
+
+
+def _bind_step_async(h: Hook, ctx: Any, step_id: int, name: str, run: _AsyncRun) -> _AsyncRun:
     return lambda body: h.step_async(ctx, step_id, name, body, run)

@@ -115,8 +115,9 @@ def test_kit_worker_metrics_port_is_scraped_over_loopback(pg_url, schema, tmp_pa
     client = kit.Client(pg_url, schema=schema)
     log = tmp_path / "metrics-worker.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "kit", "worker", "tests.apps.queue_app:app", "--metrics-port", "0"],
-                                cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([sys.executable, "-m", "kit", "worker", "tests.apps.queue_app:app",
+                                 "--metrics-port", "0"], cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT)
     try:
         found = wait_for(lambda: re.search(r"metrics on (http://\S+)", log.read_text()), 30, "the metrics endpoint",
                          lambda: log.read_text())

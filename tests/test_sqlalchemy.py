@@ -74,8 +74,8 @@ def _rows(url: str, query, params=()) -> list[tuple]:
 
 def checkpoint_xid(url: str, schema: str, workflow_id: str, step_id: int) -> int:
     """The transaction that inserted a checkpoint (its row's xmin, at the top level of that transaction)."""
-    rows = _rows(url, sql.SQL("SELECT xmin::text::bigint FROM {}.steps WHERE workflow_id = %s AND step_id = %s").format(
-        sql.Identifier(schema)), (workflow_id, step_id))
+    query = sql.SQL("SELECT xmin::text::bigint FROM {}.steps WHERE workflow_id = %s AND step_id = %s")
+    rows = _rows(url, query.format(sql.Identifier(schema)), (workflow_id, step_id))
     assert rows, f"no checkpoint {workflow_id}:{step_id}"
     return rows[0][0]
 

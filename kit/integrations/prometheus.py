@@ -138,7 +138,8 @@ class MonitorCollector(Collector):
         yield ended
         series = throughput_series(stats, self.query)
         rate = GaugeMetricFamily("kit_workflows_finished_per_second",
-                                 f"workflows finished per second over the last complete {self.query.bucket_seconds} s")
+                                 "workflows finished per second over the last complete "
+                                 f"{self.query.bucket_seconds} s")
         rate.add_metric([], series[-1] if series else 0.0)
         yield rate
         for name, what, pct in (("kit_workflow_latency_seconds", "workflows", stats.workflow_latency),

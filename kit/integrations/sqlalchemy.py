@@ -56,7 +56,7 @@ log = logging.getLogger("kit.integrations.sqlalchemy")
 
 KINDS = ("session", "connection")
 
-_borrowed: contextvars.ContextVar[_StepConnection | None] = contextvars.ContextVar("kit_sa_borrowed", default=None)
+_borrowed: contextvars.ContextVar[_StepConnection | None] = contextvars.ContextVar("kit_sa_step", default=None)
 _engines: weakref.WeakKeyDictionary[Any, Engine] = weakref.WeakKeyDictionary()
 _engines_lock = threading.Lock()
 
