@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import textwrap
 import urllib.request
 import uuid
 from pathlib import Path
@@ -190,3 +191,17 @@ def test_opentelemetry_and_prometheus_installed_together_both_see_every_step(app
         server.close()
         tel.close()
     assert telemetry.hook is None
+
+
+def test_metrics_port_without_the_extra_is_one_line():
+    code = textwrap.dedent("""
+        import sys
+        sys.modules["prometheus_client"] = None  # as if the extra were not installed
+        from kit.cli import main
+        sys.exit(main(["worker", "tests.apps.queue_app:app", "--metrics-port", "0",
+                       "--database-url", "postgresql://nobody@127.0.0.1:1/none"]))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip() == ("kit: error: prometheus_client is not installed: "
+                                  "pip install 'durable-kit[prometheus]'")
