@@ -79,6 +79,9 @@ class Backend(abc.ABC):
     name: ClassVar[str] = "abstract"
     url_schemes: ClassVar[tuple[str, ...]] = ()
     specificity: ClassVar[int] = 0  # higher: a refinement of another backend on the same scheme
+    # The SQLAlchemy dialect URL (no host) matching the driver connection a transactional step gets, for
+    # @app.transaction(sqlalchemy=...) (kit.integrations.sqlalchemy); None: not offered.
+    sqlalchemy_url: ClassVar[str | None] = None
 
     # -- registry contract (class level) ------------------------------------------------------------
     @classmethod
