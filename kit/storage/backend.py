@@ -141,9 +141,10 @@ class Backend(abc.ABC):
         claim or cancel until commit), else LeaseLostError and nothing written. A cancel of the parent
         therefore commits either before (no child) or after (it finds and cancels the child).
 
-        Ambiguous commit: ``created`` is True when the row found is this call's insert. Without a creation
-        token an identical row (same owner, epoch 1, same inputs; for an enqueue, same name, inputs, queue,
-        parent) counts as ours, so a second start of the same id with the same arguments is not told apart."""
+        Ambiguous commit: ``created`` is True when the row found is this call's insert. A backend without a
+        creation token (PostgreSQL) takes an identical row (same owner, epoch 1, same inputs; for an enqueue,
+        same name, inputs, queue, parent) for its own, so it cannot tell a second start of the id with the
+        same arguments apart (the engine never starts one id twice in a process)."""
 
     @abc.abstractmethod
     def workflow_get(self, workflow_id: str) -> WorkflowRecord | None:
