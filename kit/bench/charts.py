@@ -196,6 +196,7 @@ def _chart_throughput(plt: Any, g: Groups, path: Path) -> None:
     shapes = [w for w in ("par", "queue-drain") if g.has(w) or g.has("dbos-" + w)] or ["seq"]
     fig, axes = plt.subplots(1, len(shapes), figsize=(5.5 * len(shapes), 4), squeeze=False)
     for ax, shape in zip(axes[0], shapes, strict=True):
+        ticks: set[int] = set()
         for t in g.targets:
             workload = "dbos-" + shape if t == "dbos" else shape
             procs = g.processes(t, workload)
@@ -204,9 +205,11 @@ def _chart_throughput(plt: Any, g: Groups, path: Path) -> None:
             if not pts:
                 continue
             xs = [p for p, _ in pts]
+            ticks.update(xs)
             ys = [s[0] for _, s in pts]
             err = [[s[0] - s[1] for _, s in pts], [s[2] - s[0] for _, s in pts]]
             ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=t, linestyle="--" if t == "dbos" else "-")
+        ax.set_xticks(sorted(ticks))
         ax.set_title(f"{shape}: throughput vs processes")
         ax.set_xlabel("worker / client processes")
         ax.set_ylabel("workflows/s (median, range)")
