@@ -24,20 +24,17 @@ import argparse
 import json
 import os
 import re
-import subprocess
-import sys
-import time
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from statistics import median
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from kit.bench.environment import BenchEnv, proc_cpu
-from kit.bench.probe import ACTIVITY_KINDS, BenchProbe, Stats, probe_of
+from kit.bench.cells import run_cell
+from kit.bench.environment import BenchEnv
+from kit.bench.probe import probe_of
 from kit.config import load_config, redact_url
-from kit.errors import ConfigError, KitError, UsageError
+from kit.errors import KitError, UsageError
 
 COMPARE_VERSION = 1
 DEFAULT_SCHEMA = "kit_bench_cmp"
@@ -47,7 +44,6 @@ PEER_WORKLOADS = ("dbos-seq", "dbos-par", "dbos-queue-drain")
 SCALED = {"par", "queue-drain", "dbos-par", "dbos-queue-drain"}  # run at every --processes count
 DEFAULT_PROCESSES = (1, 2, 4)
 DEFAULT_REPEATS = 3
-SAMPLE_S = 0.05  # activity sampling period
 
 
 @dataclass(frozen=True)
@@ -264,290 +260,6 @@ def open_target(t: Target, plan: Plan, log: Any) -> Live:
         return Live(t, None, t.backend, "", unavailable=" ".join(str(exc).split()) or type(exc).__name__)
 
 
-# -- measuring one cell ------------------------------------------------------------------------------------
-class Window:
-    """The measured window of a cell: server counters before and after, sessions sampled by wait kind,
-    client processes' CPU, and the machine's busy percentage."""
-
-    def __init__(self, probe: BenchProbe) -> None:
-        self.probe = probe
-        self.samples: list[dict[str, int]] = []
-        self.probe_statements = 0
-        self.before: Stats | None = None
-        self.t0 = self.t1 = 0.0
-        self.busy: float | None = None
-
-    def start(self) -> None:
-        self.before = self._stats()
-        try:
-            import psutil
-
-            psutil.cpu_percent(interval=None)
-        except ImportError:
-            pass
-        self.t0 = time.perf_counter()
-        self._next = self.t0
-
-    def tick(self) -> None:
-        """Sample the sessions when a period has passed (called from the cell's wait loop)."""
-        now = time.perf_counter()
-        if now >= self._next:
-            self.samples.append(self.probe.activity())
-            self.probe_statements += 1
-            self._next = now + SAMPLE_S
-
-    def stop(self) -> None:
-        self.t1 = time.perf_counter()
-        try:
-            import psutil
-
-            self.busy = psutil.cpu_percent(interval=None)
-        except ImportError:
-            self.busy = None
-
-    def _stats(self) -> Stats:
-        self.probe_statements += 3  # the probe's own statements are transactions too
-        return self.probe.stats()
-
-    def result(self, *, settle: float = 0.3) -> dict[str, Any]:
-        """Server-side differences (after ``settle`` seconds, so sessions that just ended flushed their
-        statistics)."""
-        time.sleep(settle)
-        after = self._stats()
-        before = self.before
-        assert before is not None
-
-        def diff(a: float | None, b: float | None) -> float | None:
-            return None if a is None or b is None else a - b
-
-        commits = diff(after.commits, before.commits)
-        wall = self.t1 - self.t0
-        kinds = {k: round(sum(s.get(k, 0) for s in self.samples) / len(self.samples), 3) if self.samples else None
-                 for k in ACTIVITY_KINDS}
-        nodes = {n: round(after.cpu_by_node[n] - before.cpu_by_node.get(n, 0.0), 4) for n in after.cpu_by_node}
-        return {
-            "window_s": round(wall, 4),
-            "server_cpu_s": None if (d := diff(after.server_cpu_s, before.server_cpu_s)) is None else round(d, 4),
-            "server_cpu_by_node_s": nodes,
-            "commits": None if commits is None else max(0, int(commits) - self.probe_statements),
-            "wal_bytes": diff(after.wal_bytes, before.wal_bytes),
-            "sessions": kinds,
-            "activity_samples": len(self.samples),
-            "machine_busy_percent": self.busy,
-        }
-
-
-def _spawn_clients(env: BenchEnv, cell: Cell, sizes: Sizes, engine: str) -> list[subprocess.Popen]:
-    workload = cell.workload.removeprefix("dbos-")
-    total = sizes.seq if workload == "seq" else sizes.par
-    per = [total // cell.processes + (1 if i < total % cell.processes else 0) for i in range(cell.processes)]
-    threads = 1 if workload == "seq" else sizes.threads
-    procs = []
-    for i, n in enumerate(per):
-        spec = {"url": env.url, "schema": env.schema, "backend": env.backend, "engine": engine, "workflows": n,
-                "steps": sizes.steps, "threads": threads, "prefix": "main", "index": i,
-                "dbos_schema": env.schema + "_dbos"}
-        procs.append(subprocess.Popen([sys.executable, "-m", "kit.bench.child", json.dumps(spec)],
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True))
-    return procs
-
-
-def _fail(procs: list[subprocess.Popen], what: str) -> UsageError:
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-    errs = []
-    for p in procs:
-        try:
-            _, err = p.communicate(timeout=5)
-        except subprocess.TimeoutExpired:
-            err = ""
-        if err:
-            errs.append(err.strip().splitlines()[-1])
-    return UsageError(f"{what}: {errs[0] if errs else 'a client process failed'}")
-
-
-def run_clients(env: BenchEnv, cell: Cell, sizes: Sizes) -> dict[str, Any]:
-    """seq / par (and their DBOS twins): P client processes start and await workflows."""
-    engine = "dbos" if cell.workload.startswith("dbos-") else "kit"
-    procs = _spawn_clients(env, cell, sizes, engine)
-    try:
-        for p in procs:
-            assert p.stdout is not None
-            line = p.stdout.readline()
-            if line.strip() != "ready":
-                raise _fail(procs, f"{cell.workload}: client did not start")
-        win = Window(env.probe)
-        win.start()
-        for p in procs:
-            assert p.stdin is not None
-            p.stdin.write("go\n")
-            p.stdin.flush()
-        while any(p.poll() is None for p in procs):
-            win.tick()
-            time.sleep(0.01)
-        win.stop()
-        results = []
-        for p in procs:
-            out, _ = p.communicate()
-            if p.returncode != 0 or not out.strip():
-                raise _fail(procs, f"{cell.workload}: client exited with code {p.returncode}")
-            results.append(json.loads(out.strip().splitlines()[-1]))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    lat = sorted(x for r in results for x in r["latencies_ms"])
-    n = len(lat)
-    completed = _completed(env, cell.workload, "main")
-    wall = max(r["wall_s"] for r in results)
-    out = {"workflows": n, "steps_per_workflow": sizes.steps, "completed": completed,
-           "threads_per_process": 1 if cell.workload.endswith("seq") else sizes.threads,
-           "wall_s": round(wall, 4), "workflows_per_s": round(n / wall, 2) if wall > 0 else None,
-           "client_cpu_s": round(sum(r["cpu_s"] for r in results), 4),
-           "latency_p50_ms": _pct(lat, 0.5), "latency_p99_ms": _pct(lat, 0.99),
-           "latency_kind": "start to result of one workflow, client clock"}
-    out.update(win.result())
-    return out
-
-
-def _pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    return round(values[min(len(values) - 1, int(q * len(values)))], 3)
-
-
-def _completed(env: BenchEnv, workload: str, prefix: str) -> int:
-    if workload.startswith("dbos-"):
-        from kit.bench.peer import peer_progress
-
-        return peer_progress(env, prefix).succeeded
-    return env.probe.progress(prefix).succeeded
-
-
-def run_drain(env: BenchEnv, cell: Cell, sizes: Sizes) -> dict[str, Any]:
-    """queue-drain: N single-step workflows enqueued, then drained by P ``kit worker`` processes."""
-    from kit.bench.app import WF_STEPS
-    from kit.bench.workers import _check_alive, _enqueue, spawn_worker, stop_workers, wait_ready, worker_env
-
-    n = sizes.drain
-    _enqueue(env, "drain", n, WF_STEPS, (1,))
-    wenv = worker_env(env, concurrency=sizes.concurrency)
-    workers = []
-    deadline = time.monotonic() + 120 + n / 20
-    try:
-        workers = [spawn_worker(env, wenv, f"cmp{i}") for i in range(cell.processes)]
-        win = Window(env.probe)
-        wait_ready(workers, timeout=60)
-        win.start()
-        while env.probe.progress("drain").succeeded < n:
-            win.probe_statements += 1
-            _check_alive(workers)
-            if time.monotonic() > deadline:
-                raise UsageError(f"queue-drain: workflows did not finish within {deadline:.0f}s")
-            win.tick()
-            time.sleep(0.02)
-        win.stop()
-        cpu = [proc_cpu(w.proc.pid) for w in workers]
-        client = None if any(c is None for c in cpu) or any(w.ready_cpu is None for w in workers) else \
-            sum(c - w.ready_cpu for c, w in zip(cpu, workers, strict=True))  # type: ignore[operator]
-    finally:
-        stop_workers(workers)
-    drain = env.probe.drain("drain")
-    out = {"workflows": n, "steps_per_workflow": 1, "completed": drain.completed,
-           "worker_concurrency": sizes.concurrency, "wall_s": round(drain.seconds, 4),
-           "workflows_per_s": round(n / drain.seconds, 2) if drain.seconds > 0 else None,
-           "client_cpu_s": None if client is None else round(client, 4),
-           "claim_transactions": drain.claims,
-           "latency_p50_ms": None, "latency_p99_ms": None,
-           "timing": "wall_s: last finished_at - first started_at (server clock)"}
-    out.update(win.result())
-    return out
-
-
-def run_latency(env: BenchEnv, cell: Cell, sizes: Sizes) -> dict[str, Any]:
-    """Enqueue-to-start latency: one idle worker; workflows enqueued one at a time, 10 ms apart."""
-    from kit.bench.app import WF_STEPS
-    from kit.bench.workers import _check_alive, _enqueue, spawn_worker, stop_workers, wait_ready, worker_env
-
-    n = sizes.latency
-    workers = [spawn_worker(env, worker_env(env, concurrency=sizes.concurrency), "lat")]
-    try:
-        wait_ready(workers, timeout=60)
-        win = Window(env.probe)
-        win.start()
-        t0 = time.perf_counter()
-        _enqueue(env, "lat", n, WF_STEPS, (1,), gap=0.01)
-        deadline = time.monotonic() + 60
-        while env.probe.progress("lat").succeeded < n:
-            win.probe_statements += 1
-            _check_alive(workers)
-            if time.monotonic() > deadline:
-                raise UsageError("latency: samples did not finish within 60 s")
-            win.tick()
-            time.sleep(0.02)
-        wall = time.perf_counter() - t0
-        win.stop()
-        cpu = proc_cpu(workers[0].proc.pid)
-        ready = workers[0].ready_cpu
-    finally:
-        stop_workers(workers)
-    lat = env.probe.latency("lat")
-    out = {"workflows": n, "steps_per_workflow": 1, "completed": env.probe.progress("lat").succeeded,
-           "wall_s": round(wall, 4), "workflows_per_s": None,
-           "client_cpu_s": None if cpu is None or ready is None else round(cpu - ready, 4),
-           "latency_p50_ms": round(lat.p50_ms, 3), "latency_p99_ms": round(lat.p99_ms, 3),
-           "latency_max_ms": round(lat.max_ms, 3),
-           "latency_kind": "enqueue to start (started_at - created_at, server clock), one idle worker"}
-    out.update(win.result())
-    return out
-
-
-def run_recovery_cell(env: BenchEnv, cell: Cell, sizes: Sizes) -> dict[str, Any]:
-    from kit.bench.params import Params
-    from kit.bench.workers import run_recovery
-
-    p = Params("recovery", sizes.recovery, 4, None, 1, None, 1.0, 0.2, 10, None, Path("unused.json"))
-    win = Window(env.probe)
-    win.start()
-    r = run_recovery(env, p)
-    win.stop()
-    out = {"workflows": r["workflows"], "steps_per_workflow": r["steps_per_workflow"], "completed": r["completed"],
-           "wall_s": None, "workflows_per_s": None, "client_cpu_s": None,
-           "latency_p50_ms": None, "latency_p99_ms": None,
-           **{k: r[k] for k in ("lease_seconds", "step_seconds", "recovered_workflows", "kill_to_first_reclaim_s",
-                                "kill_to_first_recovered_checkpoint_s", "kill_to_all_done_s", "bound_s",
-                                "within_bound")}}
-    out.update(win.result())
-    return out
-
-
-def run_cell(env: BenchEnv, cell: Cell, sizes: Sizes) -> dict[str, Any]:
-    w = cell.workload
-    if w.startswith("dbos-"):
-        from kit.bench.peer import peer_reset, run_peer_drain
-
-        peer_reset(env)
-        if w == "dbos-queue-drain":
-            return run_peer_drain(env, cell, sizes)
-        return run_clients(env, cell, sizes)
-    env.probe.reset()
-    app = env.app()
-    try:
-        app.backend  # noqa: B018 - migrate before measuring
-    finally:
-        app.close()
-    if w in ("seq", "par"):
-        return run_clients(env, cell, sizes)
-    if w == "queue-drain":
-        return run_drain(env, cell, sizes)
-    if w == "latency":
-        return run_latency(env, cell, sizes)
-    return run_recovery_cell(env, cell, sizes)
-
-
 # -- the run -----------------------------------------------------------------------------------------------
 def _dbos_available() -> str | None:
     """None when DBOS can run here, else why not."""
@@ -685,12 +397,4 @@ def _dbos_settings() -> dict[str, Any]:
     return settings()
 
 
-def summarize(records: list[dict[str, Any]], key: str) -> dict[str, float | None]:
-    """Median, min and max of ``key`` over repeats (None values left out)."""
-    values = [r[key] for r in records if r.get(key) is not None]
-    if not values:
-        return {"median": None, "min": None, "max": None, "n": 0}
-    return {"median": median(values), "min": min(values), "max": max(values), "n": len(values)}
-
-
-__all__ = ["run_compare", "parse_target", "Target", "Plan", "Sizes", "summarize", "ConfigError"]
+__all__ = ["run_compare", "parse_target", "Target", "Plan", "Sizes", "Cell"]

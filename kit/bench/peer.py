@@ -103,8 +103,7 @@ def peer_progress(env: Any, prefix: str) -> Any:
 
 def run_peer_drain(env: Any, cell: Any, sizes: Any) -> dict[str, Any]:
     """dbos-queue-drain: N single-step DBOS workflows enqueued, then dequeued by P DBOS processes."""
-    from kit.bench.compare import Window
-    from kit.bench.environment import proc_cpu
+    from kit.bench.environment import Window, proc_cpu
     from kit.errors import UsageError
 
     n = sizes.drain
