@@ -54,8 +54,11 @@ def add_bench_parser(sub: Any) -> None:
     bench.required = True
     from kit.bench.params import CHOICES, add_arguments  # on use: the bench's options
 
+    helps = {"seq": "workflows of K steps started one after another", "par": "the same from M threads at once",
+             "queue-drain": "enqueued workflows drained by W kit worker processes",
+             "recovery": "SIGKILL a worker mid-run and time the takeover", "all": "every workload above in turn"}
     for name in CHOICES:
-        w = bench.add_parser(name, help="every workload in turn" if name == "all" else f"the {name} workload")
+        w = bench.add_parser(name, help=helps.get(name, name))
         common(w)
         add_arguments(w, positional=False)
         w.set_defaults(handler=cmd_bench)
