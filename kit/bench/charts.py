@@ -370,8 +370,12 @@ def write_report(results: str | Path, output: str | Path | None = None) -> Path:
             s = saturation(g, t, w, cores)
             if s is None:
                 continue
-            where = (f"still scaling at {s['peak_processes']} processes" if s["scaling"]
-                     else f"{s['saturates_at']} processes")
+            if len(g.processes(t, w)) < 2:
+                where = f"one process count measured ({s['peak_processes']})"
+            elif s["scaling"]:
+                where = f"still scaling at {s['peak_processes']} processes"
+            else:
+                where = f"{s['saturates_at']} process{'es' if s['saturates_at'] != 1 else ''}"
             rows.append([t, w, where, _fmt(s["peak_per_s"]), s["what"]])
     md.append(_table(["target", "workload", "saturates at", "peak workflows/s", "what the measurements show"],
                      rows) if rows else "No par or queue-drain cells measured.")
