@@ -326,10 +326,13 @@ def write_report(results: str | Path, output: str | Path | None = None) -> Path:
               f"{matrix.get('repeats')} repeats per cell, figures are medians with the range in brackets. "
               f"Sizes: {', '.join(f'{k} {v}' for k, v in matrix.get('sizes', {}).items())}.")
     md += ["", "## Targets", ""]
-    md.append(_table(["target", "backend", "lanes", "URL", "server", "status"],
+    md.append(_table(["target", "backend", "lanes", "URL", "server", "settings", "status"],
                      [[k, str(v.get("backend") or "–"), str(v.get("lanes") or "–"), v.get("url", ""),
-                       (v.get("server") or "").split(" on ")[0], "skipped: " + v["unavailable"]
-                       if v.get("unavailable") else "measured"] for k, v in matrix.get("targets", {}).items()]))
+                       (v.get("server") or "").split(" on ")[0], _settings(v.get("settings")),
+                       "skipped: " + v["unavailable"] if v.get("unavailable") else "measured"]
+                      for k, v in matrix.get("targets", {}).items()]))
+    md += ["", "Settings that move the figures: with `fsync=off` a commit does not wait for the disk, so targets "
+           "that differ there are not comparable on commit-bound workloads (seq, latency)."]
     md += ["", "## Throughput vs worker processes", "", f"![throughput]({rel / 'throughput.png'})", ""]
     rows = []
     for w in ("seq", "par", "queue-drain", "dbos-seq", "dbos-par", "dbos-queue-drain"):
@@ -442,6 +445,12 @@ def write_report(results: str | Path, output: str | Path | None = None) -> Path:
     path = out / "report.md"
     path.write_text("\n".join(md), encoding="utf-8")
     return path
+
+
+def _settings(found: dict[str, str] | None) -> str:
+    if not found:
+        return "–"
+    return ", ".join(f"{k}={found[k]}" for k in ("fsync", "synchronous_commit", "shared_buffers") if k in found)
 
 
 def _kit_peer_target(matrix: dict[str, Any]) -> str:

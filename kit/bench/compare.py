@@ -228,6 +228,7 @@ class Live:
     backend_name: str | None
     server: str
     unavailable: str | None = None  # why the target's cells are skipped
+    settings: dict[str, str] | None = None  # the server settings that move the figures (probe.settings())
 
 
 def open_target(t: Target, plan: Plan, log: Any) -> Live:
@@ -246,6 +247,10 @@ def open_target(t: Target, plan: Plan, log: Any) -> Live:
         env = BenchEnv(url=url, schema=plan.schema, backend=t.backend, config_file=None, embedded=t.url is None,
                        data_dir=plan.data_dir if t.url is None else None, log=log, probe=probe)
         probe.reset()
+        try:
+            settings = probe.settings()
+        except KitError:
+            settings = None
         server = ""
         try:
             app = env.app()
@@ -255,7 +260,7 @@ def open_target(t: Target, plan: Plan, log: Any) -> Live:
                 app.close()
         except KitError:
             pass
-        return Live(t, env, backend.name, server)
+        return Live(t, env, backend.name, server, settings=settings)
     except (KitError, OSError) as exc:
         return Live(t, None, t.backend, "", unavailable=" ".join(str(exc).split()) or type(exc).__name__)
 
@@ -381,7 +386,7 @@ def _write_matrix(plan: Plan, live: dict[str, Live], peer: Target | None, dbos_n
     for key, lv in live.items():
         targets[key] = {"label": lv.target.label, "url": redact_url(lv.target.url) if lv.target.url else "embedded",
                         "backend": lv.backend_name, "lanes": lv.target.lanes, "server": lv.server,
-                        "unavailable": lv.unavailable}
+                        "unavailable": lv.unavailable, "settings": lv.settings}
     matrix = {"compare_version": COMPARE_VERSION, "written_at": datetime.now(timezone.utc).isoformat(),
               "machine": machine, "targets": targets, "workloads": list(plan.workloads),
               "processes": list(plan.processes), "repeats": plan.repeats, "sizes": asdict(plan.sizes),

@@ -33,7 +33,7 @@ def settings() -> dict[str, Any]:
     return {"dbos_version": v, "system_database": "the target's PostgreSQL database, schema <bench schema>_dbos",
             "queue": "DBOS.register_queue defaults (no concurrency limits, polling_interval_sec 1.0)",
             "executor_id": "unique per process (DBOS's docs: required for several processes without Conductor)",
-            "api": "DBOS.workflow / DBOS.step / DBOS.start_workflow / Queue / DBOSClient.enqueue"}
+            "api": "DBOS.workflow / DBOS.step / DBOS.start_workflow / DBOS.register_queue / DBOSClient.enqueue"}
 
 
 def _config(spec: dict[str, Any]) -> dict[str, Any]:
