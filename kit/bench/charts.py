@@ -321,8 +321,11 @@ def write_report(results: str | Path, output: str | Path | None = None) -> Path:
     rel = Path("charts")
     md: list[str] = ["# kit bench compare", ""]
     m = matrix.get("machine", {})
-    md.append(f"Measured {matrix.get('written_at', '?')[:16]} UTC on {cores} cores ({m.get('cpu_model', '?')}), "
-              f"Python {m.get('python', '?')}, kit {m.get('kit_git', m.get('kit', '?'))}; "
+    starts = sorted(c.get("started_at", "") for c in cells if c.get("started_at"))
+    when = f"{starts[0][:16]} to {starts[-1][:16]}" if starts else "?"
+    versions = sorted({str(c["kit"]) for c in cells if c.get("kit")})
+    md.append(f"Measured {when} UTC (cell starts) on {cores} cores ({m.get('cpu_model', '?')}), "
+              f"Python {m.get('python', '?')}, kit {', '.join(versions) or m.get('kit_git', m.get('kit', '?'))}; "
               f"{matrix.get('repeats')} repeats per cell, figures are medians with the range in brackets. "
               f"Sizes: {', '.join(f'{k} {v}' for k, v in matrix.get('sizes', {}).items())}.")
     md += ["", "## Targets", ""]

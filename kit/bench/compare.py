@@ -322,7 +322,7 @@ def run_compare(args: argparse.Namespace) -> int:
     log.print(f"{len(cells)} cells: {done_before} already done, {len(skipped)} skipped (target unavailable), "
               f"{len(todo)} to run -> {plan.out}")
     failures: list[dict[str, Any]] = []
-    _write_matrix(plan, live, peer_target, dbos_note, cells)
+    kit_version = _write_matrix(plan, live, peer_target, dbos_note, cells)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("ETA"), TimeRemainingColumn())
     try:
@@ -344,7 +344,7 @@ def run_compare(args: argparse.Namespace) -> int:
                           "label": cell.target.label, "backend": live[cell.target.key].backend_name,
                           "lanes": cell.target.lanes, "workload": cell.workload, "processes": cell.processes,
                           "repeat": cell.repeat, "started_at": started.isoformat(),
-                          "cpu_count": os.cpu_count(), **result}
+                          "cpu_count": os.cpu_count(), "kit": kit_version, **result}
                 _write_json(cells_dir / f"{cell.name}.json", record)
                 bar.advance(task)
     finally:
@@ -377,7 +377,8 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def _write_matrix(plan: Plan, live: dict[str, Live], peer: Target | None, dbos_note: str | None,
-                  cells: list[Cell]) -> None:
+                  cells: list[Cell]) -> str | None:
+    """Write matrix.json (the plan, the targets, the machine); returns kit's version (git revision)."""
     from kit.bench.environment import machine_info
 
     some_env = next((lv.env for lv in live.values() if lv.env is not None), None)
@@ -394,6 +395,7 @@ def _write_matrix(plan: Plan, live: dict[str, Live], peer: Target | None, dbos_n
                        "settings": _dbos_settings() if peer else None},
               "cells": [c.name for c in cells]}
     _write_json(plan.out / "matrix.json", matrix)
+    return machine.get("kit_git") or machine.get("kit")
 
 
 def _dbos_settings() -> dict[str, Any]:
