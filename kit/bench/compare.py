@@ -335,8 +335,11 @@ def run_compare(args: argparse.Namespace) -> int:
                 started = datetime.now(timezone.utc)
                 try:
                     result = run_cell(env, cell, plan.sizes)
-                except KitError as exc:
-                    failures.append({"cell": cell.name, "error": " ".join(str(exc).split())})
+                except Exception as exc:  # noqa: BLE001 - one failed cell is recorded; the matrix goes on
+                    text = " ".join(str(exc).split())
+                    if not isinstance(exc, KitError):
+                        text = f"{type(exc).__name__}: {text}"
+                    failures.append({"cell": cell.name, "error": text})
                     log.print(f"[red]{cell.name} failed: {failures[-1]['error']}[/red]")
                     bar.advance(task)
                     continue

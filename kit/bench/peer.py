@@ -150,6 +150,7 @@ def run_peer_drain(env: Any, cell: Any, sizes: Any) -> dict[str, Any]:
                 p.kill()
                 p.wait()
     drain = env.probe.peer_drain(_schema(env), "drain")
+    win.probe_statements += 1
     span = drain.finish_span_s or 0.0
     out = {"workflows": n, "steps_per_workflow": 1, "completed": drain.completed, "worker_concurrency": None,
            "wall_s": round(span, 4), "workflows_per_s": round((n - 1) / span, 2) if span > 0 else None,
