@@ -134,3 +134,19 @@ def test_dbos_side_by_side(pg_url, schema, tmp_path):
     finally:
         with psycopg.connect(pg_url, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema + "_dbos")))
+
+
+def test_target_specs_and_citus_lanes_in_the_url():
+    from dataclasses import replace
+
+    from kit.bench.compare import parse_target
+
+    assert parse_target("embedded").url is None
+    plain = parse_target("pg=postgresql://u:p@h:5432/db")
+    assert (plain.label, plain.backend, plain.url) == ("pg", None, "postgresql://u:p@h:5432/db")
+    citus = parse_target("c2=citus:postgresql://u:p@h:5432/db?sslmode=disable")
+    assert (citus.backend, citus.url) == ("citus", "postgresql://u:p@h:5432/db?sslmode=disable")
+    lanes = replace(citus, lanes=4)
+    assert lanes.key == "c2-l4"
+    conninfo = psycopg.conninfo.conninfo_to_dict(lanes.connect_url(""))
+    assert conninfo["options"] == "-c citus.shard_count=4" and conninfo["sslmode"] == "disable"

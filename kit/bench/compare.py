@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from kit.bench.cells import run_cell
 from kit.bench.environment import BenchEnv
@@ -82,7 +82,7 @@ class Target:
         query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "options"]
         old = dict(parse_qsl(parts.query)).get("options", "")
         query.append(("options", f"{old} -c citus.shard_count={self.lanes}".strip()))
-        return urlunsplit(parts._replace(query=urlencode(query)))
+        return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))  # %20, not '+': libpq
 
 
 @dataclass(frozen=True)
