@@ -129,7 +129,7 @@ class Window:
     def tick(self) -> None:
         """Sample the sessions when a period has passed (called from the cell's wait loop)."""
         now = time.perf_counter()
-        if now >= self._next:
+        if now >= self._next and hasattr(self.probe, "activity"):
             self.samples.append(self.probe.activity())
             self.probe_statements += 1
             self._next = now + SAMPLE_S
@@ -144,7 +144,11 @@ class Window:
             self.busy = None
 
     def _stats(self) -> Stats:
-        self.probe_statements += 3  # the probe's own statements are transactions too
+        self.probe_statements += 2  # stats() is two statements, each a transaction of its own
+        if not hasattr(self.probe, "stats"):  # a probe from before kit bench compare: CPU and WAL only
+            c = self.probe.counters(wal=True)
+            return Stats(commits=None, wal_bytes=c.wal_bytes, server_cpu_s=c.server_cpu_s,
+                         cpu_by_node={} if c.server_cpu_s is None else {"server": c.server_cpu_s})
         return self.probe.stats()
 
     def result(self, *, settle: float = 0.3) -> dict[str, Any]:
