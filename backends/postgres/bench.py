@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from kit.bench.probe import Counters, Drain, Latency, Progress, Recovery
+from kit.bench.probe import Counters, Drain, Latency, Progress, Recovery, Stats
 from kit.config import redact_url
 from kit.errors import DatabaseUnavailableError, UsageError
 
@@ -245,6 +245,73 @@ class PostgresBenchProbe:
         # A claim statement stamps every row it claims with the same started_at (its transaction time),
         # so distinct started_at values count the claim transactions that found work.
         row = self._one(
-            f"SELECT extract(epoch FROM max(finished_at) - min(started_at)), count(*), count(DISTINCT started_at) "
+            f"SELECT extract(epoch FROM max(finished_at) - min(started_at)), count(*), count(DISTINCT started_at), "
+            f"extract(epoch FROM max(finished_at) - min(finished_at)) "
             f"FROM {self._workflows} WHERE workflow_id LIKE %s AND status = 'SUCCESS'", (prefix + "-%",))
-        return Drain(seconds=float(row[0] or 0.0), completed=row[1], claims=row[2])
+        return Drain(seconds=float(row[0] or 0.0), completed=row[1], claims=row[2],
+                     finish_span_s=None if row[3] is None else float(row[3]))
+
+    # -- kit bench compare: counters and activity ------------------------------------------------------
+    def stats(self) -> Stats:
+        conn = self._main
+        try:
+            commits = conn.execute("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+                                   ).fetchone()[0]
+        except psycopg.Error:
+            commits = None
+        wal = self.counters(wal=True)
+        cpu = wal.server_cpu_s
+        return Stats(commits=commits, wal_bytes=wal.wal_bytes, server_cpu_s=cpu,
+                     cpu_by_node={} if cpu is None else {"server": cpu})
+
+    def activity(self) -> dict[str, int]:
+        return _activity(self._main.execute(ACTIVITY_SQL).fetchall())
+
+    # -- the DBOS side-by-side: DBOS's own tables in its schema on this database -----------------------------
+    def peer_progress(self, schema: str, prefix: str) -> Progress:
+        """Outcomes of a run's DBOS workflows (``<schema>.workflow_status``, ids ``<prefix>-<n>``)."""
+        table = sql.SQL("{}.workflow_status").format(sql.Identifier(schema)).as_string(None)
+        row = self._one(f"SELECT count(*) FILTER (WHERE status = 'SUCCESS'), count(*) FILTER (WHERE status IN "
+                        f"('ERROR', 'CANCELLED', 'MAX_RECOVERY_ATTEMPTS_EXCEEDED')) FROM {table} "
+                        "WHERE workflow_uuid LIKE %s", (prefix + "-%",))
+        return Progress(succeeded=row[0], failed=row[1])
+
+    def peer_drain(self, schema: str, prefix: str) -> Drain:
+        """The drain of a run's DBOS workflows: ``updated_at`` (ms) of the successful ones is their finish."""
+        table = sql.SQL("{}.workflow_status").format(sql.Identifier(schema)).as_string(None)
+        row = self._one(f"SELECT (max(updated_at) - min(updated_at)) / 1000.0, count(*) FROM {table} "
+                        "WHERE workflow_uuid LIKE %s AND status = 'SUCCESS'", (prefix + "-%",))
+        span = None if row[0] is None else float(row[0])
+        return Drain(seconds=span or 0.0, completed=row[1], claims=0, finish_span_s=span)
+
+    def peer_reset(self, schema: str) -> None:
+        """Drop DBOS's schema of the side-by-side so a run starts empty; refused (UsageError) when the schema
+        holds anything but DBOS's tables (its ``workflow_status`` table marks it)."""
+        with self._connect() as conn:
+            found = conn.execute(
+                "SELECT count(*), count(*) FILTER (WHERE c.relname = 'workflow_status') FROM pg_class c JOIN "
+                "pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind = 'r'",
+                (schema,)).fetchone()
+            if found[0] and not found[1]:
+                raise UsageError(f"schema '{schema}' holds tables that are not DBOS's; refusing to drop it")
+            conn.execute("SET lock_timeout = '15s'")
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+# Busy sessions of this database other than the probe's own, by what they wait on.
+ACTIVITY_SQL = ("SELECT state, wait_event_type, count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid() AND backend_type = 'client backend' AND state IN "
+                "('active', 'idle in transaction') GROUP BY 1, 2")
+
+
+def _activity(rows: Any) -> dict[str, int]:
+    """Sessions by kind (kit.bench.probe.ACTIVITY_KINDS) from (state, wait_event_type, count) rows."""
+    out = {k: 0 for k in ("cpu", "Lock", "LWLock", "IO", "Client", "other")}
+    for state, wait, count in rows:
+        if wait is None and state == "active":
+            out["cpu"] += count
+        elif wait in ("Lock", "LWLock", "IO", "Client"):
+            out[wait] += count
+        else:
+            out["other"] += count
+    return out

@@ -21,7 +21,9 @@ Modules: :mod:`~kit.bench.params` (options, sizes, targets), :mod:`~kit.bench.en
 its probe, meters, the machine), :mod:`~kit.bench.probe` (the :class:`BenchProbe` protocol a backend
 implements: every statement the bench sends itself), :mod:`~kit.bench.workloads` (floor, seq, par),
 :mod:`~kit.bench.workers` (queue-drain, recovery), :mod:`~kit.bench.report` (tables) and
-:mod:`~kit.bench.runner` (``run_bench``).
+:mod:`~kit.bench.runner` (``run_bench``). ``kit bench compare``: :mod:`~kit.bench.compare` (targets, the
+matrix, the run), :mod:`~kit.bench.cells` (one measured cell), :mod:`~kit.bench.child` (a client process),
+:mod:`~kit.bench.peer` (DBOS side by side) and :mod:`~kit.bench.charts` (``kit bench report``).
 """
 
 from __future__ import annotations

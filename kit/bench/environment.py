@@ -3,7 +3,8 @@
 :class:`BenchEnv` resolves the URL once (starting the embedded server if that is the default) and holds
 the backend's :class:`~kit.bench.probe.BenchProbe`, through which every statement of the bench's own
 goes. :class:`Meter` measures a section: wall time, this process's CPU, the server's CPU and the WAL
-written (the last two from the probe, when this machine can tell).
+written (the last two from the probe, when this machine can tell). :class:`Window` measures a cell of
+``kit bench compare``: commits, WAL and server CPU differences and sampled session activity.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import kit
 from kit.app import Kit, load_backend
 from kit.bench.app import build_app
 from kit.bench.params import DEFAULT_SCHEMA
-from kit.bench.probe import BenchProbe, Counters, probe_of
+from kit.bench.probe import ACTIVITY_KINDS, BenchProbe, Counters, Stats, probe_of
 from kit.config import load_config
 from kit.embedded import embedded_url
 
@@ -97,6 +98,85 @@ class Meter:
             self.server_cpu = after.server_cpu_s - before.server_cpu_s
         if before.wal_bytes is not None and after.wal_bytes is not None:
             self.wal_bytes = after.wal_bytes - before.wal_bytes
+
+
+SAMPLE_S = 0.05  # activity sampling period of a Window
+
+
+class Window:
+    """The measured window of a cell: server counters before and after, sessions sampled by wait kind,
+    client processes' CPU, and the machine's busy percentage."""
+
+    def __init__(self, probe: BenchProbe) -> None:
+        self.probe = probe
+        self.samples: list[dict[str, int]] = []
+        self.probe_statements = 0
+        self.before: Stats | None = None
+        self.t0 = self.t1 = 0.0
+        self.busy: float | None = None
+
+    def start(self) -> None:
+        self.before = self._stats()
+        try:
+            import psutil
+
+            psutil.cpu_percent(interval=None)
+        except ImportError:
+            pass
+        self.t0 = time.perf_counter()
+        self._next = self.t0
+
+    def tick(self) -> None:
+        """Sample the sessions when a period has passed (called from the cell's wait loop)."""
+        now = time.perf_counter()
+        if now >= self._next and hasattr(self.probe, "activity"):
+            self.samples.append(self.probe.activity())
+            self.probe_statements += 1
+            self._next = now + SAMPLE_S
+
+    def stop(self) -> None:
+        self.t1 = time.perf_counter()
+        try:
+            import psutil
+
+            self.busy = psutil.cpu_percent(interval=None)
+        except ImportError:
+            self.busy = None
+
+    def _stats(self) -> Stats:
+        self.probe_statements += 2  # stats() is two statements, each a transaction of its own
+        if not hasattr(self.probe, "stats"):  # a probe from before kit bench compare: CPU and WAL only
+            c = self.probe.counters(wal=True)
+            return Stats(commits=None, wal_bytes=c.wal_bytes, server_cpu_s=c.server_cpu_s,
+                         cpu_by_node={} if c.server_cpu_s is None else {"server": c.server_cpu_s})
+        return self.probe.stats()
+
+    def result(self, *, settle: float = 0.3) -> dict[str, Any]:
+        """Server-side differences (after ``settle`` seconds, so sessions that just ended flushed their
+        statistics)."""
+        time.sleep(settle)
+        after = self._stats()
+        before = self.before
+        assert before is not None
+
+        def diff(a: float | None, b: float | None) -> float | None:
+            return None if a is None or b is None else a - b
+
+        commits = diff(after.commits, before.commits)
+        wall = self.t1 - self.t0
+        kinds = {k: round(sum(s.get(k, 0) for s in self.samples) / len(self.samples), 3) if self.samples else None
+                 for k in ACTIVITY_KINDS}
+        nodes = {n: round(after.cpu_by_node[n] - before.cpu_by_node.get(n, 0.0), 4) for n in after.cpu_by_node}
+        return {
+            "window_s": round(wall, 4),
+            "server_cpu_s": None if (d := diff(after.server_cpu_s, before.server_cpu_s)) is None else round(d, 4),
+            "server_cpu_by_node_s": nodes,
+            "commits": None if commits is None else max(0, int(commits) - self.probe_statements),
+            "wal_bytes": diff(after.wal_bytes, before.wal_bytes),
+            "sessions": kinds,
+            "activity_samples": len(self.samples),
+            "machine_busy_percent": self.busy,
+        }
 
 
 def ms(seconds: float | None, count: int) -> float | None:

@@ -33,7 +33,8 @@ PEER_MS_PER_STEP = 2.0  # DBOS Transact (Python), ~10 round trips and 2 transact
 PEER_DRAIN_PER_S = 288.0
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser, *, positional: bool = True) -> None:
+    """The options of ``kit bench <workload>`` (``positional``: also the workload argument itself)."""
     parser.description = (
         "Measure kit on this database: per-step cost against the floor (one prepared single-row INSERT "
         "per round trip, measured first on the same database), throughput, queue drain rate and "
@@ -49,7 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if action.dest == "schema":
             action.help = (f"bench schema, dropped and recreated at the start (default: {DEFAULT_SCHEMA}; "
                            "never the application's schema)")
-    parser.add_argument("workload", choices=CHOICES, help="what to measure (all: every workload in turn)")
+    if positional:
+        parser.add_argument("workload", choices=CHOICES, help="what to measure (all: every workload in turn)")
     parser.add_argument("--workflows", metavar="N", help="workflows per workload (default: per workload)")
     parser.add_argument("--steps", metavar="K", help="steps per workflow (default: 10; queue-drain 1; recovery 6)")
     parser.add_argument("--concurrency", metavar="M",

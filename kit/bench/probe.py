@@ -57,6 +57,23 @@ class Drain:
     seconds: float  # last finish - first start
     completed: int
     claims: int  # claim transactions that found work (rows a claim stamps share one started_at)
+    finish_span_s: float | None = None  # last finish - first finish (steady rate, start-up left out)
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Cumulative server counters of ``kit bench compare`` (differences over a cell); None: not known."""
+
+    commits: int | None  # transactions committed in the bench's database (every node of a cluster)
+    wal_bytes: int | None  # write-ahead log position in bytes, summed over the nodes
+    server_cpu_s: float | None  # CPU seconds of the server processes (every node on this machine)
+    cpu_by_node: dict[str, float]  # the same per node ("server" for a single server)
+
+
+#: What a sampled server session of the bench's database is doing (``BenchProbe.activity``): on a CPU
+#: (active, no wait event), or waiting on a heavyweight lock, a lightweight lock (e.g. the WAL insert
+#: and write locks), I/O (e.g. the WAL flush), the client, or something else.
+ACTIVITY_KINDS = ("cpu", "Lock", "LWLock", "IO", "Client", "other")
 
 
 class FloorConnection(Protocol):
@@ -113,6 +130,13 @@ class BenchProbe(Protocol):
 
     def drain(self, prefix: str) -> Drain:
         """Duration and claim count of the run's successful workflows."""
+
+    def stats(self) -> Stats:
+        """Commits, WAL position and server CPU now (``kit bench compare``; fields it cannot read are None)."""
+
+    def activity(self) -> dict[str, int]:
+        """One sample of the bench database's busy server sessions (not the probe's own) by
+        :data:`ACTIVITY_KINDS`: active or in a transaction, counted by what each waits on."""
 
     def close(self) -> None:
         """Close the probe's own connection."""

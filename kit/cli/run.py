@@ -46,13 +46,32 @@ def add_parsers(sub: Any) -> None:
 
 
 def add_bench_parser(sub: Any) -> None:
-    """Register ``bench`` (its options come from :mod:`kit.bench`)."""
-    p = sub.add_parser("bench", help="benchmarks: seq, par, queue-drain, recovery (JSON results)")
-    common(p)
-    from kit.bench.params import add_arguments  # on use: the bench's options
+    """Register ``bench <workload>``, ``bench compare`` and ``bench report`` (options from :mod:`kit.bench`)."""
+    from kit.cli.args import Parser
 
-    add_arguments(p)
-    p.set_defaults(handler=cmd_bench)
+    p = sub.add_parser("bench", help="benchmarks: seq, par, queue-drain, recovery, all, compare, report")
+    bench = p.add_subparsers(dest="workload", metavar="WORKLOAD", parser_class=Parser)
+    bench.required = True
+    from kit.bench.params import CHOICES, add_arguments  # on use: the bench's options
+
+    helps = {"seq": "workflows of K steps started one after another", "par": "the same from M threads at once",
+             "queue-drain": "enqueued workflows drained by W kit worker processes",
+             "recovery": "SIGKILL a worker mid-run and time the takeover", "all": "every workload above in turn"}
+    for name in CHOICES:
+        w = bench.add_parser(name, help=helps.get(name, name))
+        common(w)
+        add_arguments(w, positional=False)
+        w.set_defaults(handler=cmd_bench)
+    from kit.bench.compare import add_arguments as add_compare
+
+    c = bench.add_parser("compare", help="every target x worker processes x workload; JSON per cell and a report")
+    add_compare(c)
+    c.set_defaults(handler=cmd_bench_compare)
+    r = bench.add_parser("report", help="the markdown report with PNG charts from a compare run's JSON")
+    r.description = "Write report.md and charts/*.png from the cell files of `kit bench compare` (needs matplotlib)."
+    r.add_argument("results", nargs="?", default="bench-results/compare", help="the compare --out directory")
+    r.add_argument("--output", help="where to write report.md and charts/ (default: the results directory)")
+    r.set_defaults(handler=cmd_bench_report)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -178,3 +197,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from kit.bench.runner import run_bench
 
     return run_bench(args)
+
+
+def cmd_bench_compare(args: argparse.Namespace) -> int:
+    from kit.bench.compare import run_compare
+
+    return run_compare(args)
+
+
+def cmd_bench_report(args: argparse.Namespace) -> int:
+    from kit.bench.charts import write_report
+
+    print(write_report(args.results, args.output))
+    return 0
