@@ -226,6 +226,11 @@ class PostgresCore(Backend):
         """Plain PostgreSQL: not CockroachDB (its version text) and not a Citus database (its extension)."""
         return not (is_cockroachdb(info) or is_citus(info))
 
+    def _serves(self, info: ServerInfo) -> bool:
+        """Whether ``open()`` accepts the probed server: what :meth:`detect` accepts. A backend chosen only
+        by name (never auto-detected, e.g. a test profile) overrides this instead of ``detect``."""
+        return type(self).detect(info)
+
     @classmethod
     def capabilities_for(cls, info: ServerInfo) -> Capabilities:
         """This backend's capabilities on a probed server (pure)."""
@@ -253,7 +258,7 @@ class PostgresCore(Backend):
             ) from None
         self._pool = pool
         info = self._run(probe_connection)
-        if not type(self).detect(info):
+        if not self._serves(info):
             self._pool = None
             pool.close(timeout=0)
             raise server_mismatch(type(self), info, self.url)
