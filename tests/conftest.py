@@ -14,7 +14,9 @@ Servers
   external    the URL in $KIT_TEST_DATABASE_URL                                 -- if set
 
 Extra targets (tests/targets.py)
-  citus       a local Citus cluster (coordinator + 2 workers)                    -- if Citus is built
+  citus         a local Citus cluster (coordinator + 2 workers)                  -- if Citus is built
+  crdb-profile  the CockroachDB backend's serializable profile on a PostgreSQL server  -- always
+  crdb          a real CockroachDB cluster at $KIT_TEST_COCKROACH_URL             -- if set
   Tests marked ``all_backends`` run on them too (their ``pg_url`` is the target's URL).
 
 Environment
@@ -79,6 +81,8 @@ class _ServerPool:
                 self._urls[name] = handle.start().url
             elif name == "external":
                 self._urls[name] = os.environ["KIT_TEST_DATABASE_URL"]
+            elif name == "cockroach":  # a real CockroachDB cluster the user runs (tests/targets.py)
+                self._urls[name] = os.environ["KIT_TEST_COCKROACH_URL"]
             elif name == "citus":
                 handle = CitusCluster(workers=2)
                 self._handles.append(handle)

@@ -8,6 +8,11 @@ the duration of the test (so worker subprocesses inherit it) when it is not dete
 Extra targets
   citus          a local Citus cluster: coordinator + 2 workers on loopback (tests/citus_cluster.py), built by
                  scripts/citus-setup.sh; detected as the ``citus`` backend from the coordinator's extension.
+  crdb-profile   the CockroachDB backend's serializable PostgreSQL profile (backend ``cockroachdb-profile``) on
+                 the first selected PostgreSQL server (``KIT_TEST_PROFILE_SERVER`` picks another, e.g.
+                 ``debian15``): CockroachDB's statements and retry/claim/migration logic at SERIALIZABLE.
+  crdb           a real CockroachDB cluster at ``KIT_TEST_COCKROACH_URL`` (a libpq URL, e.g.
+                 ``postgresql://root@host:26257/defaultdb?sslmode=disable``); skipped with that reason when unset.
 
 Selection: ``KIT_TEST_TARGETS`` (comma list of extra targets; ``none`` for none; default: every available
 one). A test that cannot run on a target says why with ``pytest.mark.skip_targets(citus="reason")``: it is
@@ -22,8 +27,12 @@ from dataclasses import dataclass
 
 try:  # works whether or not tests/ is a package
     from .citus_cluster import citus_available
+    from .servers import selected_servers
 except ImportError:
     from citus_cluster import citus_available
+    from servers import selected_servers
+
+COCKROACH_URL_ENV = "KIT_TEST_COCKROACH_URL"
 
 
 @dataclass(frozen=True)
@@ -37,8 +46,38 @@ class Target:
     unavailable: Callable[[], str | None]  # None when it can run here, else why not
 
 
+def _profile_server() -> str:
+    """The PostgreSQL server the crdb-profile target runs on."""
+    chosen = os.environ.get("KIT_TEST_PROFILE_SERVER", "").strip()
+    if chosen:
+        return chosen
+    try:
+        return selected_servers()[0]
+    except (ValueError, IndexError):
+        return "pgserver16"
+
+
+def _profile_unavailable() -> str | None:
+    server = _profile_server()
+    try:
+        available = selected_servers()
+    except ValueError as exc:
+        return str(exc)
+    return None if server in available else f"PostgreSQL server {server!r} is not selected (KIT_TEST_SERVERS)"
+
+
+def _cockroach_unavailable() -> str | None:
+    if not os.environ.get(COCKROACH_URL_ENV, "").strip():
+        return (f"no CockroachDB cluster: set {COCKROACH_URL_ENV} to a libpq URL of one "
+                "(kit never downloads or starts CockroachDB)")
+    return None
+
+
 EXTRA_TARGETS: dict[str, Target] = {
     "citus": Target("citus", server="citus", backend=None, unavailable=citus_available),
+    "crdb-profile": Target("crdb-profile", server=_profile_server(), backend="cockroachdb-profile",
+                           unavailable=_profile_unavailable),
+    "crdb": Target("crdb", server="cockroach", backend="cockroachdb", unavailable=_cockroach_unavailable),
 }
 
 

@@ -38,7 +38,9 @@ LEASE, HEARTBEAT, POLL = 1.5, 0.4, 0.2
 
 # -- helpers ----------------------------------------------------------------------------------------------
 def worker_env(url: str, schema: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KIT_")}
+    """The workers' environment: this test's database and timings; KIT_BACKEND (an extra target's backend,
+    tests/targets.py) is kept so the workers run the backend under test."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KIT_") or k == "KIT_BACKEND"}
     env.update(
         KIT_DATABASE_URL=url, KIT_SCHEMA=schema, KIT_LEASE_SECONDS=str(LEASE),
         KIT_HEARTBEAT_SECONDS=str(HEARTBEAT), KIT_POLL_SECONDS=str(POLL), PYTHONUNBUFFERED="1",

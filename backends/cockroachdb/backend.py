@@ -156,6 +156,9 @@ class CockroachBackend(LockRowMigrationsPart, PostgresBackend):
             log.warning("CockroachDB v%d.%d.%d: kit's CockroachDB backend is written for v23.2 and later",
                         *version)
 
+    def _placeholders(self) -> dict[str, str]:
+        return type(self).dialect.placeholders()
+
     @property
     def claim_isolation(self) -> str:
         """``"read committed"`` or ``"serializable"``: how this backend claims (valid after open())."""

@@ -99,7 +99,7 @@ class OperationTracker:
 
 def format_stats(stats: dict[str, OperationStats], title: str = "transaction retries per operation") -> str:
     """A small table of the counters (for test output and logs)."""
-    rows = [(k, v) for k, v in stats.items() if v.calls or v.retries or v.lost]
+    rows = [(k, v) for k, v in sorted(stats.items()) if v.retries or v.lost or v.exhausted or v.calls > 1]
     if not rows:
         return f"{title}: no operations"
     width = max(len(k) for k, _ in rows)

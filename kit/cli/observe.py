@@ -157,7 +157,8 @@ def cmd_db(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, default=str))
         return 0
-    for key in ("backend", "url", "schema", "schema_version", "server_version", "embedded_data_dir"):
+    for key in ("backend", "note", "url", "schema", "schema_version", "server_version", "claims",
+                "embedded_data_dir"):
         if key in info:
             value = info[key] if info[key] is not None else "(not migrated: run `kit migrate`)"
             print(f"{key:17} {value}")
