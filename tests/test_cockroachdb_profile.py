@@ -226,6 +226,28 @@ def test_an_ambiguous_claim_returns_what_it_claimed(profile):
     assert all(running[w].owner == "w-amb" and running[w].epoch == 1 for w in wids[:2])
 
 
+@pytest.mark.parametrize("at", ["CREATE INDEX", "INSERT INTO"])  # a schema change; the version's record
+def test_lost_ack_of_a_migration_statement_is_read_back(pg_url, schema, at):
+    """Each schema change runs in a transaction of its own: an ambiguous acknowledgement of one (it committed,
+    the reply was lost) is retried idempotently, and migrate still reports every version it applied."""
+    try:
+        from .conformance.faults import OneFault, fault_injecting
+    except ImportError:
+        from conformance.faults import OneFault, fault_injecting
+
+    plan = OneFault("migrate", "ambiguous", at)
+    b = _open(fault_injecting(SerializableProfileBackend, plan), pg_url, schema)
+    try:
+        applied = b.migrate()
+    finally:
+        b.close()
+    assert plan.total == 1, plan.log
+    newest = SerializableProfileBackend.migrations.newest
+    assert applied == list(range(1, newest + 1))
+    assert _sql(pg_url, sql.SQL("SELECT count(*), max(version) FROM {}").format(
+        sql.Identifier(schema, "schema_migrations"))) == [(newest, newest)]
+
+
 def test_concurrent_migrators_take_turns_on_the_lock_row(profile, pg_url, schema):
     backends = [profile(migrate=False) for _ in range(4)]
     barrier = threading.Barrier(4)

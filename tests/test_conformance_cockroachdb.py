@@ -1,53 +1,55 @@
-"""The conformance suite through the CockroachDB backend: on its serializable PostgreSQL profile
-(``cockroachdb-profile``: CockroachDB's statements and retry/claim/migration logic on every selected
-PostgreSQL server at SERIALIZABLE), and on a real cluster when ``KIT_TEST_COCKROACH_URL`` is set."""
+"""The conformance suite through the CockroachDB backend's serializable PostgreSQL profile
+(``cockroachdb-profile``: CockroachDB's statements and retry/claim/migration logic on PostgreSQL at
+SERIALIZABLE): a plain pass on every selected PostgreSQL server and a fault-injected pass (40001 and lost
+COMMIT acknowledgements at statement boundaries) on one (tests/conformance/factory.py). Known differences of
+the backend are declared in tests/conformance/differences.py under ``cockroachdb-profile``.
+
+A real cluster runs the same suite in tests/test_conformance_cockroachdb_cluster.py."""
 
 from __future__ import annotations
+
+import uuid
 
 import psycopg
 import pytest
 from kit.backends.cockroachdb import SerializableProfileBackend
-from psycopg import sql
 
 try:  # works whether or not tests/ is a package
     from .conformance import *  # noqa: F401,F403
-    from .conformance.observability import *  # noqa: F401,F403
+    from .conformance.factory import SqlFactory, conformance_targets, factory_fixture
+    from .servers import selected_servers
 except ImportError:
     from conformance import *  # noqa: F401,F403
-    from conformance.observability import *  # noqa: F401,F403
+    from conformance.factory import SqlFactory, conformance_targets, factory_fixture
+    from servers import selected_servers
 
 
-class ProfileFactory:
-    def __init__(self, url: str, schema: str) -> None:
-        self.url = url
-        self.secret = psycopg.conninfo.conninfo_to_dict(url).get("password") or "\x00no-password"
-        self.schema = schema
-        self._made: list[SerializableProfileBackend] = []
+class ProfileFactory(SqlFactory):
+    backend_cls = SerializableProfileBackend
 
-    def __call__(self, *, migrate: bool = True) -> SerializableProfileBackend:
-        backend = SerializableProfileBackend(self.url, schema=self.schema, pool_size=4, connect_timeout=5,
-                                             retry_seconds=5)
-        backend.open()
-        self._made.append(backend)
-        if migrate:
-            backend.migrate()
-        return backend
+    def make(self, cls: type[SerializableProfileBackend]) -> SerializableProfileBackend:
+        return cls(self.url, schema=self.schema, pool_size=4, connect_timeout=5, retry_seconds=5)
 
-    def qualify(self, table: str) -> str:
-        return f"{sql.Identifier(self.schema).as_string(None)}.{sql.Identifier(table).as_string(None)}"
 
-    def sql(self, query: str, params: tuple = ()) -> list[tuple]:
-        with psycopg.connect(self.url, autocommit=True, connect_timeout=5) as conn:
-            cur = conn.execute(query, params)
-            return cur.fetchall() if cur.description else []
-
-    def close_all(self) -> None:
-        for backend in self._made:
-            backend.close()
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "conformance_target" in metafunc.fixturenames:
+        metafunc.parametrize("conformance_target", conformance_targets(selected_servers(), metafunc.function),
+                             indirect=True)
 
 
 @pytest.fixture
-def backend_factory(pg_url, schema):
-    factory = ProfileFactory(pg_url, schema)
-    yield factory
-    factory.close_all()
+def backend_factory(request, conformance_target, pg_servers, conformance_fault_totals):
+    server, faults = conformance_target
+    url = pg_servers[server]
+    secret = psycopg.conninfo.conninfo_to_dict(url).get("password") or "\x00no-password"
+    factory = ProfileFactory(url, f"t_{uuid.uuid4().hex[:12]}", secret=secret, faults=faults,
+                             label=request.node.nodeid)
+    yield from factory_fixture(request, factory, conformance_fault_totals)
+
+
+def test_the_profile_is_in_effect(backend_factory):
+    backend = backend_factory()
+    caps = backend.capabilities
+    assert not caps.listen_notify and not caps.advisory_locks and not caps.multi_row_locking_claims
+    assert caps.retry_serialization_failures and caps.transactional_steps
+    assert backend._run(lambda c: c.execute("SHOW transaction_isolation").fetchone()[0]) == "serializable"

@@ -34,6 +34,8 @@ import psycopg
 import psycopg.errors
 from kit.backends.postgres import PostgresBackend
 from kit.backends.postgres import rows as pgrows
+from kit.backends.postgres.connection import is_connection_error
+from kit.backends.postgres.lease_connection import LeaseConnection
 from kit.backends.postgres.queries import MigrationSet, QuerySet
 
 from kit.errors import ConfigError, LeaseLostError, TransientStorageError
@@ -41,6 +43,7 @@ from kit.storage import Capabilities, Claim, ClaimRequest, ServerInfo, StepRecor
 
 from .dialect import COCKROACHDB, SERIALIZABLE_POSTGRES, Dialect
 from .migrations import LockRowMigrationsPart
+from .readback import ReadBackPart
 from .retry import (
     RETRY_SQLSTATES,
     CockroachConnection,
@@ -66,7 +69,7 @@ T = TypeVar("T")
 # PostgreSQL statements this backend never runs (their strategies are off here): dropped from its query set,
 # so a path that would use one fails loudly instead of sending PostgreSQL-only SQL to a cluster.
 _DROPPED = ("notify", "notify_many", "step_record_many", "workflow_finish_many", "workflow_claim_candidates",
-            "workflow_claim_row")
+            "workflow_claim_row", "workflow_gc")
 
 
 def build_queries(dialect: Dialect) -> QuerySet:
@@ -97,7 +100,7 @@ def _is_retryable(exc: BaseException) -> bool:
     return getattr(exc, "sqlstate", None) in RETRY_SQLSTATES
 
 
-class CockroachBackend(LockRowMigrationsPart, PostgresBackend):
+class CockroachBackend(LockRowMigrationsPart, ReadBackPart, PostgresBackend):
     """CockroachDB (v23.2 or later): SERIALIZABLE with whole-transaction retries, polling, lock-row
     migrations, epoch-guarded claims."""
 
@@ -125,6 +128,16 @@ class CockroachBackend(LockRowMigrationsPart, PostgresBackend):
         self._claim_mode = mode
         self._follower_reads = _env_flag("KIT_COCKROACH_FOLLOWER_READS", type(self).follower_reads)
         self._claim_isolation = "serializable"
+        # Heartbeats run on their own connection, retried within a quarter of the lease: counted here too.
+        self._leases = LeaseConnection(self._lease_connect, self._lease_watchdog, self._lease_transient,
+                                       self._commit_unacknowledged)
+
+    def _lease_transient(self, exc: BaseException) -> bool:
+        if _is_retryable(exc):
+            self.ops.add("lease_renew", retries=1)
+        elif isinstance(exc, psycopg.OperationalError):
+            self.ops.add("lease_renew", lost=1)
+        return is_connection_error(exc)
 
     # -- the server ----------------------------------------------------------------------------------
     @classmethod

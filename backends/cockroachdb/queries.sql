@@ -28,19 +28,22 @@ ON CONFLICT (workflow_id) DO NOTHING
 RETURNING epoch
 
 -- name: workflow_enqueue
--- Insert a PENDING workflow unless the id exists (no wake-up: workers poll). A live duplicate of
--- (queue, dedup_id) fails on workflows_dedup_idx.
-INSERT INTO {schema}.workflows (workflow_id, name, status, inputs, queue, priority, app_version, parent_id,
-                                dedup_id, run_at, partition_key, deadline_at)
-SELECT %(workflow_id)s, %(name)s, 'PENDING', %(inputs)s, %(queue)s, %(priority)s::int8, %(app_version)s,
-       %(parent_id)s, %(dedup_id)s,
-       CASE WHEN %(delay)s::float8 > 0 THEN now() + %(delay)s::float8 * interval '1 second' END, %(partition_key)s,
-       %(deadline)s::timestamptz
- WHERE %(parent_epoch)s::int8 IS NULL
-    OR EXISTS (SELECT 1 FROM {schema}.workflows p
-                WHERE p.workflow_id = %(parent_id)s AND p.epoch = %(parent_epoch)s::int8 AND p.status = 'RUNNING')
-ON CONFLICT (workflow_id) DO NOTHING
-RETURNING epoch, NULL
+-- Insert a PENDING workflow unless the id exists (no wake-up: workers poll; the second column, PostgreSQL's
+-- notification, is NULL). A live duplicate of (queue, dedup_id) fails on workflows_dedup_idx.
+WITH ins AS (
+    INSERT INTO {schema}.workflows (workflow_id, name, status, inputs, queue, priority, app_version, parent_id,
+                                    dedup_id, run_at, partition_key, deadline_at)
+    SELECT %(workflow_id)s, %(name)s, 'PENDING', %(inputs)s, %(queue)s, %(priority)s::int8, %(app_version)s,
+           %(parent_id)s, %(dedup_id)s,
+           CASE WHEN %(delay)s::float8 > 0 THEN now() + %(delay)s::float8 * interval '1 second' END,
+           %(partition_key)s, %(deadline)s::timestamptz
+     WHERE %(parent_epoch)s::int8 IS NULL
+        OR EXISTS (SELECT 1 FROM {schema}.workflows p
+                    WHERE p.workflow_id = %(parent_id)s AND p.epoch = %(parent_epoch)s::int8 AND p.status = 'RUNNING')
+    ON CONFLICT (workflow_id) DO NOTHING
+    RETURNING epoch
+)
+SELECT ins.epoch, NULL FROM ins
 
 -- name: workflow_release
 UPDATE {schema}.workflows
@@ -510,29 +513,53 @@ SELECT %(new_id)s, w.name, 'PENDING', w.inputs, w.queue, w.priority, %(app_versi
 ON CONFLICT (workflow_id) DO NOTHING
 RETURNING epoch, queue, NULL
 
--- name: workflow_gc
--- One batch of retention (see the PostgreSQL statement); no SKIP LOCKED: a resume racing with it conflicts
--- under SERIALIZABLE and one of the two runs again.
-WITH doomed AS (
-    SELECT w.workflow_id FROM {schema}.workflows w
-     WHERE w.finished_at IS NOT NULL AND w.finished_at < now() - %(age)s::float8 * interval '1 second'
-       AND w.status IN ('SUCCESS', 'ERROR', 'CANCELLED')
-       AND NOT EXISTS (SELECT 1 FROM {schema}.steps r
-                        WHERE (r.name LIKE 'start:%%' OR r.name LIKE 'enqueue:%%')
-                          AND r.output = to_json(w.workflow_id)::text AND r.workflow_id <> w.workflow_id)
-     ORDER BY w.finished_at
-     LIMIT %(batch)s
-), del_steps AS (
-    DELETE FROM {schema}.steps x USING doomed d WHERE x.workflow_id = d.workflow_id RETURNING x.workflow_id
+-- name: workflow_gc_pick
+-- One batch of retention, first statement: the ids it deletes (finished long enough ago, never a workflow a
+-- remaining workflow's steps refer to). Read in the same transaction as the delete, and kept by the caller, so
+-- a lost acknowledgement is answered by counting which of them are gone.
+SELECT w.workflow_id FROM {schema}.workflows w
+ WHERE w.finished_at IS NOT NULL AND w.finished_at < now() - %(age)s::float8 * interval '1 second'
+   AND w.status IN ('SUCCESS', 'ERROR', 'CANCELLED')
+   AND NOT EXISTS (SELECT 1 FROM {schema}.steps r
+                    WHERE (r.name LIKE 'start:%%' OR r.name LIKE 'enqueue:%%')
+                      AND r.output = to_json(w.workflow_id)::text AND r.workflow_id <> w.workflow_id)
+ ORDER BY w.finished_at
+ LIMIT %(batch)s
+
+-- name: workflow_gc_delete
+-- Second statement: delete those workflows with their steps, messages, events and streams.
+WITH del_steps AS (
+    DELETE FROM {schema}.steps WHERE workflow_id = ANY(%(workflow_ids)s::text[]) RETURNING workflow_id
 ), del_messages AS (
-    DELETE FROM {schema}.messages x USING doomed d WHERE x.workflow_id = d.workflow_id RETURNING x.workflow_id
+    DELETE FROM {schema}.messages WHERE workflow_id = ANY(%(workflow_ids)s::text[]) RETURNING workflow_id
 ), del_events AS (
-    DELETE FROM {schema}.events x USING doomed d WHERE x.workflow_id = d.workflow_id RETURNING x.workflow_id
+    DELETE FROM {schema}.events WHERE workflow_id = ANY(%(workflow_ids)s::text[]) RETURNING workflow_id
 ), del_streams AS (
-    DELETE FROM {schema}.streams x USING doomed d WHERE x.workflow_id = d.workflow_id RETURNING x.workflow_id
+    DELETE FROM {schema}.streams WHERE workflow_id = ANY(%(workflow_ids)s::text[]) RETURNING workflow_id
 )
-DELETE FROM {schema}.workflows w USING doomed d WHERE w.workflow_id = d.workflow_id
-RETURNING w.workflow_id
+DELETE FROM {schema}.workflows WHERE workflow_id = ANY(%(workflow_ids)s::text[])
+RETURNING workflow_id
+
+-- name: workflow_epochs
+-- Read-backs: the epoch and status of some workflows (those that exist).
+SELECT workflow_id, epoch, status FROM {schema}.workflows WHERE workflow_id = ANY(%(workflow_ids)s::text[])
+
+-- name: workflow_cancelled_by
+-- Read-back of a cancel whose acknowledgement was lost: the workflows of the tree this cancel ended.
+WITH RECURSIVE tree(workflow_id) AS (
+    SELECT workflow_id FROM {schema}.workflows WHERE workflow_id = %(workflow_id)s
+    UNION
+    SELECT c.workflow_id FROM {schema}.workflows c JOIN tree ON c.parent_id = tree.workflow_id
+)
+SELECT w.workflow_id FROM {schema}.workflows w JOIN tree ON tree.workflow_id = w.workflow_id
+ WHERE w.status = 'CANCELLED'
+   AND ((w.workflow_id = %(workflow_id)s::text AND w.error = %(error)s::text)
+        OR (w.workflow_id <> %(workflow_id)s::text AND left(w.error, 1) = chr(123)
+            AND w.error::jsonb ->> 'cancelled_with' = %(workflow_id)s::text))
+
+-- name: workflow_fork_of
+-- Read-back of a fork whose acknowledgement was lost: the source the new id was forked from.
+SELECT forked_from, name FROM {schema}.workflows WHERE workflow_id = %(new_id)s
 
 -- name: workflow_gc_count
 SELECT count(*) FROM (
