@@ -105,11 +105,11 @@ def test_whole_test_entries_skip_or_mark_xfail():
 
 def test_spared_operations_merge_single_attempt_and_gaps():
     gaps = {("fake", "workflow_claim"): d.FaultGap("lost claims"),
-            ("fake", "lease_renew"): d.FaultGap("x", kinds=("serialization",)),
+            ("fake", "notify"): d.FaultGap("x", kinds=("serialization",)),
             ("other", "migrate"): d.FaultGap("y")}
     spared = d.spared_operations("fake", gaps)
     assert spared["workflow_claim"] == ("ambiguous",)
-    assert set(spared["lease_renew"]) == set(KINDS)
+    assert set(spared["notify"]) == set(KINDS)  # single-attempt (all kinds) merged with a gap of one kind
     assert "migrate" not in spared
     assert set(SINGLE_ATTEMPT) <= set(spared)
 

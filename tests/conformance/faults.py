@@ -45,7 +45,6 @@ KINDS = ("serialization", "ambiguous")
 
 # Interface operations that make one attempt by design; the fault pass leaves them alone.
 SINGLE_ATTEMPT: Mapping[str, str] = {
-    "lease_renew": "a heartbeat makes one attempt: the worker's next beat is its retry",
     "notify": "a wake-up is best effort (one attempt): a lost one only delays work until the next poll",
     "notify_wait": "waits on its own listener connection; LISTEN carries no data",
 }
