@@ -122,6 +122,18 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("pg_url", names, ids=names, indirect=True, scope="session")
 
 
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Print what tests recorded with ``record_property("kit_report", text)`` (e.g. retry counts): shown at the
+    end of every run, also under pytest-xdist (user properties travel with the reports)."""
+    lines = [value for reports in terminalreporter.stats.values() for rep in reports
+             if getattr(rep, "when", None) == "call"
+             for name, value in getattr(rep, "user_properties", ()) if name == "kit_report"]
+    if lines:
+        terminalreporter.write_sep("=", "kit reports")
+        for text in lines:
+            terminalreporter.write_line(str(text))
+
+
 @pytest.fixture(scope="session")
 def _pg_pool():
     pool = _ServerPool()

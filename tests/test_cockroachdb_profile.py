@@ -309,27 +309,6 @@ def test_a_plain_insert_enqueues_a_workflow(pg_url, schema):
 # -- contention -------------------------------------------------------------------------------------------
 
 
-class _RetryReport:
-    """Prints the contention runs' retry counts in pytest's terminal summary (shown without -s too)."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        for line in self.lines:
-            terminalreporter.write_line(line)
-
-
-@pytest.fixture(scope="session")
-def retry_report(request) -> _RetryReport:
-    name = "cockroachdb-retry-report"
-    plugin = request.config.pluginmanager.get_plugin(name)
-    if plugin is None:
-        plugin = _RetryReport()
-        request.config.pluginmanager.register(plugin, name)
-    return plugin
-
-
 WORKERS = 6
 PER_WORKER = 4
 WORKFLOWS = 120
@@ -337,7 +316,7 @@ CAPPED = 24
 
 
 @pytest.mark.parametrize("claims", ["serializable", "read_committed"])
-def test_many_workers_contending_for_one_queue(pg_url, schema, claims, monkeypatch, retry_report, target_name):
+def test_many_workers_contending_for_one_queue(pg_url, schema, claims, monkeypatch, record_property, target_name):
     """Six worker processes' worth of apps claim from one queue at once, each workflow with a plain step, a
     transactional step writing a ledger row and a second plain step, plus a queue capped at 2 running. At
     SERIALIZABLE, PostgreSQL fails conflicting claims, checkpoints and finishes with 40001; every one is
@@ -423,7 +402,7 @@ def test_many_workers_contending_for_one_queue(pg_url, schema, claims, monkeypat
         report = (f"[{target_name}, {claims} claims, {WORKERS} workers x {PER_WORKER}, {WORKFLOWS} + {CAPPED} "
                   f"workflows] " + format_stats(stats))
         print("\n" + report)
-        retry_report.lines.append(report)
+        record_property("kit_report", report)  # printed in the terminal summary (tests/conftest.py)
     wids = [f"w{i:03d}" for i in range(WORKFLOWS)]
     assert all(runs[(w, "first")] == 1 and runs[(w, "last")] == 1 for w in wids), "a plain step ran twice"
     rows = Counter(r[0] for r in _sql(pg_url, sql.SQL("SELECT workflow_id FROM {}").format(ledger)))

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from kit.errors import StorageError, TransientStorageError
+from kit.errors import TransientStorageError
 from kit.storage import (
     Finish,
     ForkRequest,
