@@ -6,6 +6,7 @@ retry counts per operation are printed: run with -s to see them)."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 import uuid
@@ -16,12 +17,14 @@ import psycopg
 import psycopg.errors
 import pytest
 from kit.backends.cockroachdb import RetryPolicy, SerializableProfileBackend, format_stats
+from kit.backends.cockroachdb.backend import build_queries
+from kit.backends.cockroachdb.dialect import Dialect
 from kit.backends.cockroachdb.retry import OperationStats, ProfileConnection
 from psycopg import sql
 
 import kit
 from kit.errors import TransientStorageError
-from kit.storage import ClaimRequest, Finish, NewWorkflow, Status, StepResult
+from kit.storage import ClaimRequest, Finish, MonitorQuery, NewWorkflow, Status, StepResult, WorkflowQuery
 
 PROFILE = "cockroachdb-profile"
 
@@ -142,6 +145,32 @@ def test_a_transactional_step_rolled_back_by_a_conflict_leaves_nothing_and_runs_
             assert b.workflow_release(wid, 1)
             tx.checkpoint('"never"')
     assert _sql(pg_url, sql.SQL("SELECT k FROM {}").format(table)) == [("second run",)]
+
+
+class _StaleReads(SerializableProfileBackend):
+    """The follower-read path with a statement PostgreSQL has: every observability read in a transaction that
+    starts with it (on a cluster: SET TRANSACTION AS OF SYSTEM TIME follower_read_timestamp())."""
+
+    queries = build_queries(Dialect("stale-reads-on-postgres", "", {"follower_read": "SET TRANSACTION READ ONLY"}))
+
+    def open(self) -> None:
+        super().open()
+        self._caps = dataclasses.replace(self._caps, follower_reads=True)
+
+
+def test_observability_reads_run_behind_the_follower_read_statement(profile):
+    b = profile(_StaleReads)
+    wid = _owned(b)
+    b.message_send(wid, "t", '"m"')
+    assert b.capabilities.follower_reads
+    assert [w.workflow_id for w in b.workflow_list(WorkflowQuery())] == [wid]
+    assert b.queue_list() and b.message_list(wid)[0].sender_key is None
+    stats = b.monitor_stats(MonitorQuery())
+    assert stats.queues and stats.queues[0].in_flight == 1
+    assert b.event_list(wid) == [] and b.stream_list(wid) == [] and b.workflow_children(wid) == []
+    # ...and each of them really ran in that read-only transaction:
+    assert b._observe(lambda c: c.execute("SHOW transaction_read_only").fetchone()[0]) == "on"
+    assert b._run(lambda c: c.execute("SHOW transaction_read_only").fetchone()[0]) == "off"
 
 
 class _Always40001(ProfileConnection):
