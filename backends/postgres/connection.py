@@ -67,6 +67,14 @@ def libpq_url(url: str) -> str:
     return urlunsplit(parts._replace(scheme="postgresql"))
 
 
+def check_host(url: str) -> None:
+    """A URL without a host (``postgresql:///app``) is refused before anything connects."""
+    parts = urlsplit(url)
+    if not parts.netloc and "host=" not in (parts.query or ""):
+        raise ConfigError(f"malformed database URL {redact_url(url)}: no host; use "
+                          "postgresql://user@host:5432/dbname or ?host=/socket/dir")
+
+
 def conn_kwargs(dsn: str, url: str, connect_timeout: float) -> dict[str, Any]:
     """Connection options: autocommit, prepared statements, and (unless the URL sets them) a connect
     timeout, the application name and, over TCP, keepalives so a hung socket fails instead of blocking."""
@@ -191,10 +199,7 @@ class PostgresCore(Backend):
         notify: bool = True,
         call_timeout: float = 20.0,
     ) -> None:
-        parts = urlsplit(url)
-        if not parts.netloc and "host=" not in (parts.query or ""):
-            raise ConfigError(f"malformed database URL {redact_url(url)}: no host; use "
-                              "postgresql://user@host:5432/dbname or ?host=/socket/dir")
+        check_host(url)
         self.url = url
         self.dsn = libpq_url(url)
         self.schema = schema
@@ -221,6 +226,7 @@ class PostgresCore(Backend):
     @classmethod
     def probe(cls, url: str, *, connect_timeout: float) -> ServerInfo:
         """Connect once (with ``connection_class``) and describe the server."""
+        check_host(url)  # a malformed URL is a configuration error, not an unreachable server
         dsn = libpq_url(url)
         try:
             with cls.connection_class.connect(dsn, **conn_kwargs(dsn, url, connect_timeout)) as conn:
