@@ -74,6 +74,18 @@ def test_every_session_of_the_profile_is_serializable(profile):
     assert b.capabilities.retry_serialization_failures and b.capabilities.transactional_steps
 
 
+def test_kit_db_names_the_profile_and_its_capabilities(pg_url, schema, monkeypatch, capsys):
+    from kit.cli import main
+
+    monkeypatch.setenv("KIT_BACKEND", PROFILE)
+    assert main(["db", "--database-url", pg_url, "--schema", schema]) == 0
+    out = capsys.readouterr().out
+    lines = dict(line.split(None, 1) for line in out.strip().splitlines())
+    assert lines["backend"] == PROFILE and lines["note"].endswith("not CockroachDB")
+    assert lines["server_version"].startswith("PostgreSQL ") and lines["claims"].startswith("serializable")
+    assert lines["capabilities"] == "transactional_steps, retry_serialization_failures"
+
+
 def test_detection_keeps_refusing_cockroachdb_on_a_postgres_server(pg_url, schema):
     from kit.backends.cockroachdb import CockroachBackend
 
