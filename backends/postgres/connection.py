@@ -35,6 +35,7 @@ from kit.registry import server_mismatch
 from kit.storage import Backend, Capabilities, ServerInfo
 from kit.storage.records import WorkerInfo
 
+from .errors import explain, first_attempt
 from .lease_connection import LeaseConnection
 from .pool import Pool, mark_ok, ok_at
 from .queries import MigrationSet, QuerySet
@@ -232,8 +233,8 @@ class PostgresCore(Backend):
             with cls.connection_class.connect(dsn, **conn_kwargs(dsn, url, connect_timeout)) as conn:
                 return probe_connection(conn)
         except psycopg.Error as exc:
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise DatabaseUnavailableError(f"cannot connect to {redact_url(url)}: {scrub(text, url)}") from None
+            text = explain(scrub(str(exc).strip() or type(exc).__name__, url))
+            raise DatabaseUnavailableError(f"cannot connect to {redact_url(url)}: {text}") from None
 
     @classmethod
     def detect(cls, info: ServerInfo) -> bool:
@@ -257,6 +258,10 @@ class PostgresCore(Backend):
     def open(self) -> None:
         if self._pool is not None:
             return
+        # One direct attempt first (backends/postgres/errors.py): a failure no retry can fix (refused, unknown
+        # database or role, bad password, TLS) raises at once; a transient one is retried, and says so.
+        first_attempt(lambda: self.connection_class.connect(self.dsn, **self._conn_kwargs()), self.url, scrub,
+                      retry_for=self.connect_timeout + 1)
         pool = Pool(
             self.dsn, min_size=1, max_size=self.pool_size, kwargs=self._conn_kwargs(), open=False,
             name="kit", timeout=max(self.connect_timeout * 2, 10.0), reconnect_timeout=self.retry_seconds,
@@ -319,8 +324,7 @@ class PostgresCore(Backend):
             with self.connection_class.connect(self.dsn, **self._conn_kwargs()):
                 return "connection timed out"
         except psycopg.Error as exc:
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            return scrub(text, self.url)
+            return explain(scrub(str(exc).strip() or type(exc).__name__, self.url))
 
     def close(self) -> None:
         self._closed = True

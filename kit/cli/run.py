@@ -102,8 +102,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if not app.workflow_names():
         raise UsageError(f"{args.app} registers no workflows: nothing to run")
     stop = threading.Event()
+    received: list[int] = []
 
     def on_signal(signum: int, frame: Any) -> None:
+        received.append(signum)
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -115,11 +117,22 @@ def cmd_worker(args: argparse.Namespace) -> int:
     try:
         while not stop.wait(0.5):
             pass
+        if received:
+            _say_stopping(app, received[0])
     finally:
         summary = app.close()  # hands running workflows over at step boundaries
     print(f"kit worker {worker_id}: stopped; of the workflows running, {summary or StopSummary()}",
           file=sys.stderr, flush=True)
     return 0
+
+
+def _say_stopping(app: Kit, signum: int) -> None:
+    """The first line of a stop: what this worker did, and what happens to what it still runs."""
+    claimed = getattr(app.runtime, "claimed_count", 0)
+    how = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+    print(f"kit worker {app.worker_id}: stopping ({how}) after claiming {claimed} workflow(s); running ones finish "
+          "the step they are in and are handed over to other workers (a step still running after 5s is released "
+          "mid-step)", file=sys.stderr, flush=True)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
