@@ -226,15 +226,25 @@ class PostgresCore(Backend):
     # -- the server ------------------------------------------------------------------------------------
     @classmethod
     def probe(cls, url: str, *, connect_timeout: float) -> ServerInfo:
-        """Connect once (with ``connection_class``) and describe the server."""
+        """Connect (with ``connection_class``) and describe the server. Used by the registry when several
+        backends claim the URL's scheme, so it fails like ``open()`` would: a malformed URL is a
+        ConfigError, a failure no retry can fix is reported at once with what to do, a transient one is
+        retried for the connect timeout (backends/postgres/errors.py)."""
         check_host(url)  # a malformed URL is a configuration error, not an unreachable server
         dsn = libpq_url(url)
-        try:
-            with cls.connection_class.connect(dsn, **conn_kwargs(dsn, url, connect_timeout)) as conn:
-                return probe_connection(conn)
-        except psycopg.Error as exc:
-            text = explain(scrub(str(exc).strip() or type(exc).__name__, url))
-            raise DatabaseUnavailableError(f"cannot connect to {redact_url(url)}: {text}") from None
+        found: list[ServerInfo] = []
+
+        def connect() -> psycopg.Connection:
+            conn = cls.connection_class.connect(dsn, **conn_kwargs(dsn, url, connect_timeout))
+            try:
+                found.append(probe_connection(conn))
+            except BaseException:
+                conn.close()
+                raise
+            return conn  # first_attempt closes it
+
+        first_attempt(connect, url, scrub, retry_for=connect_timeout + 1)
+        return found[-1]
 
     @classmethod
     def detect(cls, info: ServerInfo) -> bool:
