@@ -94,7 +94,7 @@ say "engine $(docker version --format '{{.Server.Version}}'), compose: ${COMPOSE
 
 # -- Python packages for the lab controller -----------------------------------------------------------
 if ! "$PY" -c "import docker, toxiproxy" >/dev/null 2>&1; then
-    kit_venv_install "test,lab"
+    kit_venv_install "test,lab,sqlalchemy,otel,prometheus"
 fi
 
 # -- images -------------------------------------------------------------------------------------------

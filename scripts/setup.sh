@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent test-environment installer for Debian 12 (run as root, or as a user with sudo).
 #   - the project virtual environment .venv in this checkout (scripts/venv.sh), kit installed there with
-#     pip install -e ".[test,lab]" (lab: the chaos lab's Docker and toxiproxy clients); nothing is
+#     pip install -e ".[test,lab,sqlalchemy,otel,prometheus]" (lab: the chaos lab's Docker and toxiproxy
+#     clients; sqlalchemy, otel, prometheus: the integrations' tests, docs/integrations.md); nothing is
 #     installed into a global interpreter, and an existing kit installation elsewhere is left alone
 #   - Debian packages: postgresql-15 + postgresql-contrib (second real server for the tests), tmux
 #   - Citus 13.2.2 built from ../shared/vendor into PostgreSQL 15 (scripts/citus-setup.sh), once
@@ -71,7 +72,7 @@ fi
 # shellcheck source=scripts/venv.sh
 . scripts/venv.sh
 kit_venv
-if [ "$PYTHON_ONLY" -eq 1 ]; then kit_venv_install ""; else kit_venv_install "test,lab"; fi
+if [ "$PYTHON_ONLY" -eq 1 ]; then kit_venv_install ""; else kit_venv_install "test,lab,sqlalchemy,otel,prometheus"; fi
 say "kit runs from $KIT_VENV: $KIT_VENV/bin/kit, or \`source $KIT_VENV/bin/activate\` and then kit"
 # Citus (the sharded backend's test cluster): built once from the vendored source into PostgreSQL 15.
 # Exit 3 means the tarball is not beside the clone: the Citus tests then skip with that reason.

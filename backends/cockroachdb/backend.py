@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import os
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar, TypeVar
@@ -34,7 +34,7 @@ import psycopg
 import psycopg.errors
 from kit.backends.postgres import PostgresBackend
 from kit.backends.postgres import rows as pgrows
-from kit.backends.postgres.connection import is_connection_error
+from kit.backends.postgres.connection import call_token, is_connection_error
 from kit.backends.postgres.lease_connection import LeaseConnection
 from kit.backends.postgres.queries import MigrationSet, QuerySet
 
@@ -43,7 +43,7 @@ from kit.storage import Capabilities, Claim, ClaimRequest, ServerInfo, StepRecor
 
 from .dialect import COCKROACHDB, SERIALIZABLE_POSTGRES, Dialect
 from .migrations import LockRowMigrationsPart
-from .readback import ReadBackPart
+from .retention import RetentionPart
 from .retry import (
     RETRY_SQLSTATES,
     CockroachConnection,
@@ -100,13 +100,17 @@ def _is_retryable(exc: BaseException) -> bool:
     return getattr(exc, "sqlstate", None) in RETRY_SQLSTATES
 
 
-class CockroachBackend(LockRowMigrationsPart, ReadBackPart, PostgresBackend):
+class CockroachBackend(LockRowMigrationsPart, RetentionPart, PostgresBackend):
     """CockroachDB (v23.2 or later): SERIALIZABLE with whole-transaction retries, polling, lock-row
     migrations, epoch-guarded claims."""
 
     name: ClassVar[str] = "cockroachdb"
     url_schemes: ClassVar[tuple[str, ...]] = ("cockroachdb", "postgresql", "postgres")
     specificity: ClassVar[int] = 10
+    # SQLAlchemy in transactional steps (kit.integrations.sqlalchemy): CockroachDB's own dialect over psycopg 3,
+    # from the sqlalchemy-cockroachdb package (without it, the first such step says what to install).
+    sqlalchemy_url: ClassVar[str | None] = "cockroachdb+psycopg://"
+    sqlalchemy_package: ClassVar[str | None] = "sqlalchemy-cockroachdb"
     dialect: ClassVar[Dialect] = COCKROACHDB
     connection_class: ClassVar[type[psycopg.Connection]] = CockroachConnection
     queries: ClassVar[QuerySet] = build_queries(COCKROACHDB)
@@ -232,16 +236,17 @@ class CockroachBackend(LockRowMigrationsPart, ReadBackPart, PostgresBackend):
         them under the epoch read), else at SERIALIZABLE (one conditional UPDATE; a conflict is a 40001 and
         the claim runs again). Either way each row is updated only at the epoch it was read at.
 
-        A claim whose acknowledgement is lost is read back: the claim writes a token of this call into
-        the rows it takes, and the retry returns the rows holding that token instead of claiming again."""
+        Every claimed row carries this call's token (``claim_token``, ``claim_recovery``); an attempt after
+        one that may have committed (anything but a 40001, which rolled it back: a lost connection, 40003)
+        first reads back the rows held under the token (``_claims_read_back``) and claims only the rest of
+        ``limit``, as the PostgreSQL backend does."""
         if not req.names or req.limit <= 0:
             return []
-        token = uuid.uuid4().hex
         params = {
             "owner": req.owner, "names": list(req.names), "limit": req.limit, "lease": req.lease_seconds,
             "any_queue": req.queues is None, "queues": list(req.queues or []),
             "versions": None if req.versions is None else list(req.versions),
-            "window": req.limit * type(self).claim_window, "token": token,
+            "window": req.limit * type(self).claim_window, "token": call_token(),
         }
         maybe_claimed = False
         attempt = 0
@@ -249,23 +254,23 @@ class CockroachBackend(LockRowMigrationsPart, ReadBackPart, PostgresBackend):
         def claim(conn: psycopg.Connection) -> list[tuple]:
             nonlocal maybe_claimed, attempt
             attempt += 1
-            if maybe_claimed:  # an earlier attempt lost its connection: its claim may have committed
-                found = conn.execute(self._q["claims_by_token"], {"owner": req.owner, "token": token}).fetchall()
-                if found:
-                    return found
+            found: list[tuple] = self._claims_read_back(conn, params) if maybe_claimed else []
+            limit = req.limit - len(found)
+            if limit <= 0:
+                return found
+            rest = {**params, "limit": limit, "window": limit * type(self).claim_window}
             try:
                 if self._claim_isolation == "read committed":
-                    return self._claim_read_committed(conn, params)
+                    return found + self._claim_read_committed(conn, rest)
                 # Strict FIFO first; after a conflict, a random pick from a wider window of the oldest.
-                window = req.limit if attempt == 1 else req.limit * type(self).claim_window
-                return conn.execute(self._q["workflow_claim"], {**params, "window": window}).fetchall()
-            except psycopg.OperationalError:
-                maybe_claimed = maybe_claimed or conn.broken or conn.closed
+                window = limit if attempt == 1 else rest["window"]
+                return found + conn.execute(self._q["workflow_claim"], {**rest, "window": window}).fetchall()
+            except psycopg.Error as exc:
+                maybe_claimed = maybe_claimed or not _is_retryable(exc)
                 raise
 
-        found = self._run(claim)
         return [Claim(workflow_id=r[0], name=r[1], inputs=r[2], epoch=r[3], recovery=r[4], deadline=r[5])
-                for r in found]
+                for r in self._run(claim)]
 
     def _claim_read_committed(self, conn: psycopg.Connection, params: dict[str, Any]) -> list[tuple]:
         with conn.transaction():
@@ -282,25 +287,26 @@ class CockroachBackend(LockRowMigrationsPart, ReadBackPart, PostgresBackend):
         """Claims from a limited queue, at SERIALIZABLE: the queue's row is locked with NOWAIT (another
         claimer holding it means: skip this queue this round, None), its room counted, and the claims are
         epoch-guarded updates; serializability keeps the limits even if a lock is lost. A lost
-        acknowledgement is read back by the claim token, as for :meth:`workflow_claim`."""
+        acknowledgement is read back by the claim token, as for :meth:`workflow_claim`; the rows read back
+        count within the room (they are RUNNING here already)."""
         if not req.names or req.limit <= 0:
             return []
-        token = uuid.uuid4().hex
+        token = call_token()
         maybe_claimed = False
 
         def claim(conn: psycopg.Connection) -> list[tuple] | None:
             nonlocal maybe_claimed
-            if maybe_claimed:
-                found = conn.execute(self._q["claims_by_token"], {"owner": req.owner, "token": token}).fetchall()
-                if found:
-                    return found
+            mine = self._claims_read_back(conn, {"owner": req.owner, "token": token}) if maybe_claimed else []
+            if len(mine) >= req.limit:
+                return mine
             try:
-                return self._queue_claim_tx(conn, req, queue, token)
+                found = self._queue_claim_tx(conn, req, queue, token, mine)
             except psycopg.errors.LockNotAvailable:
-                return None  # another worker is claiming from this queue right now
-            except psycopg.OperationalError:
-                maybe_claimed = maybe_claimed or conn.broken or conn.closed
+                found = None  # another worker is claiming from this queue right now
+            except psycopg.Error as exc:
+                maybe_claimed = maybe_claimed or not _is_retryable(exc)
                 raise
+            return (mine or None) if found is None else mine + found
 
         found = self._run(claim)
         if found is None:
@@ -309,21 +315,22 @@ class CockroachBackend(LockRowMigrationsPart, ReadBackPart, PostgresBackend):
                       deadline=r[5]) for r in found]
 
     def _queue_claim_tx(self, conn: psycopg.Connection, req: ClaimRequest, queue: str,
-                        token: str) -> list[tuple] | None:
+                        token: str, mine: list[tuple]) -> list[tuple] | None:
+        limit = req.limit - len(mine)
         with conn.transaction():
             lock = conn.execute(self._q["queue_lock"], {"queue": queue}).fetchone()
             if lock is None:  # no such queue
                 return None
             concurrency, worker_conc, partition_conc, rate_count, rate_period, partitioned, cursor = lock
-            base = {"queue": queue, "owner": req.owner, "names": list(req.names), "limit": req.limit,
+            base = {"queue": queue, "owner": req.owner, "names": list(req.names), "limit": limit,
                     "lease": req.lease_seconds, "token": token,
                     "versions": None if req.versions is None else list(req.versions)}
             n_new, n_reclaim = conn.execute(self._q["queue_room"], {
-                **base, "running_here": req.running_here, "concurrency": concurrency,
+                **base, "running_here": req.running_here + len(mine), "concurrency": concurrency,
                 "worker_concurrency": worker_conc, "rate_count": rate_count,
                 "rate_period": rate_period if rate_period is not None else 1.0}).fetchone()
             found = conn.execute(self._q["queue_reclaim"], {**base, "n": n_reclaim}).fetchall() if n_reclaim else []
-            n_new = max(0, min(n_new, n_reclaim - len(found), req.limit - len(found)))
+            n_new = max(0, min(n_new, n_reclaim - len(found), limit - len(found)))
             if n_new > 0 and partitioned:
                 got = conn.execute(self._q["queue_claim_partitioned"], {
                     **base, "n": n_new, "partition_concurrency": partition_conc, "cursor": cursor,
@@ -334,6 +341,14 @@ class CockroachBackend(LockRowMigrationsPart, ReadBackPart, PostgresBackend):
             elif n_new > 0:
                 found += conn.execute(self._q["queue_claim"], {**base, "n": n_new}).fetchall()
         return found
+
+    # -- control operations: answers recorded (the PostgreSQL backend's _run_recorded) -------------------
+    def _record_outcome(self, conn: psycopg.Connection, token: str, operation: str, value: Any) -> None:
+        """The PostgreSQL backend's record of a control operation's answer, in two statements: CockroachDB
+        refuses one statement that modifies a table twice (its prune is a DELETE in a CTE of the INSERT)."""
+        conn.execute(self._q["call_outcome_prune"], {"keep": max(self.outcome_keep_seconds, 2 * self.retry_seconds)})
+        conn.execute(self._q["call_outcome_record"], {"token": token, "operation": operation,
+                                                      "result": json.dumps(value)})
 
     # -- steps --------------------------------------------------------------------------------------
     @contextmanager

@@ -100,7 +100,7 @@ UPDATE {schema}.workflows w
        started_at = coalesce(w.started_at, now()),
        claimed_at = CASE WHEN picked.recovery THEN w.claimed_at ELSE now() END,
        recoveries = w.recoveries + CASE WHEN picked.recovery THEN 1 ELSE 0 END,
-       claim_token = %(token)s || CASE WHEN picked.recovery THEN ':r' ELSE '' END
+       claim_token = %(token)s, claim_recovery = picked.recovery
   FROM picked
  WHERE w.workflow_id = picked.workflow_id AND w.epoch = picked.epoch
    AND CASE WHEN picked.recovery
@@ -159,7 +159,7 @@ UPDATE {schema}.workflows w
        started_at = coalesce(w.started_at, now()),
        claimed_at = CASE WHEN c.recovery THEN w.claimed_at ELSE now() END,
        recoveries = w.recoveries + CASE WHEN c.recovery THEN 1 ELSE 0 END,
-       claim_token = %(token)s || CASE WHEN c.recovery THEN ':r' ELSE '' END
+       claim_token = %(token)s, claim_recovery = c.recovery
   FROM (SELECT unnest(%(ids)s::text[]) AS workflow_id, unnest(%(epochs)s::int8[]) AS epoch,
                unnest(%(recovery)s::bool[]) AS recovery) c
  WHERE w.workflow_id = c.workflow_id AND w.epoch = c.epoch
@@ -167,12 +167,6 @@ UPDATE {schema}.workflows w
             THEN w.status = 'RUNNING' AND w.lease_expires_at < now() AND w.owner IS DISTINCT FROM %(owner)s
             ELSE w.status = 'PENDING' AND (w.run_at IS NULL OR w.run_at <= now()) END
 RETURNING w.workflow_id, w.name, w.inputs, w.epoch, c.recovery, w.deadline_at
-
--- name: claims_by_token
--- A claim whose acknowledgement was lost, read back: the rows it took carry its token (':r' marks a recovery),
--- as long as they are still ours and running.
-SELECT workflow_id, name, inputs, epoch, claim_token LIKE '%%:r', deadline_at FROM {schema}.workflows
- WHERE owner = %(owner)s AND status = 'RUNNING' AND claim_token IN (%(token)s, %(token)s || ':r')
 
 -- name: lease_renew
 -- Heartbeat: record the worker and extend every lease it still holds; returns what it holds.
@@ -296,7 +290,7 @@ WITH picked AS (
 UPDATE {schema}.workflows w
    SET owner = %(owner)s, epoch = w.epoch + 1,
        lease_expires_at = now() + %(lease)s::float8 * interval '1 second', recoveries = w.recoveries + 1,
-       claim_token = %(token)s || ':r'
+       claim_token = %(token)s, claim_recovery = true
   FROM picked
  WHERE w.workflow_id = picked.workflow_id AND w.epoch = picked.epoch
    AND w.status = 'RUNNING' AND w.lease_expires_at < now()
@@ -315,7 +309,7 @@ WITH picked AS (
 UPDATE {schema}.workflows w
    SET status = 'RUNNING', owner = %(owner)s, epoch = w.epoch + 1,
        lease_expires_at = now() + %(lease)s::float8 * interval '1 second', started_at = coalesce(w.started_at, now()),
-       claimed_at = now(), claim_token = %(token)s
+       claimed_at = now(), claim_token = %(token)s, claim_recovery = false
   FROM picked
  WHERE w.workflow_id = picked.workflow_id AND w.epoch = picked.epoch AND w.status = 'PENDING'
 RETURNING w.workflow_id, w.name, w.inputs, w.epoch, false, w.deadline_at
@@ -397,7 +391,7 @@ WITH RECURSIVE keys(k, depth, wrapped) AS (
 UPDATE {schema}.workflows w
    SET status = 'RUNNING', owner = %(owner)s, epoch = w.epoch + 1,
        lease_expires_at = now() + %(lease)s::float8 * interval '1 second', started_at = coalesce(w.started_at, now()),
-       claimed_at = now(), claim_token = %(token)s
+       claimed_at = now(), claim_token = %(token)s, claim_recovery = false
   FROM chosen
  WHERE w.workflow_id = chosen.workflow_id AND w.epoch = chosen.epoch AND w.status = 'PENDING'
 RETURNING w.workflow_id, w.name, w.inputs, w.epoch, false, w.deadline_at, w.partition_key
@@ -465,6 +459,17 @@ WITH recent AS (
 )
 SELECT wf.n, wf.p, st.n, st.p FROM wf, st
 
+-- name: call_outcome_record
+-- Last statement of a control operation's transaction (cancel, resume, fork, gc, schedule_define): its
+-- answer under the call's token, committed with its writes. The PostgreSQL statement also prunes old rows in
+-- a CTE; CockroachDB refuses a statement that modifies one table twice, so the prune is its own statement
+-- (call_outcome_prune), run just before this one in the same transaction.
+INSERT INTO {schema}.call_outcomes (token, operation, result) VALUES (%(token)s, %(operation)s, %(result)s)
+
+-- name: call_outcome_prune
+-- Answers older than %(keep)s seconds (far beyond any call's retries) are deleted.
+DELETE FROM {schema}.call_outcomes WHERE created_at < now() - %(keep)s::float8 * interval '1 second'
+
 -- name: workflow_cancel
 -- Cancel a workflow and its unfinished descendants; the epoch bump fences their owners off (a checkpoint in
 -- flight conflicts with this write under SERIALIZABLE: one of the two runs again).
@@ -515,8 +520,8 @@ RETURNING epoch, queue, NULL
 
 -- name: workflow_gc_pick
 -- One batch of retention, first statement: the ids it deletes (finished long enough ago, never a workflow a
--- remaining workflow's steps refer to). Read in the same transaction as the delete, and kept by the caller, so
--- a lost acknowledgement is answered by counting which of them are gone.
+-- remaining workflow's steps refer to), read in the same transaction as the delete. (The PostgreSQL backend's
+-- single workflow_gc statement deletes from workflows in a CTE over a locked pick of the same table.)
 SELECT w.workflow_id FROM {schema}.workflows w
  WHERE w.finished_at IS NOT NULL AND w.finished_at < now() - %(age)s::float8 * interval '1 second'
    AND w.status IN ('SUCCESS', 'ERROR', 'CANCELLED')
@@ -539,27 +544,6 @@ WITH del_steps AS (
 )
 DELETE FROM {schema}.workflows WHERE workflow_id = ANY(%(workflow_ids)s::text[])
 RETURNING workflow_id
-
--- name: workflow_epochs
--- Read-backs: the epoch and status of some workflows (those that exist).
-SELECT workflow_id, epoch, status FROM {schema}.workflows WHERE workflow_id = ANY(%(workflow_ids)s::text[])
-
--- name: workflow_cancelled_by
--- Read-back of a cancel whose acknowledgement was lost: the workflows of the tree this cancel ended.
-WITH RECURSIVE tree(workflow_id) AS (
-    SELECT workflow_id FROM {schema}.workflows WHERE workflow_id = %(workflow_id)s
-    UNION
-    SELECT c.workflow_id FROM {schema}.workflows c JOIN tree ON c.parent_id = tree.workflow_id
-)
-SELECT w.workflow_id FROM {schema}.workflows w JOIN tree ON tree.workflow_id = w.workflow_id
- WHERE w.status = 'CANCELLED'
-   AND ((w.workflow_id = %(workflow_id)s::text AND w.error = %(error)s::text)
-        OR (w.workflow_id <> %(workflow_id)s::text AND left(w.error, 1) = chr(123)
-            AND w.error::jsonb ->> 'cancelled_with' = %(workflow_id)s::text))
-
--- name: workflow_fork_of
--- Read-back of a fork whose acknowledgement was lost: the source the new id was forked from.
-SELECT forked_from, name FROM {schema}.workflows WHERE workflow_id = %(new_id)s
 
 -- name: workflow_gc_count
 SELECT count(*) FROM (

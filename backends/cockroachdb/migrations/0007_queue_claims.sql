@@ -1,9 +1,6 @@
 -- kit schema v7: queue claim bookkeeping (claimed_at: when the current claim of a queued workflow was made;
--- last_partition: where the last claim of a partitioned queue stopped). CockroachDB backend only: claim_token,
--- written by every claim into the rows it takes, so a claim whose acknowledgement is lost (40003, a cut
--- connection) is read back instead of leaving its rows leased to nobody who knows.
+-- last_partition: where the last claim of a partitioned queue stopped).
 ALTER TABLE {schema}.workflows ADD COLUMN IF NOT EXISTS claimed_at timestamptz;
-ALTER TABLE {schema}.workflows ADD COLUMN IF NOT EXISTS claim_token text;
 ALTER TABLE {schema}.queues ADD COLUMN IF NOT EXISTS last_partition text;
 CREATE INDEX IF NOT EXISTS workflows_queue_claimed_idx ON {schema}.workflows (queue, claimed_at){hash_sharded}
     WHERE queue IS NOT NULL AND claimed_at IS NOT NULL;
