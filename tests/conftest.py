@@ -17,7 +17,8 @@ Extra targets (tests/targets.py)
   citus         a local Citus cluster (coordinator + 2 workers)                  -- if Citus is built
   crdb-profile  the CockroachDB backend's serializable profile on a PostgreSQL server  -- always
   crdb          a real CockroachDB cluster at $KIT_TEST_COCKROACH_URL             -- if set
-  Tests marked ``all_backends`` run on them too (their ``pg_url`` is the target's URL).
+  Tests marked ``all_backends`` run on them too (their ``pg_url`` is the target's URL), and the modules a
+  target lists (``Target.modules``: the CockroachDB targets list the engine and crash modules).
 
 Environment
   KIT_TEST_SERVERS       comma list restricting which of the above run (e.g. ``pgserver16``).
@@ -117,8 +118,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "pg_url" in metafunc.fixturenames:
         names = selected_servers()
-        if metafunc.definition.get_closest_marker("all_backends") is not None:
-            names = names + extra_targets()
+        marked = metafunc.definition.get_closest_marker("all_backends") is not None
+        module = metafunc.module.__name__.rpartition(".")[2]
+        names = names + [t for t in extra_targets() if EXTRA_TARGETS[t].runs(module, marked)]
         metafunc.parametrize("pg_url", names, ids=names, indirect=True, scope="session")
 
 

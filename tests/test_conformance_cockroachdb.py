@@ -30,6 +30,12 @@ class ProfileFactory(SqlFactory):
     def make(self, cls: type[SerializableProfileBackend]) -> SerializableProfileBackend:
         return cls(self.url, schema=self.schema, pool_size=4, connect_timeout=5, retry_seconds=5)
 
+    @staticmethod
+    def claim_write_at(backend: SerializableProfileBackend) -> str | None:
+        """Where its claims commit (tests/conformance/ambiguity.py): at SERIALIZABLE one conditional UPDATE
+        (the first boundary), at READ COMMITTED the COMMIT after the SKIP LOCKED read and the update."""
+        return "COMMIT" if backend.claim_isolation == "read committed" else None
+
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "conformance_target" in metafunc.fixturenames:

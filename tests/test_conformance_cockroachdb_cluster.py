@@ -32,6 +32,11 @@ class CockroachFactory(SqlFactory):
     def make(self, cls: type[CockroachBackend]) -> CockroachBackend:
         return cls(self.url, schema=self.schema, pool_size=4, connect_timeout=5, retry_seconds=10)
 
+    @staticmethod
+    def claim_write_at(backend: CockroachBackend) -> str | None:
+        """Where its claims commit: one conditional UPDATE at SERIALIZABLE, the COMMIT at READ COMMITTED."""
+        return "COMMIT" if backend.claim_isolation == "read committed" else None
+
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "conformance_target" in metafunc.fixturenames:  # "crdb": the plain pass, and the fault pass unless
