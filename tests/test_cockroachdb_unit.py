@@ -215,3 +215,25 @@ def test_operation_tracker_counts_the_outermost_operation():
     assert "workflow_enqueue_in" not in snap
     text = format_stats(snap)
     assert "schedule_advance" in text and "total" in text
+
+
+def test_sqlalchemy_steps_use_cockroachdbs_dialect_or_say_what_to_install():
+    """On a cluster, SQLAlchemy in transactional steps needs CockroachDB's dialect (package
+    sqlalchemy-cockroachdb); the profile runs on PostgreSQL and keeps PostgreSQL's."""
+    pytest.importorskip("sqlalchemy", reason="the [sqlalchemy] extra is not installed")
+    from kit.errors import UsageError
+    from kit.integrations.sqlalchemy import _engine_for
+
+    assert SerializableProfileBackend.sqlalchemy_url == PostgresBackend.sqlalchemy_url == "postgresql+psycopg://"
+    backend = CockroachBackend("cockroachdb://root@db.example:26257/defaultdb")  # never connects here
+    try:
+        import sqlalchemy_cockroachdb  # noqa: F401
+    except ModuleNotFoundError:
+        with pytest.raises(UsageError) as info:
+            _engine_for(backend)
+        msg = str(info.value)
+        assert msg == ("backend 'cockroachdb' uses the SQLAlchemy dialect cockroachdb+psycopg, which is not "
+                       "installed: pip install sqlalchemy-cockroachdb")
+    else:
+        engine = _engine_for(backend)
+        assert (engine.dialect.name, engine.dialect.driver) == ("cockroachdb", "psycopg")

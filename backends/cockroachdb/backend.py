@@ -425,6 +425,9 @@ class SerializableProfileBackend(CockroachBackend):
     # The profile exercises the SERIALIZABLE claim path (the one clusters without READ COMMITTED use) unless
     # KIT_COCKROACH_CLAIMS says otherwise; PostgreSQL always grants READ COMMITTED.
     claim_mode: ClassVar[str] = "serializable"
+    # It runs on PostgreSQL: SQLAlchemy in its transactional steps uses PostgreSQL's dialect.
+    sqlalchemy_url: ClassVar[str | None] = PostgresBackend.sqlalchemy_url
+    sqlalchemy_package: ClassVar[str | None] = None
 
     NOTE: ClassVar[str] = ("serializable PostgreSQL profile of the cockroachdb backend: its statements and "
                            "retry, claim and migration logic on PostgreSQL at SERIALIZABLE; not CockroachDB")
