@@ -14,8 +14,11 @@ Servers
   external    the URL in $KIT_TEST_DATABASE_URL                                 -- if set
 
 Extra targets (tests/targets.py)
-  citus       a local Citus cluster (coordinator + 2 workers)                    -- if Citus is built
-  Tests marked ``all_backends`` run on them too (their ``pg_url`` is the target's URL).
+  citus         a local Citus cluster (coordinator + 2 workers)                  -- if Citus is built
+  crdb-profile  the CockroachDB backend's serializable profile on a PostgreSQL server  -- always
+  crdb          a real CockroachDB cluster at $KIT_TEST_COCKROACH_URL             -- if set
+  Tests marked ``all_backends`` run on them too (their ``pg_url`` is the target's URL), and the modules a
+  target lists (``Target.modules``: the CockroachDB targets list the engine and crash modules).
 
 Environment
   KIT_TEST_SERVERS       comma list restricting which of the above run (e.g. ``pgserver16``).
@@ -79,6 +82,8 @@ class _ServerPool:
                 self._urls[name] = handle.start().url
             elif name == "external":
                 self._urls[name] = os.environ["KIT_TEST_DATABASE_URL"]
+            elif name == "cockroach":  # a real CockroachDB cluster the user runs (tests/targets.py)
+                self._urls[name] = os.environ["KIT_TEST_COCKROACH_URL"]
             elif name == "citus":
                 handle = CitusCluster(workers=2)
                 self._handles.append(handle)
@@ -113,9 +118,22 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "pg_url" in metafunc.fixturenames:
         names = selected_servers()
-        if metafunc.definition.get_closest_marker("all_backends") is not None:
-            names = names + extra_targets()
+        marked = metafunc.definition.get_closest_marker("all_backends") is not None
+        module = metafunc.module.__name__.rpartition(".")[2]
+        names = names + [t for t in extra_targets() if EXTRA_TARGETS[t].runs(module, marked)]
         metafunc.parametrize("pg_url", names, ids=names, indirect=True, scope="session")
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Print what tests recorded with ``record_property("kit_report", text)`` (e.g. retry counts): shown at the
+    end of every run, also under pytest-xdist (user properties travel with the reports)."""
+    lines = [value for reports in terminalreporter.stats.values() for rep in reports
+             if getattr(rep, "when", None) == "call"
+             for name, value in getattr(rep, "user_properties", ()) if name == "kit_report"]
+    if lines:
+        terminalreporter.write_sep("=", "kit reports")
+        for text in lines:
+            terminalreporter.write_line(str(text))
 
 
 @pytest.fixture(scope="session")

@@ -67,7 +67,8 @@ TABLE = (
                    multi_row_locking_claims=False, transactional_steps=True, advisory_locks=True,
                    replication_barrier=True, sql_enqueue_function=True))
        for info in CITUS]
-    + [(info, caps(info, retry_serialization_failures=True, follower_reads=True)) for info in COCKROACH]
+    + [(info, caps(info, transactional_steps=True, retry_serialization_failures=True, follower_reads=True))
+       for info in COCKROACH]
     + [  # a PostgreSQL whose default isolation is SERIALIZABLE: any transaction may fail with 40001
         (dataclasses.replace(POSTGRES[1], settings={"default_transaction_isolation": "serializable"}),
          caps(POSTGRES[1], listen_notify=True, notify_in_statement=True, skip_locked=True,
@@ -172,7 +173,13 @@ def probes(monkeypatch):
 URL = "postgresql://kit@db.example:5432/app"
 
 
-def test_one_backend_on_a_scheme_is_chosen_without_probing(probes):
+@pytest.fixture
+def only_postgres(monkeypatch):
+    """Resolution as if PostgreSQL were the only installed backend (the tests register the others)."""
+    monkeypatch.setattr(registry, "_discovered", lambda: ({"postgres": PostgresBackend}, ()))
+
+
+def test_one_backend_on_a_scheme_is_chosen_without_probing(probes, only_postgres):
     assert registry.resolve(URL) is PostgresBackend
     assert probes.calls == 0
 
@@ -180,27 +187,27 @@ def test_one_backend_on_a_scheme_is_chosen_without_probing(probes):
 @pytest.mark.parametrize("info, expected", [(POSTGRES[0], PostgresBackend), (POSTGRES[3], PostgresBackend),
                                             (CITUS[0], CitusLike), (CITUS[1], CitusLike),
                                             (COCKROACH[0], CockroachLike), (COCKROACH[2], CockroachLike)])
-def test_the_most_specific_detecting_backend_wins(probes, info, expected):
+def test_the_most_specific_detecting_backend_wins(probes, only_postgres, info, expected):
     probes.info = info
     with registry.register(CitusLike), registry.register(CockroachLike):
         assert registry.resolve(URL) is expected
     assert probes.calls == 1, "one probe serves every backend of the family"
 
 
-def test_ambiguous_scheme_without_probing_takes_the_plain_backend(probes):
+def test_ambiguous_scheme_without_probing_takes_the_plain_backend(probes, only_postgres):
     with registry.register(CitusLike):
         assert registry.resolve(URL, probe=False) is PostgresBackend
     assert probes.calls == 0
 
 
-def test_explicit_backend_is_not_probed_at_resolution(probes):
+def test_explicit_backend_is_not_probed_at_resolution(probes, only_postgres):
     probes.info = CITUS[0]
     with registry.register(CitusLike):
         assert registry.resolve(URL, "postgres") is PostgresBackend
     assert probes.calls == 0  # open() checks the server instead
 
 
-def test_no_backend_detects_the_server(probes):
+def test_no_backend_detects_the_server(probes, only_postgres):
     probes.info = COCKROACH[0]
     with registry.register(CitusLike), pytest.raises(ConfigError) as info:
         registry.resolve(URL)
@@ -209,7 +216,7 @@ def test_no_backend_detects_the_server(probes):
     assert "\n" not in msg
 
 
-def test_mismatch_error_says_what_was_found_and_what_to_set():
+def test_mismatch_error_says_what_was_found_and_what_to_set(only_postgres):
     with registry.register(CitusLike):
         msg = str(registry.server_mismatch(PostgresBackend, CITUS[1], "postgresql://kit:pw@coord/app"))
         assert msg == ("backend 'postgres' cannot serve the server at postgresql://kit:***@coord/app: it is "

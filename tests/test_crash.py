@@ -40,7 +40,9 @@ LEASE, HEARTBEAT, POLL = 3.0, 0.5, 0.2
 
 # -- helpers ----------------------------------------------------------------------------------------------
 def worker_env(url: str, schema: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KIT_")}
+    """The workers' environment: this test's database and timings; KIT_BACKEND (an extra target's backend,
+    tests/targets.py) is kept so the workers run the backend under test."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KIT_") or k == "KIT_BACKEND"}
     env.update(
         KIT_DATABASE_URL=url, KIT_SCHEMA=schema, KIT_LEASE_SECONDS=str(LEASE),
         KIT_HEARTBEAT_SECONDS=str(HEARTBEAT), KIT_POLL_SECONDS=str(POLL), PYTHONUNBUFFERED="1",
@@ -309,10 +311,12 @@ def test_random_sigkill_no_lost_or_repeated_steps(env, tmp_path: Path) -> None:
 def test_dead_workers_leases_expire_and_another_worker_takes_over(env, tmp_path: Path) -> None:
     app, db, wenv = env
     expected = {}
+    # Six steps of 1 s: A's workflows must outlive starting worker B (a new process opening the backend:
+    # about 3 s on a loaded 2-core machine), so that A still holds them all when it is killed.
     for n in range(6):
         wid = f"lease-{n}"
-        app.enqueue(app.ledger_workflow, n, steps=4, delay=1.0, workflow_id=wid)
-        expected[wid] = ledger.expected_result(n, steps=4)
+        app.enqueue(app.ledger_workflow, n, steps=6, delay=1.0, workflow_id=wid)
+        expected[wid] = ledger.expected_result(n, steps=6)
 
     with Workers(wenv, tmp_path) as workers:
         a = workers.start(concurrency=8)
@@ -331,7 +335,7 @@ def test_dead_workers_leases_expire_and_another_worker_takes_over(env, tmp_path:
         assert_no_engine_failures(workers)
 
     check_results(db, expected)
-    check_step_order(db, 5)
+    check_step_order(db, 7)
     check_ledger(db)
     check_tx_ledger(db, list(expected))
     rows = db.rows("SELECT workflow_id, epoch, recoveries FROM {s}.workflows")

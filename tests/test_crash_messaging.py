@@ -25,7 +25,7 @@ def _spawn(env: dict, log: Path) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_sigkill_with_messages_and_timers_in_flight(pg_url, schema, tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KIT_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KIT_") or k == "KIT_BACKEND"}
     env.update(KIT_DATABASE_URL=pg_url, KIT_SCHEMA=schema, KIT_LEASE_SECONDS="1.5", KIT_HEARTBEAT_SECONDS="0.4",
                KIT_POLL_SECONDS="0.2")
     client = kit.Client(pg_url, schema=schema)

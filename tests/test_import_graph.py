@@ -154,6 +154,7 @@ def test_no_kit_module_imports_a_backend_by_name():
 DRIVER_IMPORTS_ALLOWED = {
     "kit.lab.controller": "the HA lab is a Patroni (PostgreSQL) cluster: it asks a node whether it takes writes",
     "kit.lab.citus": "the Citus lab is a Patroni cluster too: it reads pg_dist_node and probes each group",
+    "kit.lab.cockroach": "the CockroachDB lab asks each node whether it answers SQL",
 }
 
 

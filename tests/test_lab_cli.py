@@ -48,3 +48,46 @@ def test_lab_up_and_down_without_compose_files_are_one_line_usage_errors(action,
     err = capsys.readouterr().err
     assert err.startswith("kit: error: chaos lab unavailable: no docker-compose.yml of the lab (postgres-ha) in ")
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+# -- the CockroachDB lab (compose/cockroachdb) --------------------------------------------------------------
+
+def test_the_cockroachdb_lab_s_compose_files_are_found():
+    assert find_compose_dir(cluster="cockroachdb") == (REPO / "compose" / "cockroachdb").resolve()
+    assert find_compose_dir(REPO / "compose", cluster="cockroachdb") == (REPO / "compose" / "cockroachdb").resolve()
+
+
+def test_the_cockroachdb_lab_never_pulls_its_image(monkeypatch):
+    """Before anything starts, a missing image (or engine) is a one-line reason, never a pull."""
+    from kit.lab import cockroach
+
+    monkeypatch.setattr(cockroach, "engine_problem", lambda: None)
+
+    class Images:
+        def get(self, name):
+            import docker
+
+            raise docker.errors.ImageNotFound(name)
+
+    class Client:
+        images = Images()
+
+    lab = cockroach.CockroachLab()
+    lab._docker = Client()
+    monkeypatch.setenv("KIT_COCKROACH_LAB_IMAGE", "cockroachdb/cockroach:v99.1.0")
+    problem = lab.image_problem()
+    assert problem.startswith("the CockroachDB image cockroachdb/cockroach:v99.1.0 is not present locally; "
+                              "kit never pulls it")
+    compose = (REPO / "compose" / "cockroachdb" / "docker-compose.yml").read_text()
+    assert "--insecure" in compose and compose.count("--join=roach1:26257,roach2:26257,roach3:26257") == 3
+    assert "init --insecure" in compose
+
+
+@pytest.mark.parametrize("argv", [["lab", "up", "--cluster", "cockroachdb", "--compose-dir", "/nonexistent"],
+                                  ["lab", "fault", "kill-roach1"]])
+def test_cockroachdb_lab_commands_fail_in_one_line(argv, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kit: error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert "CockroachDB lab unavailable: no docker-compose.yml of the lab (cockroachdb)" in err or \
+        "add --cluster cockroachdb" in err

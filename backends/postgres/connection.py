@@ -69,6 +69,14 @@ def libpq_url(url: str) -> str:
     return urlunsplit(parts._replace(scheme="postgresql"))
 
 
+def check_host(url: str) -> None:
+    """A URL without a host (``postgresql:///app``) is refused before anything connects."""
+    parts = urlsplit(url)
+    if not parts.netloc and "host=" not in (parts.query or ""):
+        raise ConfigError(f"malformed database URL {redact_url(url)}: no host; use "
+                          "postgresql://user@host:5432/dbname or ?host=/socket/dir")
+
+
 def conn_kwargs(dsn: str, url: str, connect_timeout: float) -> dict[str, Any]:
     """Connection options: autocommit, prepared statements, and (unless the URL sets them) a connect
     timeout, the application name and, over TCP, keepalives so a hung socket fails instead of blocking."""
@@ -199,10 +207,7 @@ class PostgresCore(Backend):
         notify: bool = True,
         call_timeout: float = 20.0,
     ) -> None:
-        parts = urlsplit(url)
-        if not parts.netloc and "host=" not in (parts.query or ""):
-            raise ConfigError(f"malformed database URL {redact_url(url)}: no host; use "
-                              "postgresql://user@host:5432/dbname or ?host=/socket/dir")
+        check_host(url)
         self.url = url
         self.dsn = libpq_url(url)
         self.schema = schema
@@ -228,19 +233,35 @@ class PostgresCore(Backend):
     # -- the server ------------------------------------------------------------------------------------
     @classmethod
     def probe(cls, url: str, *, connect_timeout: float) -> ServerInfo:
-        """Connect once (with ``connection_class``) and describe the server."""
+        """Connect (with ``connection_class``) and describe the server. Used by the registry when several
+        backends claim the URL's scheme, so it fails like ``open()`` would: a malformed URL is a
+        ConfigError, a failure no retry can fix is reported at once with what to do, a transient one is
+        retried for the connect timeout (backends/postgres/errors.py)."""
+        check_host(url)  # a malformed URL is a configuration error, not an unreachable server
         dsn = libpq_url(url)
-        try:
-            with cls.connection_class.connect(dsn, **conn_kwargs(dsn, url, connect_timeout)) as conn:
-                return probe_connection(conn)
-        except psycopg.Error as exc:
-            text = explain(scrub(str(exc).strip() or type(exc).__name__, url))
-            raise DatabaseUnavailableError(f"cannot connect to {redact_url(url)}: {text}") from None
+        found: list[ServerInfo] = []
+
+        def connect() -> psycopg.Connection:
+            conn = cls.connection_class.connect(dsn, **conn_kwargs(dsn, url, connect_timeout))
+            try:
+                found.append(probe_connection(conn))
+            except BaseException:
+                conn.close()
+                raise
+            return conn  # first_attempt closes it
+
+        first_attempt(connect, url, scrub, retry_for=connect_timeout + 1)
+        return found[-1]
 
     @classmethod
     def detect(cls, info: ServerInfo) -> bool:
         """Plain PostgreSQL: not CockroachDB (its version text) and not a Citus database (its extension)."""
         return not (is_cockroachdb(info) or is_citus(info))
+
+    def _serves(self, info: ServerInfo) -> bool:
+        """Whether ``open()`` accepts the probed server: what :meth:`detect` accepts. A backend chosen only
+        by name (never auto-detected, e.g. a test profile) overrides this instead of ``detect``."""
+        return type(self).detect(info)
 
     @classmethod
     def capabilities_for(cls, info: ServerInfo) -> Capabilities:
@@ -273,7 +294,7 @@ class PostgresCore(Backend):
             ) from None
         self._pool = pool
         info = self._run(probe_connection)
-        if not type(self).detect(info):
+        if not self._serves(info):
             self._pool = None
             pool.close(timeout=0)
             raise server_mismatch(type(self), info, self.url)

@@ -69,7 +69,9 @@ def server_capabilities(info: ServerInfo) -> Capabilities:
         skip_locked=not crdb,
         # Row locks work on Citus only in single-shard queries; CockroachDB claims by conditional updates.
         multi_row_locking_claims=not (crdb or citus),
-        transactional_steps=not crdb,
+        # On CockroachDB too: the step's writes and checkpoint commit in one SERIALIZABLE transaction, run
+        # again whole on 40001 (kit.backends.cockroachdb).
+        transactional_steps=True,
         advisory_locks=not crdb,  # no-ops on CockroachDB
         retry_serialization_failures=crdb or serializable,
         replication_barrier="pg_logical_emit_message" in info.functions,

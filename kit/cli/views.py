@@ -313,10 +313,15 @@ def db_view(info: dict[str, Any], *, width: int) -> RenderableType:
     if info.get("backend") is not None:
         version = info.get("schema_version")
         server = str(info.get("server_version") or "").split(" on ", 1)[0].split(",", 1)[0]
-        lines += [("backend", info["backend"]), ("url", info.get("url", "")), ("schema", info.get("schema", "")),
+        lines += [("backend", info["backend"])]
+        if info.get("note"):  # e.g. a test profile saying what it is not
+            lines.append(("note", str(info["note"])))
+        lines += [("url", info.get("url", "")), ("schema", info.get("schema", "")),
                   ("schema version", "not migrated: run `kit migrate`" if version is None else str(version)),
-                  ("server", server),
-                  ("capabilities", ", ".join(k for k, v in info.get("capabilities", {}).items() if v))]
+                  ("server", server)]
+        if info.get("claims"):  # how the backend claims work (CockroachDB: the isolation level)
+            lines.append(("claims", str(info["claims"])))
+        lines.append(("capabilities", ", ".join(k for k, v in info.get("capabilities", {}).items() if v)))
     emb = info.get("embedded")
     if emb is not None:
         state = (f"running (pid {emb['pid']}), also after kit exits; stop: `kit db stop`" if emb["running"]

@@ -45,6 +45,7 @@ from kit.integrations import is_sqlalchemy, missing_extra
 try:
     from sqlalchemy import create_engine
     from sqlalchemy.engine import Connection, Engine
+    from sqlalchemy.exc import NoSuchModuleError
     from sqlalchemy.orm import Session
     from sqlalchemy.pool import NullPool
 except ModuleNotFoundError as exc:  # the extra is not installed
@@ -135,7 +136,12 @@ def _engine_for(backend: Any) -> Engine:
             if not url:
                 raise UsageError(f"backend '{backend.name}' does not name a SQLAlchemy dialect (sqlalchemy_url): "
                                  "transactional steps there take its driver connection only")
-            engine = create_engine(url, creator=_creator, poolclass=NullPool)
+            try:
+                engine = create_engine(url, creator=_creator, poolclass=NullPool)
+            except NoSuchModuleError:  # a dialect from another package (sqlalchemy_package), not installed
+                package = getattr(backend, "sqlalchemy_package", None)
+                raise UsageError(f"backend '{backend.name}' uses the SQLAlchemy dialect {url.split(':', 1)[0]}, "
+                                 "which is not installed" + (f": pip install {package}" if package else "")) from None
             if hasattr(engine.dialect, "use_native_hstore"):
                 # The dialect would look up hstore's type with psycopg's TypeInfo, which wants the bare
                 # driver connection; hstore values are still parsed (by SQLAlchemy itself).

@@ -9,6 +9,8 @@ from typing import Any
 
 from kit.config import redact_url
 from kit.errors import KitError, UsageError
+from kit.lab.cockroach import FAULTS as COCKROACH_FAULTS
+from kit.lab.cockroach import CockroachLab
 from kit.lab.controller import FAULTS, Lab
 from kit.lab.host import LabError, LabUnavailable, engine_problem
 
@@ -21,20 +23,33 @@ def add_lab_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None]) 
     lab = sub.add_parser("lab", help="the HA chaos lab: Patroni cluster with toxiproxy (docs/lab.md)")
     lsub = lab.add_subparsers(dest="lab_command", metavar="ACTION")
     lsub.required = True
-    p = lsub.add_parser("up", help="build what is missing, start etcd + 3 PostgreSQL/Patroni nodes + toxiproxy")
+    p = lsub.add_parser("up", help="build what is missing, start etcd + 3 PostgreSQL/Patroni nodes + toxiproxy "
+                                   "(--cluster cockroachdb: 3 CockroachDB nodes from a local image)")
     p.add_argument("--variant", choices=("async", "sync"), default="async",
                    help="replication: asynchronous (default) or Patroni synchronous_mode")
+    _cluster_option(p)
     _compose_option(p)
     p.set_defaults(handler=cmd_lab_up)
     p = lsub.add_parser("down", help="remove the lab's containers, network and data (images stay cached)")
+    _cluster_option(p)
     _compose_option(p)
     p.set_defaults(handler=cmd_lab_down)
     p = lsub.add_parser("status", help="containers, Patroni members and roles, proxies and toxics")
     p.add_argument("--json", action="store_true", help="print JSON")
+    _cluster_option(p)
     p.set_defaults(handler=cmd_lab_status)
-    p = lsub.add_parser("fault", help="inject a fault: " + ", ".join(FAULT_NAMES))
-    p.add_argument("name", metavar="NAME", choices=FAULT_NAMES, help="one of: " + ", ".join(FAULT_NAMES))
+    names = FAULT_NAMES + tuple(n for n in COCKROACH_FAULTS if n not in FAULT_NAMES)
+    p = lsub.add_parser("fault", help="inject a fault: " + ", ".join(FAULT_NAMES)
+                        + "; with --cluster cockroachdb: " + ", ".join(COCKROACH_FAULTS))
+    p.add_argument("name", metavar="NAME", choices=names, help="one of: " + ", ".join(names))
+    _cluster_option(p)
     p.set_defaults(handler=cmd_lab_fault)
+
+
+def _cluster_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cluster", choices=("postgres-ha", "cockroachdb"), default="postgres-ha",
+                   help="which lab: the Patroni PostgreSQL cluster (default) or a 3-node CockroachDB cluster "
+                        "(compose/cockroachdb; needs the official image present locally: kit never pulls it)")
 
 
 def _compose_option(p: argparse.ArgumentParser) -> None:
@@ -74,8 +89,63 @@ def _errors(fn: Callable[[], int]) -> int:
         raise KitError(str(exc)) from None
 
 
+def _cockroach_lab(compose_dir: str | None = None, *, needs_compose: bool = False) -> CockroachLab:
+    """The CockroachDB lab's controller, or a one-line UsageError when it can't run here."""
+    lab = CockroachLab(compose_dir=compose_dir)
+    if needs_compose:
+        try:
+            lab.compose_dir  # noqa: B018 - found before anything starts
+        except LabUnavailable as exc:
+            raise UsageError(f"CockroachDB lab unavailable: {exc}") from None
+    problem = lab.image_problem() if needs_compose else engine_problem()
+    if problem:
+        raise UsageError(f"CockroachDB lab unavailable: {problem}")
+    return lab
+
+
+def _cockroach(args: argparse.Namespace) -> int:
+    """``kit lab up|down|status|fault --cluster cockroachdb``."""
+    command = args.lab_command
+    lab = _cockroach_lab(getattr(args, "compose_dir", None), needs_compose=command in ("up", "down"))
+
+    def run() -> int:
+        if command == "up":
+            if lab.is_up():
+                lab.heal()
+            else:
+                lab.up()
+            print(f"lab up (cockroachdb, image {lab.status()['image']})")
+            print(f"workers' URL: {lab.database_url()}  (insecure cluster; kit detects the cockroachdb backend)")
+            return 0
+        if command == "down":
+            lab.down()
+            print("lab down (cockroachdb)")
+            return 0
+        if command == "status":
+            st = lab.status()
+            if args.json:
+                print(json.dumps(st, indent=2, default=str))
+            else:
+                print(f"project {st['project']}  image {st['image']}")
+                for name, state in st["containers"].items():
+                    print(f"  container {name:8} {state}")
+                print(f"  answering SQL: {', '.join(st['answering']) or 'none'}")
+                print(f"  workers' URL {st['database_url']}")
+            return 0 if st["answering"] else 1
+        if args.name not in COCKROACH_FAULTS:
+            raise UsageError(f"fault {args.name!r} is not one of the CockroachDB lab's: {', '.join(COCKROACH_FAULTS)}")
+        if not lab.is_up():
+            raise UsageError("the CockroachDB lab is not running: `kit lab up --cluster cockroachdb` first")
+        print(lab.fault(args.name))
+        return 0
+
+    return _errors(run)
+
+
 def cmd_lab_up(args: argparse.Namespace) -> int:
     """Start the cluster (or reuse it) and print the primary and the workers' URL (password hidden)."""
+    if args.cluster == "cockroachdb":
+        return _cockroach(args)
     lab = _lab(args.variant, args.compose_dir, needs_compose=True)
 
     def run() -> int:
@@ -94,6 +164,8 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
 
 def cmd_lab_down(args: argparse.Namespace) -> int:
     """Remove the cluster."""
+    if args.cluster == "cockroachdb":
+        return _cockroach(args)
     lab = _lab("async", args.compose_dir, needs_compose=True)
 
     def run() -> int:
@@ -106,6 +178,8 @@ def cmd_lab_down(args: argparse.Namespace) -> int:
 
 def cmd_lab_status(args: argparse.Namespace) -> int:
     """Print the cluster's state (exit 1 when it is not running)."""
+    if args.cluster == "cockroachdb":
+        return _cockroach(args)
     lab = _lab()
 
     def run() -> int:
@@ -134,6 +208,10 @@ def cmd_lab_status(args: argparse.Namespace) -> int:
 
 def cmd_lab_fault(args: argparse.Namespace) -> int:
     """Inject one fault by name."""
+    if args.cluster == "cockroachdb":
+        return _cockroach(args)
+    if args.name not in FAULTS:
+        raise UsageError(f"fault {args.name!r} is one of the CockroachDB lab's: add --cluster cockroachdb")
     lab = _lab()
 
     def run() -> int:

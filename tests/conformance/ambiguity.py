@@ -217,9 +217,13 @@ def test_lost_ack_of_a_heartbeat_is_retried_and_answers_right(backend_factory):
     assert backend.workflow_get(wid).lease_expires_at > before, "the renewal committed"
 
 
-def _claim_write(backend) -> str | None:
+def _claim_write(backend_factory, backend) -> str | None:
     """Where a claim commits its writes: its one statement (the first boundary), or, on a backend that claims
-    row by row (no multi-row locking claims), the pipelined compare-and-sets after the unlocked read."""
+    row by row (no multi-row locking claims), the pipelined compare-and-sets after the unlocked read. An
+    adapter whose backend claims another way says where (``backend_factory.claim_write_at(backend)``)."""
+    own = getattr(backend_factory, "claim_write_at", None)
+    if own is not None:
+        return own(backend)
     caps = backend.capabilities
     return None if caps.skip_locked and caps.multi_row_locking_claims else "pipeline"
 
@@ -233,7 +237,7 @@ def _held(backend, owner: str) -> set[str]:
 def test_lost_ack_of_a_claim_returns_the_claimed_workflow(backend_factory):
     backend = backend_factory()
     wid, _ = create(backend)
-    faulty, plan = _faulty(backend_factory, "workflow_claim", at=_claim_write(backend))
+    faulty, plan = _faulty(backend_factory, "workflow_claim", at=_claim_write(backend_factory, backend))
     got = claim(faulty, "w1")
     _injected(plan)
     assert [c.workflow_id for c in got] == [wid]
@@ -246,7 +250,7 @@ def test_lost_ack_of_a_claim_returns_exactly_what_it_claimed(backend_factory):
     backend = backend_factory()
     deadline = T0 + timedelta(hours=1)
     wids = [create(backend, deadline=deadline)[0] for _ in range(3)]
-    faulty, plan = _faulty(backend_factory, "workflow_claim", at=_claim_write(backend))
+    faulty, plan = _faulty(backend_factory, "workflow_claim", at=_claim_write(backend_factory, backend))
     got = claim(faulty, "w1", limit=2)
     _injected(plan)
     assert sorted(c.workflow_id for c in got) == sorted(wids[:2]), "the two oldest, once each"
@@ -264,7 +268,7 @@ def test_lost_ack_of_a_claim_returns_only_that_calls_claims(backend_factory):
     first, _ = create(backend)
     assert [c.workflow_id for c in claim(backend, "w1")] == [first]
     second, _ = create(backend)
-    faulty, plan = _faulty(backend_factory, "workflow_claim", at=_claim_write(backend))
+    faulty, plan = _faulty(backend_factory, "workflow_claim", at=_claim_write(backend_factory, backend))
     got = claim(faulty, "w1")
     _injected(plan)
     assert [c.workflow_id for c in got] == [second]
@@ -277,7 +281,7 @@ def test_lost_ack_of_a_takeover_claim_reports_the_recovery(backend_factory):
     table = backend_factory.qualify("workflows")
     wait_for(lambda: backend_factory.sql(f"SELECT lease_expires_at < now() FROM {table} WHERE workflow_id = %s",
                                          (wid,))[0][0], what="the lease to expire")
-    faulty, plan = _faulty(backend_factory, "workflow_claim", at=_claim_write(backend))
+    faulty, plan = _faulty(backend_factory, "workflow_claim", at=_claim_write(backend_factory, backend))
     got = claim(faulty, "w1")
     _injected(plan)
     assert [(c.workflow_id, c.epoch, c.recovery) for c in got] == [(wid, 2, True)]

@@ -1,0 +1,11 @@
+-- kit schema v6: on PostgreSQL this version creates the SQL function enqueue(). The CockroachDB backend creates
+-- no function (PL/pgSQL and triggers exist only in recent CockroachDB versions, and kit's wake-up inside the
+-- function has no CockroachDB equivalent). A producer in another language enqueues with one plain INSERT
+-- (docs/backends.md, "Enqueue from another language"):
+--
+--   INSERT INTO kit.workflows (workflow_id, name, status, inputs, queue, priority, dedup_id, run_at, partition_key)
+--   VALUES ($1, $2, 'PENDING', $3, $4, 0, NULL, NULL, NULL)
+--   ON CONFLICT (workflow_id) DO NOTHING;
+--
+-- with $3 the JSON text {{"args": [...], "kwargs": {{...}}}}. Workers poll: the new workflow starts within
+-- poll_seconds. This version records nothing else.
