@@ -1,0 +1,60 @@
+"""The hot-path levers of issue 14 keep every guarantee: group-commit batches sent with binary array
+parameters fence each workflow by its own epoch, and carry every value (NULLs, large ids, errors) intact."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from kit.backends.postgres.queries import binary_array_params
+
+from kit.errors import LeaseLostError
+from kit.storage import Finish, NewWorkflow, Status, StepResult
+
+
+def test_array_placeholders_become_binary_and_nothing_else_changes():
+    text = ("SELECT * FROM unnest(%(ids)s::text[], %(n)s::bigint[], %(at)s::timestamptz[]) "
+            "WHERE x = %(one)s AND y = ANY(%(names)s) AND z = %(k)s::int")
+    assert binary_array_params(text) == (
+        "SELECT * FROM unnest(%(ids)b::text[], %(n)b::bigint[], %(at)b::timestamptz[]) "
+        "WHERE x = %(one)s AND y = ANY(%(names)s) AND z = %(k)s::int")
+
+
+def _running(backend, n: int) -> list[str]:
+    ids = [f"hp-{i}" for i in range(n)]
+    for wid in ids:
+        assert backend.workflow_create(NewWorkflow(workflow_id=wid, name="w", inputs="[]", owner="me",
+                                                   lease_seconds=60)).created
+    return ids
+
+
+def test_grouped_checkpoints_fence_each_workflow_by_its_own_epoch(backend):
+    a, b, c = _running(backend, 3)
+    now = datetime.now(timezone.utc)
+    batch = [
+        StepResult(a, 0, "s", 1, output='"x"', attempts=1, started_at=now),
+        StepResult(b, 40_000, "s", 2, output="1", attempts=1, started_at=now),  # stale epoch: fenced
+        StepResult(c, 70_000, "s@t:0", 1, output=None, error='{"type": "ValueError"}', attempts=3,
+                   started_at=now),
+    ]
+    out = backend._flush_steps(batch)
+    assert out[0].output == '"x"' and out[0].epoch == 1
+    assert isinstance(out[1], LeaseLostError)
+    assert out[2].error == '{"type": "ValueError"}' and out[2].output is None
+    assert [(s.step_id, s.output, s.attempts) for s in backend.step_list(a)] == [(0, '"x"', 1)]
+    assert backend.step_list(b) == []
+    (rec,) = backend.step_list(c)
+    assert (rec.step_id, rec.name, rec.error, rec.attempts) == (70_000, "s@t:0", '{"type": "ValueError"}', 3)
+
+
+def test_grouped_finishes_fence_each_workflow_by_its_own_epoch(backend):
+    a, b, c = _running(backend, 3)
+    out = backend._flush_finishes([
+        Finish(a, 1, Status.SUCCESS, "7", None),
+        Finish(b, 5, Status.SUCCESS, "8", None),  # stale epoch: changes nothing
+        Finish(c, 1, Status.ERROR, None, '{"type": "KeyError", "message": "k"}'),
+    ])
+    assert out == [True, False, True]
+    assert backend.workflow_get(a).status is Status.SUCCESS and backend.workflow_get(a).output == "7"
+    assert backend.workflow_get(b).status is Status.RUNNING
+    got = backend.workflow_get(c)
+    assert got.status is Status.ERROR and got.output is None and "KeyError" in got.error
