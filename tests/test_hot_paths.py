@@ -58,3 +58,20 @@ def test_grouped_finishes_fence_each_workflow_by_its_own_epoch(backend):
     assert backend.workflow_get(b).status is Status.RUNNING
     got = backend.workflow_get(c)
     assert got.status is Status.ERROR and got.output is None and "KeyError" in got.error
+
+
+def test_json_fast_path_writes_exactly_what_the_encoder_writes():
+    from kit.serialization.encoding import _ENCODER, _json_text
+
+    values = [None, True, False, 0, -5, 10**30, 1.5, -0.0, 1e300, "", "héllo", 'a"b\\\n\u2028', "\ud800",
+              [1, "x", None, [True, {"a": 1.25}]], {"b": 1, "a": [1, 2], "é": None}, {}, [], [[[]]]]
+    for value in values:
+        assert _json_text(value) == _ENCODER.encode(value)
+    for bad in (float("nan"), {"a": [float("-inf")]}, object()):
+        errors = []
+        for encode in (_ENCODER.encode, _json_text):
+            try:
+                encode(bad)
+            except (ValueError, TypeError) as exc:
+                errors.append((type(exc), str(exc)))
+        assert len(errors) == 2 and errors[0] == errors[1]
