@@ -75,3 +75,27 @@ def test_json_fast_path_writes_exactly_what_the_encoder_writes():
             except (ValueError, TypeError) as exc:
                 errors.append((type(exc), str(exc)))
         assert len(errors) == 2 and errors[0] == errors[1]
+
+
+def test_group_commit_wakes_every_follower_exactly_once_under_churn():
+    """Followers wait on bare locks: with flushes that return at once (leadership changing hands all the
+    time) every caller still gets its own result and none is left waiting."""
+    import threading
+
+    from kit.groupcommit import GroupCommitter
+
+    gc = GroupCommitter(lambda items: [(i, "ok") for i in items], max_batch=4)
+    results: dict[int, object] = {}
+
+    def caller(n: int) -> None:
+        for k in range(300):
+            results[n * 1000 + k] = gc.submit(n * 1000 + k)
+
+    threads = [threading.Thread(target=caller, args=(n,), daemon=True) for n in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads), "a caller was never woken"
+    assert len(results) == 32 * 300 and all(v == (k, "ok") for k, v in results.items())
+    assert gc.items == 32 * 300
