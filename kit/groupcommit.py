@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
+_allocate_lock = threading.Lock
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -21,7 +22,9 @@ class _Pending(Generic[T, R]):
 
     def __init__(self, item: T) -> None:
         self.item = item
-        self.event: threading.Event | None = None  # only followers wait
+        # Only followers wait: on a bare lock created held, released once per wake-up (a threading.Event
+        # is a Condition, a lock and a waiter list, several times the cost of this, per checkpoint).
+        self.event: Any = None
         self.result: R | None = None
         self.error: BaseException | None = None
         self.done = False
@@ -52,9 +55,10 @@ class GroupCommitter(Generic[T, R]):
                 self._busy = True
                 pending.lead = True
             else:
-                pending.event = threading.Event()
+                pending.event = gate = _allocate_lock()
+                gate.acquire()
         while not pending.lead:
-            pending.event.wait()  # type: ignore[union-attr]
+            pending.event.acquire()
             if pending.done:
                 return self._outcome(pending)
         self._lead()
@@ -85,10 +89,10 @@ class GroupCommitter(Generic[T, R]):
                 successor = None
                 self._busy = False
         for p in batch:
-            if p.event is not None:
-                p.event.set()
+            if p.event is not None and p.event.locked():  # (a follower that led this batch is awake)
+                p.event.release()
         if successor is not None:
-            successor.event.set()  # type: ignore[union-attr] - a queued caller is always a follower
+            successor.event.release()  # a queued caller is always a follower, waiting
 
     @staticmethod
     def _outcome(pending: _Pending[T, R]) -> R:

@@ -25,6 +25,17 @@ from psycopg import sql
 _NAME = re.compile(r"^-- name: ", re.M)
 _MIGRATION_FILE = re.compile(r"^(\d+)_(\w+)\.sql$")
 _REQUIRES = re.compile(r"^--\s*requires:\s*(\w+)\s*$", re.M)
+# A named placeholder cast to an array type: ``%(ids)s::text[]``.
+_ARRAY_PARAM = re.compile(r"%\((\w+)\)s(::[a-z][a-z0-9_ ]*\[\])")
+
+
+def binary_array_params(text: str) -> str:
+    """``text`` with every placeholder cast to an array type sent in binary (``%(ids)b::text[]``).
+
+    psycopg dumps a list in text format element by element (a regex per element decides its quoting); the
+    binary dumper packs it without that, several times cheaper for the arrays of a group commit. The
+    explicit cast keeps the statement's types whatever element type psycopg picks (int2[] casts to int[])."""
+    return _ARRAY_PARAM.sub(r"%(\1)b\2", text)
 
 
 class QuerySet(Mapping[str, str]):

@@ -89,10 +89,17 @@ class ClaimLoop(Leases):
                 with self._idle:
                     self._idle.wait(timeout=poll)
                 continue
-            if free < self.cfg.worker_concurrency // 2:
-                # Busy: let a few more slots free up so one claim round trip fetches several workflows.
+            half = self.cfg.worker_concurrency // 2
+            if free < half:
+                # Busy: let more slots free up (up to half of them, for at most 5 ms) so one claim round
+                # trip fetches several workflows. Every run that ends notifies: wait on past the first.
+                until = time.monotonic() + 0.005
                 with self._idle:
-                    self._idle.wait(timeout=0.005)
+                    while self.cfg.worker_concurrency - self._running < half:
+                        left = until - time.monotonic()
+                        if left <= 0:
+                            break
+                        self._idle.wait(timeout=left)
                 free = self._free_slots()
             try:
                 names = definitions.names()
