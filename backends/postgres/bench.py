@@ -114,6 +114,10 @@ class _FloorConnection:
 class PostgresBenchProbe:
     """The :class:`~kit.bench.probe.BenchProbe` of PostgreSQL for ``url`` and the bench ``schema``."""
 
+    #: ``kit bench compare`` may run DBOS side by side in this database (a subclass for a server DBOS does
+    #: not support, or where the comparison would not be like for like, sets it False).
+    hosts_peer = True
+
     floor_kinds = FLOOR_LABELS
 
     def __init__(self, url: str, schema: str) -> None:

@@ -457,8 +457,11 @@ def _settings(found: dict[str, str] | None) -> str:
 
 
 def _kit_peer_target(matrix: dict[str, Any]) -> str:
-    for key, v in matrix.get("targets", {}).items():
-        if key != "dbos" and v.get("backend") == "postgres" and not v.get("unavailable"):
+    """The kit target whose database DBOS ran on (the same URL)."""
+    targets = matrix.get("targets", {})
+    url = targets.get("dbos", {}).get("url")
+    for key, v in targets.items():
+        if key != "dbos" and v.get("url") == url and not v.get("unavailable"):
             return key
     return "?"
 

@@ -28,7 +28,6 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from kit.bench.cells import run_cell
 from kit.bench.environment import BenchEnv
@@ -62,8 +61,8 @@ class Sizes:
 
 @dataclass(frozen=True)
 class Target:
-    """A database to measure: ``url`` None is the embedded default; ``lanes`` (Citus) sets the shard count
-    at migration through the URL's ``options``."""
+    """A database to measure: ``url`` None is the embedded default; ``lanes`` sets a sharded backend's lane
+    count at migration (Backend.lanes_url)."""
 
     label: str
     url: str | None = None
@@ -78,11 +77,19 @@ class Target:
         url = self.url or embedded
         if not self.lanes:
             return url
-        parts = urlsplit(url)
-        query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "options"]
-        old = dict(parse_qsl(parts.query)).get("options", "")
-        query.append(("options", f"{old} -c citus.shard_count={self.lanes}".strip()))
-        return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))  # %20, not '+': libpq
+        return _lanes_url(self.backend, url, self.lanes) or url
+
+
+def _lanes_url(backend: str | None, url: str, lanes: int) -> str | None:
+    """``url`` for ``lanes`` lanes on the named backend (Backend.lanes_url), None when it has no lanes."""
+    from kit.registry import backend_class
+
+    if backend is None:
+        return None
+    try:
+        return backend_class(backend).lanes_url(url, lanes)
+    except KitError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -203,7 +210,7 @@ def parse_plan(args: argparse.Namespace) -> Plan:
         raise UsageError(f"--scale must be between 0.01 and 1000, got {args.scale}")
     expanded: list[Target] = []
     for t in targets:
-        if lanes and t.backend == "citus":
+        if lanes and _lanes_url(t.backend, t.url or "", lanes[0]) is not None:
             expanded.extend(replace(t, lanes=n) for n in lanes)
         else:
             expanded.append(t)
@@ -228,6 +235,7 @@ class Live:
     backend_name: str | None
     server: str
     unavailable: str | None = None  # why the target's cells are skipped
+    hosts_peer: bool = False  # the probe says DBOS can run in this database (a plain PostgreSQL server)
     settings: dict[str, str] | None = None  # the server settings that move the figures (probe.settings())
 
 
@@ -260,7 +268,8 @@ def open_target(t: Target, plan: Plan, log: Any) -> Live:
                 app.close()
         except KitError:
             pass
-        return Live(t, env, backend.name, server, settings=settings)
+        return Live(t, env, backend.name, server, settings=settings,
+                    hosts_peer=bool(getattr(probe, "hosts_peer", False)))
     except (KitError, OSError) as exc:
         return Live(t, None, t.backend, "", unavailable=" ".join(str(exc).split()) or type(exc).__name__)
 
@@ -304,7 +313,7 @@ def run_compare(args: argparse.Namespace) -> int:
     dbos_note = None
     if plan.dbos != "no":
         dbos_note = _dbos_available()
-        first_pg = next((t for t in plan.targets if live[t.key].backend_name == "postgres"), None)
+        first_pg = next((t for t in plan.targets if live[t.key].hosts_peer and not live[t.key].unavailable), None)
         if dbos_note is None and first_pg is None:
             dbos_note = "no PostgreSQL target to run DBOS on"
         if dbos_note is None:

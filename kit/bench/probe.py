@@ -94,6 +94,8 @@ class BenchProbe(Protocol):
     floor_kinds: dict[str, str]
     #: Why the server's CPU time is not measured ("" when it is).
     server_cpu_note: str
+    #: Optional (default False): ``kit bench compare`` may run DBOS side by side in this database.
+    hosts_peer: bool
 
     def reset(self) -> None:
         """Drop and recreate the bench schema with the floor tables. UsageError (and nothing dropped)

@@ -100,6 +100,12 @@ class Backend(abc.ABC):
         """True when this backend is made for the probed server (pure; no I/O)."""
         return True
 
+    @classmethod
+    def lanes_url(cls, url: str, lanes: int) -> str | None:
+        """``url`` whose new schema spreads ready work over ``lanes`` lanes (a sharded backend's shard
+        count; ``kit bench --lanes``), or None: this backend has no lanes."""
+        return None
+
     # -- lifecycle ---------------------------------------------------------------------------------
     @abc.abstractmethod
     def open(self) -> None:
