@@ -1,0 +1,38 @@
+"""Messages on Citus: a send is a router insert on the receiver's shard; a send from workflow code first
+holds the sender's row under its epoch (``FOR KEY SHARE`` on the sender's shard), in the same transaction,
+so the message exists if and only if the sender's epoch owned it at commit (two-phase commit when the two
+workflows live on different nodes). Receive, events and streams are single-shard transactions inherited
+from the PostgreSQL backend (their statements are router queries)."""
+
+from __future__ import annotations
+
+import psycopg
+from kit.backends.postgres.messaging import MessagingPart
+
+from kit.errors import LeaseLostError
+
+from .lanes import LanesPart
+
+
+class CitusMessagingPart(LanesPart, MessagingPart):
+    """message_send."""
+
+    def message_send(self, workflow_id: str, topic: str, body: str, sender_key: str | None = None,
+                     sender: tuple[str, int] | None = None) -> bool:
+        params = {"workflow_id": workflow_id, "topic": topic, "body": body, "sender_key": sender_key}
+
+        def send(conn: psycopg.Connection) -> bool:
+            with conn.pipeline(), conn.transaction():
+                if sender is not None:
+                    held = conn.execute(self._q["workflow_fence"], {"workflow_id": sender[0],
+                                                                    "epoch": sender[1]}).fetchone()
+                    if held is None:
+                        raise LeaseLostError(f"workflow {sender[0]}: lease lost (epoch {sender[1]} superseded); "
+                                             "message not sent")
+                conn.execute(self._q["message_insert"], params)
+                exists = conn.execute(self._q["workflow_exists"], params)
+                # A wake-up for a receiver that turns out not to exist is harmless: waiters re-check.
+                self._wake_in_tx(conn, "m:" + workflow_id)
+            return bool(exists.fetchone()[0])
+
+        return self._run(send)
