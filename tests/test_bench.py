@@ -14,6 +14,8 @@ from psycopg import sql
 
 from kit.cli import main
 
+pytestmark = pytest.mark.all_backends  # also on the extra targets (Citus): tests/targets.py
+
 TOP_KEYS = {"kit_bench_version", "workload", "started_at", "finished_at", "machine", "database", "parameters",
             "targets", "floor", "results", "json_path"}
 FLOOR_KEYS = {"insert", "fenced_insert", "fenced_key_share_insert", "concurrent", "iterations"}

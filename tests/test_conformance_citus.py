@@ -18,7 +18,6 @@ except ImportError:
     from conformance.observability import *  # noqa: F401,F403
     from targets import EXTRA_TARGETS
 
-SHARDS = 4
 
 
 class CitusFactory:
@@ -29,7 +28,7 @@ class CitusFactory:
         self._made: list[CitusBackend] = []
 
     def __call__(self, *, migrate: bool = True) -> CitusBackend:
-        backend = CitusBackend(self.url + f"?options=-c%20citus.shard_count%3D{SHARDS}", schema=self.schema,
+        backend = CitusBackend(self.url, schema=self.schema,
                                pool_size=4, connect_timeout=5, retry_seconds=5)
         backend.open()
         self._made.append(backend)

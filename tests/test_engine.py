@@ -26,6 +26,8 @@ from kit.engine import Outcome, StepOptions
 from kit.errors import ConfigError, SchemaError, UnknownWorkflowError, UsageError
 from kit.storage import ClaimRequest, Status, WorkflowQuery
 
+pytestmark = pytest.mark.all_backends  # also on the extra targets (Citus): tests/targets.py
+
 FAST = {"lease_seconds": 1.0, "heartbeat_seconds": 0.3, "poll_seconds": 0.1}
 
 

@@ -140,3 +140,18 @@ RETURNS TABLE (workflow_id text, epoch bigint) LANGUAGE sql VOLATILE AS $$
      WHERE owner = p_owner AND status = 'RUNNING'
     RETURNING workflow_id, epoch;
 $$;
+
+-- Views: a correlated subquery from a coordinator table into a distributed one is refused, so v_workers
+-- counts claims with one aggregate over workflows joined on the coordinator (same columns as before).
+CREATE OR REPLACE VIEW {schema}.v_workers AS
+SELECT k.worker_id,
+       k.hostname,
+       k.pid,
+       k.started_at,
+       k.heartbeat_at,
+       now() - k.heartbeat_at AS heartbeat_age,
+       k.heartbeat_at > now() - interval '7.5 seconds' AS alive,
+       coalesce(c.claims, 0) AS claims
+  FROM {schema}.workers k
+  LEFT JOIN (SELECT w.owner, count(*) AS claims FROM {schema}.workflows w
+              WHERE w.status = 'RUNNING' GROUP BY w.owner) c ON c.owner = k.worker_id;
