@@ -8,7 +8,9 @@ How each guarantee is decided (``E`` is the epoch recorded on a step's checkpoin
 
 - G1: one row (one terminal status) per workflow id; a finished workflow's result is the expected one.
 - G2: no execution of a checkpointed step in an epoch newer than ``E`` (a newer owner replays it), and no
-  ordinary step executed twice by the same owner in the same epoch and attempt.
+  ordinary step executed twice by the same owner in the same epoch and attempt. Under asynchronous
+  replication, an execution under a claim that a deposed primary acknowledged and lost (its epoch then
+  claimed again by another worker) is a lost write, counted as a duplicate (kind ``lost_claim``).
 - G3: every execution beyond the checkpointed one is inside the crash window: it belongs to an older
   epoch than ``E`` (its owner died or lost its lease, and its checkpoint never committed), or it is a
   transactional step re-run by the same owner after its transaction rolled back. Counted as duplicates.
@@ -36,107 +38,28 @@ How each guarantee is decided (``E`` is the epoch recorded on a step's checkpoin
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
+
+from chaos.history import (  # noqa: F401 - the data types are part of the checker's interface
+    AppRow,
+    EventRow,
+    History,
+    LedgerEntry,
+    MessageRow,
+    StepRow,
+    WorkflowRow,
+    load_history,
+    read_acks,
+    read_ledger,
+)
 
 PASS, FAIL, NA = "pass", "fail", "n-a"
 GUARANTEES = ("G1", "G2", "G3", "G4", "G5", "G6", "G7", "G8", "G9")
 MAX_EXAMPLES = 5
-
-
-@dataclass(frozen=True)
-class WorkflowRow:
-    """One row of the workflows table."""
-
-    workflow_id: str
-    status: str
-    epoch: int = 1
-    name: str = ""
-    output: Any = None  # decoded JSON output (None when not SUCCESS)
-    recoveries: int = 0
-
-
-@dataclass(frozen=True)
-class StepRow:
-    """One checkpoint: ``finished_at`` is its commit time as UNIX seconds (None when unknown)."""
-
-    workflow_id: str
-    step_id: int
-    name: str
-    epoch: int
-    finished_at: float | None = None
-    output: Any = None  # decoded JSON output
-
-
-@dataclass(frozen=True)
-class AppRow:
-    """A row the transactional step wrote to the application table."""
-
-    workflow_id: str
-    step_id: int
-    epoch: int
-
-
-@dataclass(frozen=True)
-class MessageRow:
-    """A message in the messages table: ``msg`` is the message id carried in its body."""
-
-    workflow_id: str  # the receiver
-    msg: str | None
-    consumed_step: int | None
-
-
-@dataclass(frozen=True)
-class EventRow:
-    """A row of the events table: the latest ``value`` (decoded) of ``key``, set by step ``step_id``."""
-
-    workflow_id: str
-    key: str
-    value: Any
-    step_id: int
-
-
-@dataclass(frozen=True)
-class LedgerEntry:
-    """One ledger line: ``kind`` is run / begin / end / ack; ``t`` is UNIX time on the worker's clock."""
-
-    kind: str
-    workflow_id: str
-    step_id: int
-    name: str | None
-    epoch: int
-    t: float
-    attempt: int | None = None
-    pid: int = 0
-    worker: str = ""
-    msg: str | None = None
-    fresh: bool | None = None
-
-
-@dataclass
-class History:
-    """Everything the checker looks at, as plain data."""
-
-    expected_ids: list[str]
-    workflows: list[WorkflowRow] = field(default_factory=list)
-    steps: list[StepRow] = field(default_factory=list)
-    app_rows: list[AppRow] = field(default_factory=list)
-    messages: list[MessageRow] = field(default_factory=list)
-    events: list[EventRow] = field(default_factory=list)
-    ledger: list[LedgerEntry] = field(default_factory=list)  # run / begin / end entries
-    acks: list[LedgerEntry] = field(default_factory=list)  # acknowledged checkpoints
-    expected_outputs: dict[str, Any] = field(default_factory=dict)  # id -> expected result (optional)
-    tx_step_names: frozenset[str] = frozenset({"lab.record"})
-    limited_step_names: frozenset[str] = frozenset({"lab.limited_work"})
-    recv_prefix: str = "recv:"
-    set_event_prefix: str = "set_event:"
-    get_event_prefix: str = "get_event:"
-    torn_lines: int = 0  # ledger lines that could not be parsed (a write cut by SIGKILL)
 
 
 @dataclass
@@ -161,6 +84,7 @@ class CheckResult:
     lost_acks: int
     workflows: int
     stats: dict[str, Any] = field(default_factory=dict)
+    takeovers: int = 0  # claims of a workflow at a newer epoch after its first (expired leases, releases)
 
     @property
     def ok(self) -> bool:
@@ -174,7 +98,8 @@ class CheckResult:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form for reports."""
         return {"ok": self.ok, "workflows": self.workflows, "duplicates": self.duplicates,
-                "lost_acks": self.lost_acks, "guarantees": {k: asdict(v) for k, v in self.guarantees.items()},
+                "takeovers": self.takeovers, "lost_acks": self.lost_acks,
+                "guarantees": {k: asdict(v) for k, v in self.guarantees.items()},
                 "stats": self.stats}
 
     def summary(self) -> str:
@@ -253,11 +178,29 @@ def evaluate(history: History, *, sync_replication: bool, queue_limit: int | Non
             problems.append(f"{wid} completed with {rows[0].output!r}, expected {h.expected_outputs[wid]!r}")
     g["G1"] = _verdict(problems, f"{len(rows_by_id)} workflow ids, one row and one terminal status each")
 
+    # One epoch held by two workers: a claim that was acknowledged and then lost. Under synchronous
+    # replication that breaks fencing; under asynchronous replication it is a lost write (reported), and
+    # the late writes of the owners involved are not fencing failures either, nor (G2) a step run under
+    # such a claim: the deposed primary that acknowledged the claim did not have the step's checkpoint.
+    owners_of: dict[tuple[str, int], set[str]] = defaultdict(set)
+    for e in list(h.ledger) + list(h.acks):
+        if e.worker:
+            owners_of[(e.workflow_id, e.epoch)].add(e.worker)
+    reused = sorted(k for k, v in owners_of.items() if len(v) > 1)
+    reused_wf = {w for w, _ep in reused}
+    lost_claims = set(reused) if not sync_replication else set()
+
     # -- G2 / G3: executions against checkpoints ----------------------------------------------------------
     g2: list[str] = []
     g3: list[str] = []
     duplicates = 0
     dup_after_lost_ack = 0
+    dup_examples: list[str] = []  # which step, which epochs, whose run was lost
+    # Why each duplicate happened: an older epoch's run of an ordinary step whose checkpoint never committed
+    # (its worker died, froze or was cut off: the G3 window), a transactional step run again after its
+    # transaction rolled back (by its owner or a later epoch; nothing of the first run committed, G4), one
+    # epoch run by two workers (a lost claim), or a run whose acknowledged checkpoint was lost (G9).
+    dup_kinds: Counter[str] = Counter()
     for key, entries in runs.items():
         wid, step = key
         rows = checkpoints.get(key)
@@ -265,14 +208,24 @@ def evaluate(history: History, *, sync_replication: bool, queue_limit: int | Non
         tx = name in h.tx_step_names
         if not rows:
             wf = rows_by_id.get(wid)
-            if any((wid, step, e.epoch) in lost_keys for e in entries):
-                duplicates += len(entries)  # its acknowledged checkpoint was lost: G9 decides
+            if lost_epochs.get(key):
+                # Its checkpoint was acknowledged (to this run or, replayed, to a later epoch's: the run died
+                # between its commit and its own ack) and is gone: a lost write, G9 decides.
+                duplicates += len(entries)
                 dup_after_lost_ack += len(entries)
+                dup_kinds["after_lost_ack"] += len(entries)
             elif wf and wf[0].status == "SUCCESS":
                 g3.append(f"{wid}#{step} ({name}) ran {len(entries)}x but has no checkpoint in a finished workflow")
             continue
         cp = min(rows, key=lambda r: r.epoch)
         newer = [e for e in entries if e.epoch > cp.epoch]
+        under_lost_claim = [e for e in newer if (wid, e.epoch) in lost_claims]
+        if under_lost_claim:
+            newer = [e for e in newer if (wid, e.epoch) not in lost_claims]
+            duplicates += len(under_lost_claim)
+            dup_kinds["lost_claim"] += len(under_lost_claim)
+            dup_examples += [f"{wid}#{step} {name} e{cp.epoch} ran again at e{e.epoch} under a lost claim (by "
+                             f"{e.worker})" for e in under_lost_claim]
         if newer:
             g2.append(f"{wid}#{step} ({name}) checkpointed at e{cp.epoch} ran again at "
                       f"e{sorted({e.epoch for e in newer})}")
@@ -283,15 +236,24 @@ def evaluate(history: History, *, sync_replication: bool, queue_limit: int | Non
             if count > 1:
                 if tx:
                     duplicates += count - 1  # rolled-back transaction run again by its owner
+                    dup_kinds["tx_rolled_back"] += count - 1
+                    dup_examples.append(f"{wid}#{step} {name} {count}x at e{cp.epoch} by {worker} (rolled back)")
                 else:
                     g2.append(f"{wid}#{step} ({name}) ran {count}x at e{cp.epoch} attempt {attempt} by {worker}")
         if len(owners) > 1:
             duplicates += len(owners) - 1  # one epoch, two owners: a lost claim (G6 decides whether allowed)
+            dup_kinds["two_owners_one_epoch"] += len(owners) - 1
         older = [e for e in entries if e.epoch < cp.epoch]
         for e in older:
             duplicates += 1
+            dup_examples.append(f"{wid}#{step} {name} e{e.epoch}->e{cp.epoch} (ran by {e.worker or e.pid})")
             if (wid, step, e.epoch) in acked:
                 dup_after_lost_ack += 1
+                dup_kinds["after_lost_ack"] += 1
+            elif tx:  # its transaction never committed (G4 checks that): only effects outside it repeat
+                dup_kinds["tx_rolled_back"] += 1
+            else:
+                dup_kinds["older_epoch"] += 1
     g["G2"] = _verdict(g2, f"{len(checkpoints)} checkpoints; no step ran again after its checkpoint"
                        + (f" ({dup_after_lost_ack} re-runs after lost acknowledgements, see G9)"
                           if dup_after_lost_ack else ""))
@@ -336,15 +298,6 @@ def evaluate(history: History, *, sync_replication: bool, queue_limit: int | Non
     by_wf_steps: dict[str, list[StepRow]] = defaultdict(list)
     for s in h.steps:
         by_wf_steps[s.workflow_id].append(s)
-    # One epoch held by two workers: a claim that was acknowledged and then lost. Under synchronous
-    # replication that breaks fencing; under asynchronous replication it is a lost write (reported), and
-    # the late writes of the owners involved are not fencing failures either.
-    owners_of: dict[tuple[str, int], set[str]] = defaultdict(set)
-    for e in list(h.ledger) + list(h.acks):
-        if e.worker:
-            owners_of[(e.workflow_id, e.epoch)].add(e.worker)
-    reused = sorted(k for k, v in owners_of.items() if len(v) > 1)
-    reused_wf = {w for w, _ep in reused}
     if sync_replication:
         problems += [f"{w} epoch {ep} held by {len(owners_of[(w, ep)])} workers" for w, ep in reused]
     lost_claim_writes = 0
@@ -514,11 +467,13 @@ def evaluate(history: History, *, sync_replication: bool, queue_limit: int | Non
         "queue_limit": queue_limit,
         "worker_queue_limit": worker_queue_limit,
         "duplicates_after_lost_ack": dup_after_lost_ack,
+        "duplicate_kinds": dict(dup_kinds),
+        "duplicate_examples": sorted(dup_examples)[:20],
         "torn_ledger_lines": h.torn_lines,
         "recoveries": sum(w.recoveries for w in h.workflows),
     }
     return CheckResult(guarantees={k: g[k] for k in GUARANTEES}, duplicates=duplicates, lost_acks=len(lost),
-                       workflows=len(h.expected_ids), stats=stats)
+                       workflows=len(h.expected_ids), stats=stats, takeovers=takeovers)
 
 
 def _limited_intervals(h: History, takeover_after: Callable[[str, int], float | None]
@@ -565,113 +520,6 @@ def _max_overlap(intervals: Iterable[tuple[float, float]]) -> tuple[int, float]:
         if cur > best:
             best, at = cur, t
     return best, at
-
-
-# -- loading a History from a lab run ----------------------------------------------------------------------
-def read_ledger(ledger_dir: str | os.PathLike[str]) -> tuple[list[LedgerEntry], list[LedgerEntry], int]:
-    """All ledger entries of a directory: ``(executions and marks, acks, torn lines)``."""
-    entries: list[LedgerEntry] = []
-    acks: list[LedgerEntry] = []
-    torn = 0
-    for path in sorted(Path(ledger_dir).glob("ledger-*.jsonl")):
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if not line.strip():
-                    continue
-                try:
-                    d = json.loads(line)
-                    e = _entry(d)
-                except (ValueError, KeyError, TypeError):
-                    torn += 1
-                    continue
-                (acks if e.kind == "ack" else entries).append(e)
-    return entries, acks, torn
-
-
-def _entry(d: dict[str, Any]) -> LedgerEntry:
-    return LedgerEntry(kind=d["kind"], workflow_id=d["wf"], step_id=int(d["step"]), name=d.get("name"),
-                       epoch=int(d["epoch"]), t=float(d["t"]), attempt=d.get("attempt"), pid=int(d.get("pid", 0)),
-                       worker=str(d.get("worker", "")), msg=d.get("msg"), fresh=d.get("fresh"))
-
-
-def read_acks(source: str | os.PathLike[str] | Iterable[dict[str, Any] | LedgerEntry]) -> list[LedgerEntry]:
-    """Acknowledged checkpoints from a JSON-lines file (or an iterable of dicts / entries)."""
-    if isinstance(source, (str, os.PathLike)):
-        out = []
-        with open(source, encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    try:
-                        out.append(_entry({"kind": "ack", **json.loads(line)}))
-                    except (ValueError, KeyError, TypeError):
-                        continue
-        return out
-    return [x if isinstance(x, LedgerEntry) else _entry({"kind": "ack", **x}) for x in source]
-
-
-def _json(text: str | None) -> Any:
-    if text is None:
-        return None
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
-def load_history(database_url: str, schema: str, ledger_dir: str | os.PathLike[str], expected_ids: Sequence[str],
-                 *, acked_log: Any = None) -> tuple[History, int | None, int | None]:
-    """Read a lab run into a History plus the limited queue's global and per-worker concurrency limits
-    (None when not declared)."""
-    import psycopg
-    from psycopg import sql
-
-    from chaos import lab_app
-
-    s = sql.Identifier(schema)
-    with psycopg.connect(database_url, autocommit=True, connect_timeout=10) as conn:
-        wf_rows = conn.execute(sql.SQL(
-            "SELECT workflow_id, status, epoch, name, output, recoveries FROM {}.workflows").format(s)).fetchall()
-        step_rows = conn.execute(sql.SQL(
-            "SELECT workflow_id, step_id, name, epoch, extract(epoch FROM finished_at)::float8, output "
-            "FROM {}.steps").format(s)).fetchall()
-        app_rows = conn.execute(sql.SQL("SELECT workflow_id, step_id, epoch FROM {}.{}").format(
-            s, sql.Identifier(lab_app.APP_TABLE))).fetchall()
-        event_rows = conn.execute(sql.SQL("SELECT workflow_id, key, value, step_id FROM {}.events").format(s)).fetchall()
-        msg_rows = conn.execute(sql.SQL("SELECT workflow_id, body, consumed_step FROM {}.messages").format(s)).fetchall()
-        limit_row = conn.execute(sql.SQL("SELECT concurrency_limit, worker_concurrency_limit FROM {}.v_queues "
-                                         "WHERE queue = %s").format(s), (lab_app.LIMITED_QUEUE,)).fetchone()
-    entries, acks, torn = read_ledger(ledger_dir)
-    if acked_log is not None:
-        acks = read_acks(acked_log)
-    total = len(expected_ids)
-    expected_outputs = {}
-    for wid in expected_ids:
-        n = lab_app.number_of(wid)
-        if n is not None:
-            expected_outputs[wid] = lab_app.expected_output(n, total)
-    messages = []
-    for wid, body, consumed in msg_rows:
-        decoded = _json(body)
-        msg = decoded.get("msg") if isinstance(decoded, dict) else None
-        messages.append(MessageRow(wid, msg, consumed))
-    history = History(
-        expected_ids=list(expected_ids),
-        workflows=[WorkflowRow(w, st, int(ep), name, _json(out) if st == "SUCCESS" else None, int(rec or 0))
-                   for w, st, ep, name, out, rec in wf_rows],
-        steps=[StepRow(w, int(sid), name, int(ep), fin, _json(out)) for w, sid, name, ep, fin, out in step_rows],
-        app_rows=[AppRow(w, int(sid), int(ep)) for w, sid, ep in app_rows],
-        messages=messages,
-        events=[EventRow(w, k, _json(v), int(sid)) for w, k, v, sid in event_rows],
-        ledger=entries,
-        acks=acks,
-        expected_outputs=expected_outputs,
-        tx_step_names=frozenset({lab_app.TX_STEP}),
-        limited_step_names=frozenset({lab_app.LIMITED_STEP}),
-        torn_lines=torn,
-    )
-    limit = int(limit_row[0]) if limit_row and limit_row[0] is not None else None
-    worker_limit = int(limit_row[1]) if limit_row and limit_row[1] is not None else None
-    return history, limit, worker_limit
 
 
 def check(database_url: str, schema: str, ledger_dir: str | os.PathLike[str], expected_ids: Sequence[str], *,

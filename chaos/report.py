@@ -30,6 +30,7 @@ class ScenarioReport:
     drain_s: float | None = None
     workflows: int = 0
     duplicates: int = 0
+    takeovers: int = 0  # claims at a newer epoch after the first (chaos.checker.CheckResult.takeovers)
     lost_acks: int = 0
     guarantees: dict[str, dict[str, str]] = field(default_factory=dict)
     ok: bool = False
@@ -45,10 +46,11 @@ class ScenarioReport:
         self.timeline.append((round(float(t_seconds), 3), _redact(text)))
 
     def apply_check(self, result: Any) -> None:
-        """Copy a ``CheckResult`` into this report (guarantees, duplicates, lost acks, ok, stats)."""
+        """Copy a ``CheckResult`` into this report (guarantees, duplicates, takeovers, lost acks, ok, stats)."""
         d = result.to_dict()
         self.guarantees = d["guarantees"]
         self.duplicates = d["duplicates"]
+        self.takeovers = d.get("takeovers", 0)
         self.lost_acks = d["lost_acks"]
         self.workflows = d["workflows"]
         self.ok = d["ok"]
@@ -104,6 +106,7 @@ def render_summary(reports: list[ScenarioReport]) -> Table:
     table.add_column("wf", justify="right")
     table.add_column("fault→ckpt s", justify="right")
     table.add_column("drain s", justify="right")
+    table.add_column("takeovers", justify="right")
     table.add_column("dup", justify="right")
     table.add_column("lost ack", justify="right")
     for gid in GUARANTEE_IDS:
@@ -116,8 +119,15 @@ def render_summary(reports: list[ScenarioReport]) -> Table:
             status = (r.guarantees.get(gid) or {}).get("status")
             cells.append(marks.get(status or "", "[dim]?[/]"))
         table.add_row(r.name, r.variant, str(r.workflows), _fmt_s(r.fault_to_first_checkpoint_s), _fmt_s(r.drain_s),
-                      str(r.duplicates), str(r.lost_acks), *cells, "[green]ok[/]" if r.ok else "[bold red]FAIL[/]")
+                      str(r.takeovers), _dup(r), str(r.lost_acks), *cells, "[green]ok[/]" if r.ok else "[bold red]FAIL[/]")
     return table
+
+
+def _dup(r: ScenarioReport) -> str:
+    """Duplicates, with how many of them were transactional steps re-run after their transaction rolled back
+    (nothing of the first run committed): ``7 (5 tx)``."""
+    tx = ((r.extra.get("stats") or {}).get("duplicate_kinds") or {}).get("tx_rolled_back", 0)
+    return f"{r.duplicates} ({tx} tx)" if tx else str(r.duplicates)
 
 
 def _slug(text: str) -> str:

@@ -24,7 +24,7 @@ from kit.errors import ConfigError, UsageError
 from kit.handle import WorkflowHandle
 from kit.queues import Queue, make_spec
 from kit.registry import load_backend
-from kit.runtime import Runtime
+from kit.runtime import Runtime, StopSummary
 from kit.runtime.versions import accepted_versions
 from kit.schedules import Schedule
 from kit.services import Services
@@ -153,9 +153,12 @@ class Kit:
         while not stop.wait(0.5):
             pass
 
-    def close(self, grace: float = 5.0) -> None:
-        """Stop the worker, release unfinished leases so others take over at once, close connections."""
-        self._services.close(grace)
+    def close(self, grace: float = 5.0) -> StopSummary | None:
+        """Stop the worker and hand its running workflows over at step boundaries (each finishes the step it
+        is in, records it and is released for another worker to go on at once; a step still running after
+        ``grace`` seconds is released mid-step), then close connections. Returns what the stop did (None
+        when this process ran no workflows)."""
+        return self._services.close(grace)
 
     def __enter__(self) -> Kit:
         return self

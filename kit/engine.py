@@ -11,8 +11,10 @@ import asyncio
 import contextvars
 import inspect
 import logging
+import math
 import re
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
@@ -107,6 +109,11 @@ class WorkflowContext:
     next_step: int = 0
     lost: threading.Event = field(default_factory=threading.Event)
     confirmed_at: float = 0.0  # monotonic time the lease was confirmed (0: not yet)
+    # Monotonic time after which the lease may have expired as far as this process knows (no renewal
+    # confirmed since): the run stops at its next step boundary, before anyone else may take it over.
+    lease_until: float = math.inf
+    handover: bool = False  # this process is stopping: stop at the next step boundary, then release it
+    running: dict[int, str] = field(default_factory=dict)  # step id -> name of the step bodies running now
     finishing: bool = False  # the terminal write is under way: the lease ends with it, not lost
     queue: str | None = None  # the limited queue it was claimed from (its finish frees capacity)
     deadline: float | None = None  # UNIX time (app clock) after which it is cancelled at a step boundary
@@ -159,7 +166,17 @@ class WorkflowContext:
             state.sends = value
 
     def check_lease(self) -> None:
+        """Raise at a step boundary when this run must stop: its lease was lost or may have expired (no
+        renewal confirmed in time), or this process is handing it over (:class:`HandedOver`)."""
+        expired = time.monotonic() >= self.lease_until
+        if expired:
+            self.lost.set()
         if self.lost.is_set():
+            if self.handover:
+                raise HandedOver(f"workflow {self.workflow_id}: handed over at a step boundary (worker stopping)")
+            if expired:
+                raise LeaseLostError(f"workflow {self.workflow_id}: lease may have expired (no renewal confirmed "
+                                     "in time): stopping before another worker may take it over")
             raise LeaseLostError(f"workflow {self.workflow_id}: lease lost (epoch {self.epoch} superseded)")
 
     def check_deadline(self, now: float) -> None:
@@ -170,6 +187,10 @@ class WorkflowContext:
 
 
 _current: ContextVar[WorkflowContext | None] = ContextVar("kit_workflow", default=None)
+
+
+class HandedOver(LeaseLostError):
+    """Raised at a step boundary of a run whose process is stopping: the workflow is released to others."""
 
 
 class SimulatedCrash(LeaseLostError):
@@ -269,12 +290,15 @@ def run_step(services: EngineServices, name: str, fn: Callable[..., Any], opts: 
     if rec is not None:
         return recorded_value(rec)
     ctx.check_deadline(services.clock.time())
+    ctx.running[step_id] = name
     try:
         _crash_point(ctx, step_id, name, "before")
         return _run_new_step(services, ctx, step_id, name, fn, opts, args, kwargs)
     except LeaseLostError:
         ctx.lost.set()  # even if workflow code swallows it, no later step of this run may start
         raise
+    finally:
+        ctx.running.pop(step_id, None)
 
 
 async def run_step_async(services: EngineServices, name: str, fn: Callable[..., Any], opts: StepOptions,
@@ -288,12 +312,15 @@ async def run_step_async(services: EngineServices, name: str, fn: Callable[..., 
     if rec is not None:
         return recorded_value(rec)
     ctx.check_deadline(services.clock.time())
+    ctx.running[step_id] = name
     try:
         _crash_point(ctx, step_id, name, "before")
         return await _run_new_step_async(services, ctx, step_id, name, fn, opts, args, kwargs)
     except LeaseLostError:
         ctx.lost.set()
         raise
+    finally:
+        ctx.running.pop(step_id, None)
 
 
 async def _run_new_step_async(services: EngineServices, ctx: WorkflowContext, step_id: int, name: str,
@@ -483,7 +510,10 @@ def _execute(services: EngineServices, ctx: WorkflowContext, fn: Callable[..., A
     except DeadlineExceededError as exc:
         status, error = Status.CANCELLED, ser.dumps(ser.exception_to_record(exc))
     except LeaseLostError as exc:
-        log.warning("abandoning workflow %s: %s", ctx.workflow_id, exc)
+        if isinstance(exc, HandedOver):
+            log.info("%s", exc)
+        else:
+            log.warning("abandoning workflow %s: %s", ctx.workflow_id, exc)
         return Outcome(None)
     except StorageError as exc:
         # The database stayed unreachable past the retry budget: leave the workflow to be recovered.
@@ -502,7 +532,7 @@ def _execute(services: EngineServices, ctx: WorkflowContext, fn: Callable[..., A
     finally:
         untag_waits(waits)
         _current.reset(token)
-    if ctx.lost.is_set():
+    if ctx.lost.is_set() and not ctx.handover:  # handed over at its end: finish it (a fenced write)
         log.warning("abandoning workflow %s: lease lost before it finished", ctx.workflow_id)
         return Outcome(None)
     ctx.finishing = True

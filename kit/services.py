@@ -14,7 +14,7 @@ from collections.abc import Callable
 from kit.clock import Clock
 from kit.config import Config
 from kit.definitions import Definitions
-from kit.runtime import Runtime
+from kit.runtime import Runtime, StopSummary
 from kit.storage import Backend
 
 
@@ -75,11 +75,14 @@ class Services:
         """The runtime if one exists, without creating it."""
         return self._runtime
 
-    def close(self, grace: float = 5.0) -> None:
-        """Stop the runtime (see :meth:`Runtime.stop`), then close the backend's connections."""
+    def close(self, grace: float = 5.0) -> StopSummary | None:
+        """Stop the runtime (see :meth:`Runtime.stop`: running workflows are handed over at step boundaries),
+        then close the backend's connections. Returns what the stop did (None: no runtime ran here)."""
+        summary = None
         if self._runtime is not None:
-            self._runtime.stop(grace)
+            summary = self._runtime.stop(grace)
             self._runtime = None
         if self._backend is not None:
             self._backend.close()
             self._backend = None
+        return summary

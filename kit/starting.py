@@ -51,6 +51,7 @@ def create_and_run(services: Services, wf: WorkflowDef, wid: str, args: tuple, k
                 f"workflow id {wid!r} already belongs to workflow '{held.name}', not '{wf.name}'"
             )
         return WorkflowHandle(services, wid)
+    sent = time.monotonic()
     try:
         created = services.backend.workflow_create(NewWorkflow(
             workflow_id=wid, name=wf.name, inputs=inputs, app_version=services.config.app_version,
@@ -67,6 +68,7 @@ def create_and_run(services: Services, wf: WorkflowDef, wid: str, args: tuple, k
                 f"workflow id {wid!r} already belongs to workflow '{created.name}', not '{wf.name}'"
             )
         return WorkflowHandle(services, wid)
+    ctx.lease_until = runtime.lease_valid_until(sent)
     ctx.confirmed_at = time.monotonic()
     future = runtime.submit_local(ctx, wf.fn, args, kwargs, dedicated=parent_id is not None)
     return WorkflowHandle(services, wid, future)

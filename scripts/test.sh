@@ -3,6 +3,7 @@
 #   bash scripts/test.sh                 # everything
 #   bash scripts/test.sh -k foo -x       # extra pytest args are passed through
 #   KIT_TEST_SERVERS=pgserver16 bash scripts/test.sh   # only one PostgreSQL server
+#   KIT_TEST_TARGETS=none bash scripts/test.sh          # no extra backend targets (Citus, ...)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -21,8 +22,10 @@ if [ "$#" -eq 0 ]; then
     "$PY" -m ruff check . || { echo "[test] ruff found problems" >&2; exit 1; }
 fi
 
+# The suite waits more than it computes (servers, worker processes, leases): it runs in parallel processes
+# (pytest-xdist; each starts its own servers). KIT_TEST_WORKERS=0 runs it in this process.
 set +e
-"$PY" -m pytest -q "$@"
+"$PY" -m pytest -q -n "${KIT_TEST_WORKERS:-4}" "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then

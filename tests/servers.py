@@ -163,11 +163,32 @@ class PgServer:
         self.url = url
         return self
 
+    def _pg_ctl(self, *args: str) -> None:
+        from pgserver._commands import pg_ctl  # the wheel's own binaries, run as pgserver runs them
+
+        user = "pgserver" if os.geteuid() == 0 else None
+        pg_ctl(list(args), pgdata=self.dir, user=user, timeout=60)
+
+    def stop_immediate(self) -> None:
+        """``pg_ctl stop -m immediate``: every server process exits at once, no checkpoint (crash recovery
+        on the next start); clients see their connections closed."""
+        self._pg_ctl("-m", "immediate", "-w", "stop")
+
+    def start_again(self) -> None:
+        """Start the stopped server on the same data dir and socket (pgserver's own start options)."""
+        assert self.url is not None
+        socket_dir = psycopg.conninfo.conninfo_to_dict(self.url)["host"]
+        self._pg_ctl("-w", "-o", '-h ""', "-o", f"-k {socket_dir}", "-l", str(self.dir / "log"), "start")
+        wait_until_accepting(self.url, time.monotonic() + START_TIMEOUT, log=self.dir / "log", what="pgserver")
+
     def stop(self) -> None:
         server, self._server = self._server, None
         if server is not None:
             with contextlib.suppress(Exception):
                 server.cleanup()  # pg_ctl -w stop (fast mode)
+            if (self.dir / "postmaster.pid").exists():  # started again by start_again(): not pgserver's
+                with contextlib.suppress(Exception):
+                    self._pg_ctl("-m", "fast", "-w", "stop")
         if self._own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -399,6 +420,14 @@ class DebianPostgres:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None
             self._initialized = False
+
+    def stop_immediate(self) -> None:
+        """``pg_ctl stop -m immediate``: every server process exits at once, no checkpoint (crash recovery
+        on the next start); clients see their connections closed. ``start()`` brings it back."""
+        self._run("pg_ctl", "-D", str(self.data_dir), "-m", "immediate", "-w", "-t", "30", "stop", timeout=40)
+
+    def start_again(self) -> None:
+        self.start()
 
     def restart(self) -> DebianPostgres:
         """Stop (fast) if running, then start again on the same data dir and port."""

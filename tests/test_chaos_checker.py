@@ -136,7 +136,8 @@ def test_crash_window_rerun_is_counted_not_failed() -> None:
               for a in h.acks]
     r = verdict(h)
     assert r.ok, r.summary()
-    assert r.duplicates == 1 and r.stats["takeovers"] == 1
+    assert r.duplicates == 1 and r.stats["takeovers"] == 1 and r.takeovers == 1
+    assert r.stats["duplicate_kinds"] == {"older_epoch": 1}
 
 
 def test_duplicate_execution_outside_the_crash_window_fails() -> None:
@@ -246,6 +247,32 @@ def test_lost_checkpoint_that_was_executed_and_acknowledged_is_a_lost_ack_not_a_
     assert async_.ok, async_.summary()
     assert async_.lost_acks == 1 and async_.duplicates == 1
     assert set(verdict(h, sync=True).failures()) == {"G9"}
+
+
+def test_lost_checkpoint_acknowledged_only_by_a_later_epochs_replay_is_a_lost_ack() -> None:
+    h = clean_history()
+    # W1's step 0 ran and committed at epoch 1, whose worker was killed before acknowledging it; epoch 2
+    # replayed (acknowledged) the checkpoint, which a failover then lost.
+    h.steps = [s for s in h.steps if (s.workflow_id, s.step_id) != (W1, 0)]
+    h.acks = [a for a in h.acks if (a.workflow_id, a.step_id) != (W1, 0)] + [ack(W1, 0, 110.0, 2, fresh=False)]
+    h.workflows[0] = dataclasses.replace(h.workflows[0], epoch=2)
+    sync = verdict(h, sync=True)
+    assert set(sync.failures()) == {"G9"} and sync.lost_acks == 1, sync.summary()
+    assert verdict(h, sync=False).ok
+
+
+def test_step_run_under_a_claim_a_deposed_primary_lost_is_a_lost_write_only_when_asynchronous() -> None:
+    h = clean_history()
+    # A thawed old primary acknowledged a claim of W1 at epoch 2 and lost it (it lacked step 0's checkpoint,
+    # so that worker ran step 0 again); the new primary's epoch 2 went to another worker, which replayed.
+    other = "host:200:bbbb"
+    h.ledger.append(run(W1, 0, "lab.prepare", 110.0, epoch=2, worker=other))
+    h.acks.append(ack(W1, 0, 111.0, epoch=2, fresh=False))
+    h.workflows[0] = dataclasses.replace(h.workflows[0], epoch=2)
+    async_ = verdict(h, sync=False)
+    assert async_.ok, async_.summary()
+    assert async_.stats["duplicate_kinds"] == {"lost_claim": 1}
+    assert {"G2", "G6"} <= set(verdict(h, sync=True).failures())
 
 
 def test_report_round_trip_and_summary(tmp_path: Path) -> None:

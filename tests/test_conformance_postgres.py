@@ -1,22 +1,25 @@
-"""Runs the backend conformance suite against PostgreSQL (every server the ``pg_url`` fixture selects)."""
+"""Runs the backend conformance suite against PostgreSQL: a plain pass on every selected server, and a
+fault-injected pass (serialization failures, ambiguous commits) on one (tests/conformance/factory.py)."""
 
 from __future__ import annotations
 
+import uuid
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 from kit.backends.postgres import PostgresBackend
-from psycopg import sql
 
 try:  # works whether or not tests/ is a package
     from .conformance import *  # noqa: F401,F403
+    from .conformance.factory import SqlFactory, conformance_targets, factory_fixture
     from .conformance.helpers import create, step
-    from .conformance.observability import *  # noqa: F401,F403
+    from .servers import selected_servers
 except ImportError:
     from conformance import *  # noqa: F401,F403
+    from conformance.factory import SqlFactory, conformance_targets, factory_fixture
     from conformance.helpers import create, step
-    from conformance.observability import *  # noqa: F401,F403
+    from servers import selected_servers
 
 FAKE_PASSWORD = "conformance-Secret-77"
 
@@ -31,38 +34,26 @@ def _with_password(url: str) -> tuple[str, str]:
     return urlunsplit(parts._replace(netloc=f"{user}:{FAKE_PASSWORD}@{host}")), FAKE_PASSWORD
 
 
-class PostgresFactory:
-    def __init__(self, url: str, schema: str) -> None:
-        self.url, self.secret = _with_password(url)
-        self.schema = schema
-        self._made: list[PostgresBackend] = []
+class PostgresFactory(SqlFactory):
+    backend_cls = PostgresBackend
 
-    def __call__(self, *, migrate: bool = True) -> PostgresBackend:
-        backend = PostgresBackend(self.url, schema=self.schema, pool_size=4, connect_timeout=5, retry_seconds=5)
-        backend.open()
-        self._made.append(backend)
-        if migrate:
-            backend.migrate()
-        return backend
+    def make(self, cls: type[PostgresBackend]) -> PostgresBackend:
+        return cls(self.url, schema=self.schema, pool_size=4, connect_timeout=5, retry_seconds=5)
 
-    def qualify(self, table: str) -> str:
-        return f"{sql.Identifier(self.schema).as_string(None)}.{sql.Identifier(table).as_string(None)}"
 
-    def sql(self, query: str, params: tuple = ()) -> list[tuple]:
-        with psycopg.connect(self.url, autocommit=True, connect_timeout=5) as conn:
-            cur = conn.execute(query, params)
-            return cur.fetchall() if cur.description else []
-
-    def close_all(self) -> None:
-        for backend in self._made:
-            backend.close()
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "conformance_target" in metafunc.fixturenames:
+        metafunc.parametrize("conformance_target", conformance_targets(selected_servers(), metafunc.function),
+                             indirect=True)
 
 
 @pytest.fixture
-def backend_factory(pg_url, schema):
-    factory = PostgresFactory(pg_url, schema)
-    yield factory
-    factory.close_all()
+def backend_factory(request, conformance_target, pg_servers, conformance_fault_totals):
+    server, faults = conformance_target
+    url, secret = _with_password(pg_servers[server])
+    factory = PostgresFactory(url, f"t_{uuid.uuid4().hex[:12]}", secret=secret, faults=faults,
+                              label=request.node.nodeid)
+    yield from factory_fixture(request, factory, conformance_fault_totals)
 
 
 # -- PostgreSQL-specific checks beyond the generic suite ---------------------------------------------

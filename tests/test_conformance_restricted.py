@@ -10,20 +10,22 @@ backends for those servers inherit; here they must pass the same contract as the
 from __future__ import annotations
 
 import dataclasses
+import uuid
 
 import psycopg
 import pytest
 from kit.backends.postgres import PostgresBackend
-from psycopg import sql
 
 from kit.storage import Capabilities, ServerInfo
 
 try:  # works whether or not tests/ is a package
     from .conformance import *  # noqa: F401,F403
-    from .conformance.observability import *  # noqa: F401,F403
+    from .conformance.factory import SqlFactory, factory_fixture
+    from .servers import selected_servers
 except ImportError:
     from conformance import *  # noqa: F401,F403
-    from conformance.observability import *  # noqa: F401,F403
+    from conformance.factory import SqlFactory, factory_fixture
+    from servers import selected_servers
 
 
 class RestrictedPostgres(PostgresBackend):
@@ -36,39 +38,30 @@ class RestrictedPostgres(PostgresBackend):
                                    retry_serialization_failures=True)
 
 
-class RestrictedFactory:
-    def __init__(self, url: str, schema: str) -> None:
-        self.url = url
-        self.secret = psycopg.conninfo.conninfo_to_dict(url).get("password") or "\x00no-password"
-        self.schema = schema
-        self._made: list[PostgresBackend] = []
+class RestrictedFactory(SqlFactory):
+    backend_cls = RestrictedPostgres
 
-    def __call__(self, *, migrate: bool = True) -> PostgresBackend:
-        backend = RestrictedPostgres(self.url, schema=self.schema, pool_size=4, connect_timeout=5, retry_seconds=5)
-        backend.open()
-        self._made.append(backend)
-        if migrate:
-            backend.migrate()
-        return backend
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.name = "postgres-restricted"  # its own entries in the register of known differences
 
-    def qualify(self, table: str) -> str:
-        return f"{sql.Identifier(self.schema).as_string(None)}.{sql.Identifier(table).as_string(None)}"
+    def make(self, cls: type[PostgresBackend]) -> PostgresBackend:
+        return cls(self.url, schema=self.schema, pool_size=4, connect_timeout=5, retry_seconds=5)
 
-    def sql(self, query: str, params: tuple = ()) -> list[tuple]:
-        with psycopg.connect(self.url, autocommit=True, connect_timeout=5) as conn:
-            cur = conn.execute(query, params)
-            return cur.fetchall() if cur.description else []
 
-    def close_all(self) -> None:
-        for backend in self._made:
-            backend.close()
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "conformance_target" in metafunc.fixturenames:  # the plain pass on every server (no fault pass)
+        metafunc.parametrize("conformance_target", [pytest.param((s, False), id=s) for s in selected_servers()],
+                             indirect=True)
 
 
 @pytest.fixture
-def backend_factory(pg_url, schema):
-    factory = RestrictedFactory(pg_url, schema)
-    yield factory
-    factory.close_all()
+def backend_factory(request, conformance_target, pg_servers, conformance_fault_totals):
+    server, _ = conformance_target
+    url = pg_servers[server]
+    secret = psycopg.conninfo.conninfo_to_dict(url).get("password") or "\x00no-password"
+    factory = RestrictedFactory(url, f"t_{uuid.uuid4().hex[:12]}", secret=secret, label=request.node.nodeid)
+    yield from factory_fixture(request, factory, conformance_fault_totals)
 
 
 def test_the_profile_is_in_effect(backend_factory):

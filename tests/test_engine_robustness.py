@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 import uuid
 from collections import Counter
 
@@ -76,6 +77,111 @@ def test_close_waits_for_locally_started_workflows_within_grace(apps):  # noqa: 
     rec = apps().backend.workflow_get("grace-1")
     assert rec.status == Status.SUCCESS
     assert calls["slow"] == 1
+
+
+def _three_steps(app: kit.Kit, gate, calls: Counter, name: str):
+    @app.step(name=f"{name}.first")
+    def first():
+        calls["first"] += 1
+        gate()
+        return 1
+
+    @app.step(name=f"{name}.second")
+    def second():
+        calls["second"] += 1
+        return 2
+
+    @app.workflow(name=f"{name}.wf")
+    def wf():
+        return first() + second() + 10
+
+    return wf
+
+
+def test_close_hands_over_at_the_step_boundary(apps):  # noqa: F811
+    """The step in flight when close begins finishes and is recorded; the workflow is then released at
+    once (long lease: only the release can hand it over) and the next owner starts at the next step."""
+    gate = apps.gate()
+    calls = Counter()
+    a = apps(lease_seconds=60, heartbeat_seconds=1)
+    handle = a.start(_three_steps(a, gate, calls, "handover"), workflow_id=_wid())
+    assert gate.entered.wait(20)
+    threading.Timer(0.3, gate.open).start()
+    summary = a.close(grace=30)
+    assert (summary.finished, summary.handed_over, summary.mid_step) == (0, 1, 0), summary
+    rec = apps().backend.workflow_get(handle.workflow_id)
+    assert (rec.status, rec.owner, rec.epoch) == (Status.PENDING, None, 1)
+    assert [(s.step_id, s.epoch) for s in apps().backend.step_list(handle.workflow_id)] == [(0, 1)]
+    b = apps(lease_seconds=60, heartbeat_seconds=1)
+    _three_steps(b, gate, calls, "handover")
+    b.launch()
+    assert b.retrieve(handle.workflow_id).result(timeout=30) == 13
+    assert calls == Counter({"first": 1, "second": 1})
+
+
+def test_a_step_still_running_when_the_grace_period_ends_is_released_mid_step(apps, caplog):  # noqa: F811
+    gate = apps.gate()
+    calls = Counter()
+    a = apps(lease_seconds=60, heartbeat_seconds=1)
+    handle = a.start(_three_steps(a, gate, calls, "midstep"), workflow_id=_wid())
+    assert gate.entered.wait(20)
+    with caplog.at_level("WARNING", logger="kit.worker"):
+        summary = a.close(grace=0.2)
+    assert (summary.finished, summary.handed_over, summary.mid_step) == (0, 1, 1), summary
+    assert f"workflow {handle.workflow_id}: step 0 'midstep.first' still running" in caplog.text
+    assert "released mid-step" in caplog.text
+    b = apps(lease_seconds=60, heartbeat_seconds=1)
+    _three_steps(b, gate, calls, "midstep")
+    b.launch()
+    gate.open()
+    assert b.retrieve(handle.workflow_id).result(timeout=30) == 13
+    assert calls == Counter({"first": 2, "second": 1})  # the G3 case: the step in flight ran again
+
+
+def test_a_workflow_reaching_its_end_while_stopping_finishes_here(apps):  # noqa: F811
+    gate = apps.gate()
+    app = apps(lease_seconds=60, heartbeat_seconds=1)
+
+    @app.step(name="ending.last")
+    def last():
+        gate()
+        return "done"
+
+    @app.workflow(name="ending.wf")
+    def wf():
+        return last()
+
+    handle = app.start(wf, workflow_id=_wid())
+    assert gate.entered.wait(20)
+    threading.Timer(0.3, gate.open).start()
+    summary = app.close(grace=30)
+    assert (summary.finished, summary.handed_over, summary.mid_step) == (1, 0, 0), summary
+    rec = apps().backend.workflow_get(handle.workflow_id)
+    assert (rec.status, rec.epoch) == (Status.SUCCESS, 1)
+
+
+def test_a_run_stops_at_its_next_step_once_its_lease_may_have_expired(apps, caplog):  # noqa: F811
+    """No renewal confirmed within the lease (the heartbeat is gone): the run stops at its next step
+    boundary, before another worker may take the workflow over, even though nobody has yet."""
+    gate = apps.gate()
+    calls = Counter()
+    a = apps(lease_seconds=2.0, heartbeat_seconds=0.5)
+    handle = a.start(_three_steps(a, gate, calls, "expiry"), workflow_id=_wid())
+    assert gate.entered.wait(20)
+    a.runtime._stop.set()  # its heartbeat stops, as if it could not reach the database
+    time.sleep(2.5)  # past the lease
+    with caplog.at_level("WARNING", logger="kit.engine"):
+        gate.open()
+        outcome = handle._future.result(timeout=30)
+    assert outcome.status is None, "the run must stop, not go on with a lease that may have expired"
+    assert "lease may have expired" in caplog.text
+    assert calls == Counter({"first": 1})  # the step in flight was recorded; the next one never started here
+    b = apps(lease_seconds=2.0, heartbeat_seconds=0.5)
+    _three_steps(b, gate, calls, "expiry")
+    b.launch()
+    assert b.retrieve(handle.workflow_id).result(timeout=30) == 13
+    assert calls == Counter({"first": 1, "second": 1})
+    assert b.backend.workflow_get(handle.workflow_id).epoch == 2
 
 
 def test_swallowed_lease_loss_stops_the_run_before_the_next_step(apps):  # noqa: F811

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import psycopg.errors
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import PoolTimeout
 
 from kit.config import redact_url
 from kit.errors import (
@@ -35,6 +35,8 @@ from kit.registry import server_mismatch
 from kit.storage import Backend, Capabilities, ServerInfo
 from kit.storage.records import WorkerInfo
 
+from .lease_connection import LeaseConnection
+from .pool import Pool, mark_ok, ok_at
 from .queries import MigrationSet, QuerySet
 from .server import is_citus, is_cockroachdb, probe_connection, server_capabilities
 
@@ -48,7 +50,8 @@ _SYNC_REP_CANCELLED = "wait for synchronous replication"
 _LIBPQ_SCHEMES = ("postgresql", "postgres")
 
 
-def _is_connection_error(exc: BaseException) -> bool:
+def is_connection_error(exc: BaseException) -> bool:
+    """A lost connection, a pool timeout, or a transient SQLSTATE: worth a retry."""
     if isinstance(exc, (psycopg.OperationalError, PoolTimeout)) and not isinstance(
         exc, psycopg.errors.QueryCanceled
     ):
@@ -199,12 +202,17 @@ class PostgresCore(Backend):
         self.connect_timeout = connect_timeout
         self.retry_seconds = retry_seconds
         self.use_notify = notify
-        self._pool: ConnectionPool | None = None
+        self._pool: Pool | None = None
         self._caps = Capabilities()
         self.server_info: ServerInfo | None = None
         self._q = type(self).queries.render(schema)
         self._closed = False
         self._watchdog = _Watchdog(call_timeout)
+        # The heartbeat's own connection (lease_renew), bounded by the renewal budget (set per call).
+        self._lease_budget = call_timeout
+        self._lease_watchdog = _Watchdog(call_timeout)
+        self._leases = LeaseConnection(self._lease_connect, self._lease_watchdog, is_connection_error,
+                                       self._commit_unacknowledged)
         # Connections (by id) that got "canceling wait for synchronous replication": their last commit is
         # local only, not acknowledged (see _commit_unacknowledged).
         self._unreplicated: set[int] = set()
@@ -238,7 +246,7 @@ class PostgresCore(Backend):
     def open(self) -> None:
         if self._pool is not None:
             return
-        pool = ConnectionPool(
+        pool = Pool(
             self.dsn, min_size=1, max_size=self.pool_size, kwargs=self._conn_kwargs(), open=False,
             name="kit", timeout=max(self.connect_timeout * 2, 10.0), reconnect_timeout=self.retry_seconds,
             configure=self._configure_conn, connection_class=self.connection_class,
@@ -264,6 +272,7 @@ class PostgresCore(Backend):
         """Watch every pooled connection's notices for a synchronous-replication wait that was cancelled."""
         key = id(conn)
         self._unreplicated.discard(key)
+        mark_ok(conn)
 
         def on_notice(diag: psycopg.errors.Diagnostic, key: int = key) -> None:
             if _SYNC_REP_CANCELLED in (diag.message_primary or "").lower():
@@ -304,6 +313,7 @@ class PostgresCore(Backend):
 
     def close(self) -> None:
         self._closed = True
+        self._leases.close()
         self._close_listener()
         if self._pool is not None:
             self._pool.close(timeout=2)
@@ -344,17 +354,25 @@ class PostgresCore(Backend):
 
     def _run(self, fn: Callable[[psycopg.Connection], T], *, retry: bool = True) -> T:
         """Run ``fn`` on a pooled connection; retry lost connections and transient errors with backoff
-        for up to ``retry_seconds``. Every statement run this way is idempotent or read-back checked."""
-        if self._pool is None:
+        for up to ``retry_seconds``. Every statement run this way is idempotent or read-back checked.
+
+        A pooled connection that worked before this call and is found dead (it died with a restarted or
+        failed-over server, like every connection idle in the pool) is not charged: the call goes on at
+        once with another one. Only a server that stays unreachable costs backoff and budget."""
+        pool = self._pool
+        if pool is None:
             raise StorageError("backend is not open")
-        deadline = time.monotonic() + self.retry_seconds
+        started = time.monotonic()
+        deadline = started + self.retry_seconds
         delay = 0.05
         watchdog = self._watchdog
         barrier = False
+        free = self.pool_size + 1  # bound on retries that are not charged
         while True:
+            conn: psycopg.Connection | None = None
             try:
                 # Waiting for a pooled connection counts against the same retry budget.
-                with self._pool.connection(timeout=max(0.1, deadline - time.monotonic())) as conn:
+                with pool.connection(timeout=max(0.1, deadline - time.monotonic())) as conn:
                     watchdog.enter(conn)
                     try:
                         if barrier:
@@ -364,6 +382,7 @@ class PostgresCore(Backend):
                             # Never taken as success: retry fn (idempotent / read-back) after a barrier.
                             barrier = True
                             raise psycopg.OperationalError("commit not acknowledged by synchronous replication")
+                        mark_ok(conn)
                         return result
                     finally:
                         watchdog.leave(conn)
@@ -380,8 +399,15 @@ class PostgresCore(Backend):
                     f"statements of `kit migrate --print-grants --worker-role ROLE` (docs/security.md)", self.url)
                 ) from exc
             except (psycopg.Error, PoolTimeout) as exc:
-                if not _is_connection_error(exc):
+                if not is_connection_error(exc):
                     raise StorageError(scrub(f"{type(exc).__name__}: {exc}", self.url)) from exc
+                if conn is not None and conn.broken:
+                    pool.mark_lost()
+                    if ok_at(conn) < started and free > 0 and not self._closed and time.monotonic() < deadline:
+                        free -= 1  # it died before this call could know: not the caller's cost
+                        log.debug("a pooled connection was lost (%s): retrying at once on another",
+                                  scrub(str(exc).strip(), self.url))
+                        continue
                 if not retry or self._closed or time.monotonic() + delay > deadline:
                     raise DatabaseUnavailableError(
                         scrub(f"database {redact_url(self.url)} unavailable: {exc}", self.url)
@@ -389,3 +415,41 @@ class PostgresCore(Backend):
                 log.warning("database error (%s), retrying in %.2fs", scrub(str(exc).strip(), self.url), delay)
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 2.0)
+
+    def _checkout_checked(self, timeout: float) -> tuple[Any, psycopg.Connection]:
+        """A pooled connection for a transaction nobody retries blindly (a user's transactional step): one
+        idle since a connection of the pool was found broken is checked first (one round trip, only then),
+        and a dead one is dropped and replaced at once. Returns the pool's context manager and the connection."""
+        pool = self._pool
+        assert pool is not None
+        deadline = time.monotonic() + timeout
+        for _ in range(self.pool_size + 1):
+            conn_cm = pool.connection(timeout=max(0.1, deadline - time.monotonic()))
+            conn = conn_cm.__enter__()
+            if not pool.suspect(conn):
+                return conn_cm, conn
+            self._watchdog.enter(conn)
+            try:
+                conn.execute("")
+                mark_ok(conn)
+                return conn_cm, conn
+            except psycopg.Error as exc:
+                if not conn.broken:
+                    conn_cm.__exit__(type(exc), exc, exc.__traceback__)
+                    raise
+                pool.mark_lost()
+                conn_cm.__exit__(type(exc), exc, exc.__traceback__)  # the pool drops the broken connection
+            finally:
+                self._watchdog.leave(conn)
+        conn_cm = pool.connection(timeout=max(0.1, deadline - time.monotonic()))
+        return conn_cm, conn_cm.__enter__()
+
+    def _lease_connect(self) -> psycopg.Connection:
+        """A new connection for the heartbeat (:class:`LeaseConnection`), its connect bounded by the
+        renewal's budget."""
+        kwargs = self._conn_kwargs()
+        if "connect_timeout" in kwargs:  # ours, not the URL's: bound a connect by the renewal's budget
+            kwargs["connect_timeout"] = str(max(2, int(min(self.connect_timeout, self._lease_budget))))
+        conn = self.connection_class.connect(self.dsn, **kwargs)
+        self._configure_conn(conn)
+        return conn

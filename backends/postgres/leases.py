@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import psycopg
+import psycopg.errors
 
+from kit.config import redact_url
+from kit.errors import DatabaseUnavailableError, SchemaError, StorageError
 from kit.storage import Claim, ClaimRequest, WorkerInfo
 
-from .connection import PostgresCore
+from .connection import PostgresCore, is_connection_error, scrub
 
 
 class LeasesPart(PostgresCore):
@@ -48,11 +51,23 @@ class LeasesPart(PostgresCore):
         return out
 
     def lease_renew(self, owner: str, lease_seconds: float, worker: WorkerInfo | None = None) -> dict[str, int]:
+        """On the heartbeat's own connection (never queued behind step traffic), retried within a quarter
+        of the lease; a connection that died with the server is replaced at once."""
         if worker is not None:
             params = {"owner": owner, "lease": lease_seconds, "hostname": worker.hostname, "pid": worker.pid}
             stmt = self._q["lease_renew"]
         else:
             params = {"owner": owner, "lease": lease_seconds}
             stmt = self._q["lease_renew_no_worker"]
-        rows = self._run(lambda c: c.execute(stmt, params).fetchall(), retry=False)
+        if self._pool is None:
+            raise StorageError("backend is not open")
+        budget = max(0.5, min(self.retry_seconds, lease_seconds / 4))
+        self._lease_budget = self._lease_watchdog.limit = budget
+        try:
+            rows = self._leases.execute(stmt, params, budget)
+        except psycopg.errors.UndefinedTable as exc:
+            raise SchemaError(f"kit tables are missing in schema '{self.schema}': run `kit migrate`") from exc
+        except psycopg.Error as exc:
+            kind = DatabaseUnavailableError if is_connection_error(exc) else StorageError
+            raise kind(scrub(f"lease renewal failed: database {redact_url(self.url)}: {exc}", self.url)) from exc
         return {r[0]: r[1] for r in rows}

@@ -7,7 +7,7 @@ from typing import Any
 import psycopg
 import psycopg.errors
 
-from kit.errors import StorageError, UsageError, WorkflowDuplicateError
+from kit.errors import StorageError, TransientStorageError, UsageError, WorkflowDuplicateError
 from kit.storage import Claim, ClaimRequest, Created, NewWorkflow, QueueSpec, QueueStats, Status
 
 from . import rows
@@ -45,7 +45,9 @@ class QueuesPart(NotificationsPart):
             raise WorkflowDuplicateError(f"queue {wf.queue or 'default'!r} already has a live workflow {live[0]!r} "
                                          f"with dedup id {wf.dedup_id!r}", live[0]) from None
         except psycopg.Error as exc:
-            raise StorageError(scrub(f"{type(exc).__name__}: {exc}", self.url)) from exc
+            # A serialization failure or deadlock: the caller's transaction must run again.
+            kind = TransientStorageError if getattr(exc, "sqlstate", None) in ("40001", "40P01") else StorageError
+            raise kind(scrub(f"{type(exc).__name__}: {exc}", self.url)) from exc
         if row is not None:
             return Created(True, row[0], wf.name, Status.PENDING)
         existing = connection.execute(self._q["workflow_get"], {"workflow_id": wf.workflow_id}).fetchone()

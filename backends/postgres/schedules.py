@@ -7,6 +7,7 @@ from datetime import datetime
 
 import psycopg
 
+from kit.errors import TransientStorageError
 from kit.storage import NewWorkflow, ScheduleSpec, ScheduleState
 
 from . import rows
@@ -49,15 +50,31 @@ class SchedulesPart(QueuesPart):
                   "last_tick": new_cursor if last is not None else None,
                   "last_workflow_id": last.workflow_id if last is not None else None}
 
+        maybe_committed = False  # an earlier attempt moved the cursor, then lost its connection
+
         def advance(conn: psycopg.Connection) -> bool:
-            with conn.transaction():
-                conn.execute(self._q["schedule_tx_guard"], {"idle_ms": str(self.schedule_idle_timeout_ms)})
-                if conn.execute(self._q["schedule_advance"], params).fetchone() is None:
-                    return False  # another worker moved the cursor first: it enqueued these ticks
-                for wf in workflows:  # idempotent by workflow id, committed (and waking workers) with the cursor
-                    self.workflow_enqueue_in(conn, wf)
+            nonlocal maybe_committed
+            moved = False
+            try:
+                with conn.transaction():
+                    conn.execute(self._q["schedule_tx_guard"], {"idle_ms": str(self.schedule_idle_timeout_ms)})
+                    moved = conn.execute(self._q["schedule_advance"], params).fetchone() is not None
+                    if not moved:
+                        if maybe_committed:  # ours committed if the cursor is at or past ours and our ticks exist
+                            row = conn.execute(self._q["schedule_get"], {"name": name}).fetchone()
+                            return row is not None and row[7] >= new_cursor and (last is None or conn.execute(
+                                self._q["workflow_epoch"], {"workflow_id": last.workflow_id}).fetchone() is not None)
+                        return False  # another worker moved the cursor first: it enqueued these ticks
+                    for wf in workflows:  # idempotent by workflow id, committed (and waking workers) with the cursor
+                        try:
+                            self.workflow_enqueue_in(conn, wf)
+                        except TransientStorageError as exc:
+                            raise exc.__cause__ from None  # a serialization failure: _run retries the advance
+            except psycopg.OperationalError:
+                maybe_committed = maybe_committed or (moved and (conn.broken or conn.closed))
+                raise
             return True
 
-        # Retried from the start after a lost connection: the compare-and-set then finds out whether the
-        # first attempt committed (cursor moved: False) or not (it runs again).
+        # Retried from the start after a lost connection: if an earlier attempt had moved the cursor, the
+        # compare-and-set now fails and the outcome is read back; otherwise it simply runs again.
         return self._run(lambda conn: retry_if_cut_off(conn, advance))

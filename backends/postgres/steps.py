@@ -129,16 +129,15 @@ class StepsPart(PostgresCore):
 
         The engine calls ``tx.checkpoint(output)`` as the block's last action; leaving the block commits.
         If the COMMIT's outcome is unknown (connection lost), the checkpoint row is read back: present
-        with our epoch means committed (user writes included), absent means rolled back. On a server where
-        any transaction may fail with 40001 (``retry_serialization_failures``), such a failure of the body
-        or the commit is a TransientStorageError: the engine runs the step again (nothing of it committed).
+        with our epoch means committed (user writes included), absent means rolled back. A serialization
+        failure (40001) or deadlock (40P01) of the body, the checkpoint or the commit is a
+        TransientStorageError: the engine runs the step again (nothing of it committed).
         """
         if self._pool is None:
             raise StorageError("backend is not open")
         try:
             # Wait as long as any other call would (the retry budget): a failover must not abandon the step.
-            conn_cm = self._pool.connection(timeout=max(1.0, self.retry_seconds))
-            conn = conn_cm.__enter__()
+            conn_cm, conn = self._checkout_checked(max(1.0, self.retry_seconds))
         except (psycopg.Error, PoolTimeout) as exc:
             raise DatabaseUnavailableError(scrub(f"database unavailable: {exc}", self.url)) from exc
         tx = _PgStepTx(self, conn, step)
@@ -152,12 +151,13 @@ class StepsPart(PostgresCore):
                 if self._commit_unacknowledged(conn):  # local-only commit: resolve it as ambiguous
                     raise psycopg.OperationalError("commit not acknowledged by synchronous replication")
                 committed = True
-            except psycopg.errors.SerializationFailure as exc:
-                if not self._caps.retry_serialization_failures or conn.broken or conn.closed:
-                    raise
-                raise TransientStorageError(f"serialization failure (40001), the step runs again: {exc}") from exc
             except psycopg.OperationalError as exc:
                 if not (conn.broken or conn.closed):
+                    if getattr(exc, "sqlstate", None) in ("40001", "40P01"):
+                        # The transaction lost a serialization race or a deadlock (in the body's SQL, the
+                        # checkpoint or the COMMIT): nothing of it committed, so the step runs again.
+                        raise TransientStorageError(f"transactional step rolled back ({exc.sqlstate}), "
+                                                    f"it runs again: {exc}") from exc
                     raise  # an error of the user's SQL (e.g. statement timeout): a normal step failure
                 if tx.pending is None:
                     raise TransientStorageError(scrub(f"connection lost during step: {exc}", self.url)) from exc

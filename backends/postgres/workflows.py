@@ -42,15 +42,17 @@ class WorkflowsPart(NotificationsPart):
             "channel": self._statement_channel, "deadline": wf.deadline, "parent_epoch": wf.parent_epoch,
         }
 
-        attempts = 0
+        maybe_ours = False  # an earlier attempt lost its connection: its insert may have committed
         # Submitted work (no owner) goes through workflow_enqueue, which also wakes idle workers.
         stmt = self._q["workflow_create" if wf.owner is not None else "workflow_enqueue"]
 
         def create(conn: psycopg.Connection) -> Created:
-            nonlocal attempts
-            attempts += 1
+            nonlocal maybe_ours
             try:
                 row = conn.execute(stmt, params).fetchone()
+            except psycopg.OperationalError:
+                maybe_ours = maybe_ours or conn.broken or conn.closed
+                raise
             except psycopg.errors.UniqueViolation as exc:
                 if wf.dedup_id is None:
                     raise
@@ -76,10 +78,14 @@ class WorkflowsPart(NotificationsPart):
                 raise psycopg.errors.SerializationFailure("workflow vanished during create")
             rec = rows.wf(existing)
             # Our own insert whose acknowledgement was lost (only possible when an earlier attempt of this
-            # call ran): same owner, epoch 1, same inputs. On the first attempt an existing row is never ours,
-            # even with the same owner (one process starting the same id twice must not run it twice, G1).
-            mine = (attempts > 1 and wf.owner is not None and rec.owner == wf.owner and rec.epoch == 1
+            # call lost its connection): same owner, epoch 1, same inputs. Otherwise an existing row is never
+            # ours, even with the same owner (one process starting the same id twice must not run it twice, G1).
+            mine = (maybe_ours and wf.owner is not None and rec.owner == wf.owner and rec.epoch == 1
                     and rec.inputs == wf.inputs)
+            # Submitted work is never run on the strength of `created`: an identical row after a lost
+            # acknowledgement is our insert (a worker may have claimed it since).
+            mine = mine or (maybe_ours and wf.owner is None and rec.name == wf.name and rec.inputs == wf.inputs
+                            and rec.queue == wf.queue and rec.parent_id == wf.parent_id)
             return Created(mine, rec.epoch, rec.name, rec.status)
 
         return self._run(create)
@@ -127,12 +133,26 @@ class WorkflowsPart(NotificationsPart):
     def workflow_release(self, workflow_id: str, epoch: int) -> bool:
         params = {"workflow_id": workflow_id, "epoch": epoch, "channel": self._statement_channel}
 
+        maybe_done = False  # an earlier attempt lost its connection: its update may have committed
+
         def release(conn: psycopg.Connection) -> bool:
-            row = conn.execute(self._q["workflow_release"], params).fetchone()
-            if row is None:
+            nonlocal maybe_done
+            try:
+                row = conn.execute(self._q["workflow_release"], params).fetchone()
+            except psycopg.OperationalError:
+                maybe_done = maybe_done or conn.broken or conn.closed
+                raise
+            if row is not None:
+                self._wake_in_tx(conn, "q:" + (row[0] or ""), sent_by_statement=True)
+                return True
+            if not maybe_done:
                 return False
-            self._wake_in_tx(conn, "q:" + (row[0] or ""), sent_by_statement=True)
-            return True
+            # Our earlier attempt committed if the workflow is PENDING at our epoch (a claim bumps it).
+            got = conn.execute(self._q["workflow_get"], {"workflow_id": workflow_id}).fetchone()
+            done = got is not None and got[2] == Status.PENDING.value and got[9] == epoch
+            if done:  # its wake-up may have been lost with the acknowledgement
+                self._wake_in_tx(conn, "q:" + (got[6] or ""))
+            return done
 
         return self._run(release)
 

@@ -14,6 +14,7 @@ from kit.app import Kit
 from kit.cli.args import app_from_args, common
 from kit.errors import UsageError
 from kit.registry import load_backend
+from kit.runtime import StopSummary
 
 
 def add_parsers(sub: Any) -> None:
@@ -110,11 +111,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
     app.launch()
     print(f"kit worker {app.worker_id}: running {', '.join(app.workflow_names())} "
           f"(concurrency {app.config.worker_concurrency}); Ctrl-C to stop", file=sys.stderr, flush=True)
+    worker_id = app.worker_id
     try:
         while not stop.wait(0.5):
             pass
     finally:
-        app.close()
+        summary = app.close()  # hands running workflows over at step boundaries
+    print(f"kit worker {worker_id}: stopped; of the workflows running, {summary or StopSummary()}",
+          file=sys.stderr, flush=True)
     return 0
 
 

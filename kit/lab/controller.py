@@ -36,6 +36,8 @@ from kit.lab.host import (
 PROJECT = os.environ.get("KIT_LAB_PROJECT", "kitlab")
 PATRONI_IMAGE = "kit-lab/patroni:3.1.2-pg15"
 MEMBERS = ("pg1", "pg2", "pg3")
+PG_CTL = "/usr/lib/postgresql/15/bin/pg_ctl"  # in the node image (compose/postgres-ha/entrypoint.sh: bin_dir)
+PG_DATA = "/var/lib/postgresql/data/pg"  # Patroni's data_dir there
 VARIANTS = ("async", "sync")
 LEADER_ROLES = ("leader", "master", "primary", "standby_leader")
 
@@ -65,6 +67,7 @@ FAULTS = {
     "reset-peer": "reset a share of the database connections (toxiproxy reset_peer)",
     "limit-data": "cut a share of the connections after a few kB of replies (toxiproxy limit_data)",
     "restart-cluster": "stop and start every node and etcd",
+    "restart-primary": "stop the primary's PostgreSQL in immediate mode (a crash); Patroni starts it again in place",
     "heal": "remove every toxic, start/unpause/reconnect every container, wait until healthy",
 }
 
@@ -346,6 +349,26 @@ class Lab:
         self.timeline.add(f"SIGKILL primary {p}")
         return p
 
+    def restart_primary(self) -> str:
+        """Stop the primary's PostgreSQL in immediate mode (every server process exits at once, no
+        checkpoint: a crash of the database, not of the node); Patroni, still holding the leader key, starts
+        it again in place within a loop or two. Returns the member."""
+        p = self._require_primary()
+        res = self.container(p).exec_run([PG_CTL, "-D", PG_DATA, "-m", "immediate", "stop"], user="postgres")
+        if res.exit_code != 0:
+            raise LabError(f"pg_ctl stop -m immediate on {p} failed: {res.output.decode(errors='replace')[-300:]}")
+        self.timeline.add(f"immediate-mode stop of primary {p}")
+        return p
+
+    def wait_writable(self, timeout: float = 60.0) -> float:
+        """Wait until the workers' URL accepts writes again; returns the seconds waited."""
+        start = time.monotonic()
+        while not self._writable():
+            if time.monotonic() - start > timeout:
+                raise LabError(f"the cluster took no writes for {timeout:.0f}s")
+            time.sleep(0.1)
+        return time.monotonic() - start
+
     def start(self, member: str) -> None:
         """Start a stopped container (a killed old primary rejoins as a replica through pg_rewind)."""
         self.container(member).start()
@@ -511,6 +534,9 @@ class Lab:
         if name == "limit-data":
             self.limit_data()
             return "limit_data on 30% of the workers' links"
+        if name == "restart-primary":
+            member = self.restart_primary()
+            return f"restarted primary {member}'s PostgreSQL; writable again after {self.wait_writable():.1f}s"
         if name == "restart-cluster":
             self.restart_cluster()
             return f"cluster restarted; healthy after {self.wait_healthy():.1f}s"

@@ -7,6 +7,6 @@ runs them from their last checkpoint (:mod:`kit.runtime.claims`). :class:`Runtim
 :mod:`kit.runtime.versions` decides which application versions a worker replays.
 """
 
-from kit.runtime.worker import Runtime, new_worker_id
+from kit.runtime.worker import Runtime, StopSummary, new_worker_id
 
-__all__ = ["Runtime", "new_worker_id"]
+__all__ = ["Runtime", "StopSummary", "new_worker_id"]

@@ -8,13 +8,14 @@ finds expired leases.
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 from kit import serialization as ser
-from kit.engine import WorkflowContext, execute
+from kit.engine import Outcome, WorkflowContext, execute
 from kit.errors import KitError, SerializationError, StorageError
 from kit.notifier import ANY_QUEUE, Notifier, Watch
 from kit.runtime.leases import Leases
@@ -36,6 +37,26 @@ class ClaimLoop(Leases):
     _running: int  # claimed workflows running now (guarded by _idle)
     _idle: threading.Condition  # notified when a claimed workflow ends
     _limited_dirty: set[str]  # limited queues that may have work (claim from them next round)
+    _stop_counts: collections.Counter[str]  # what a graceful stop did: finished, handed_over, mid_step
+
+    def _ended(self, ctx: WorkflowContext, outcome: Outcome) -> None:
+        """A run ended while this process is stopping: count it; one that stopped at a step boundary is
+        released now, so another worker goes on with its next step at once (its wake-up is the release's
+        notification). Released before the run is dropped, so ``stop`` never closes the database first."""
+        if not ctx.handover or self._stop.is_set():  # (after the stop, late runs were released by it)
+            return
+        if outcome.status is not None:
+            with self._lock:
+                self._stop_counts["finished"] += 1
+            return
+        try:
+            released = self.services.backend.workflow_release(ctx.workflow_id, ctx.epoch)
+        except StorageError as exc:
+            log.warning("could not release %s (it will be recovered after its lease): %s", ctx.workflow_id, exc)
+            return
+        if released:
+            with self._lock:
+                self._stop_counts["handed_over"] += 1
 
     def _free_slots(self) -> int:
         with self._idle:
@@ -83,7 +104,10 @@ class ClaimLoop(Leases):
                 if due:  # start each round at a different limited queue
                     turn = self.claimed_count % len(due)
                     due = due[turn:] + due[:turn]
-                with self._lock:
+                with self._lock:  # the heartbeat leaves leases it does not know alone until they are held
+                    self._claims_in_flight += 1
+                try:
+                    sent = time.monotonic()
                     # Limited queues first: a backlog on an unlimited queue must not starve them.
                     claims: list[Claim] = []
                     for queue in due:
@@ -91,7 +115,8 @@ class ClaimLoop(Leases):
                         if room <= 0:
                             break
                         self._limited_dirty.discard(queue)  # a finish or notification from now on re-marks it
-                        here = sum(1 for c in self._held.values() if c.queue == queue)
+                        with self._lock:
+                            here = sum(1 for c in self._held.values() if c.queue == queue)
                         got = backend.queue_claim(ClaimRequest(self.worker_id, names, room, self.cfg.lease_seconds,
                                                                versions=versions, running_here=here), queue)
                         if got is None or len(got) >= room:
@@ -103,13 +128,18 @@ class ClaimLoop(Leases):
                                                                       versions=versions))
                     now = time.monotonic()
                     ctxs = [WorkflowContext(c.workflow_id, c.name, c.epoch, confirmed_at=now, queue=c.queue,
-                                            deadline=c.deadline.timestamp() if c.deadline else None)
+                                            deadline=c.deadline.timestamp() if c.deadline else None,
+                                            lease_until=self.lease_valid_until(sent))
                             for c in claims]
-                    for ctx in ctxs:
-                        old = self._held.get(ctx.workflow_id)
-                        if old is not None:  # an earlier run here (e.g. cancelled, then resumed): stop it
-                            old.lost.set()
-                        self._held[ctx.workflow_id] = ctx
+                    with self._lock:
+                        for ctx in ctxs:
+                            old = self._held.get(ctx.workflow_id)
+                            if old is not None:  # an earlier run here (e.g. cancelled, then resumed): stop it
+                                old.lost.set()
+                            self._held[ctx.workflow_id] = ctx
+                finally:
+                    with self._lock:
+                        self._claims_in_flight -= 1
             except KitError as exc:
                 log.warning("claim failed: %s", exc)
                 self._stop.wait(poll)
@@ -139,7 +169,7 @@ class ClaimLoop(Leases):
                 err = ser.dumps(ser.exception_to_record(exc))
                 services.backend.workflow_finish(Finish(claim.workflow_id, claim.epoch, Status.ERROR, error=err))
                 return
-            execute(services, ctx, wf.fn, tuple(args), kwargs)
+            self._ended(ctx, execute(services, ctx, wf.fn, tuple(args), kwargs))
             if ctx.queue is not None and self._notifier is not None:
                 # Capacity of a limited queue was freed here: claim from it again now.
                 self._limited_dirty.add(ctx.queue)

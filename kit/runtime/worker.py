@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Protocol
 
 from kit.engine import Outcome, WorkflowContext, execute
@@ -33,6 +34,18 @@ def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+@dataclass(frozen=True)
+class StopSummary:
+    """What a graceful stop did with the workflows this process was running when it began."""
+
+    finished: int = 0  # ended here (their end recorded) while stopping
+    handed_over: int = 0  # released to other workers: at a step boundary, or mid-step after the grace period
+    mid_step: int = 0  # of those, released with a step still running when the grace period ended
+
+    def __str__(self) -> str:
+        return f"{self.finished} finished, {self.handed_over} handed over ({self.mid_step} of them mid-step)"
+
+
 class Stoppable(Protocol):
     """A background service started with the worker and stopped with it (the cron scheduler)."""
 
@@ -48,7 +61,10 @@ class Runtime(ClaimLoop):
         self.worker_id = new_worker_id()
         self.info = WorkerInfo(self.worker_id, socket.gethostname(), os.getpid())
         self._held: dict[str, WorkflowContext] = {}
-        self._lock = threading.Lock()  # guards _held; held across claim and renew statements
+        self._lock = threading.Lock()  # guards _held, _claims_in_flight, the stop counters (no database call)
+        self._claims_in_flight = 0
+        self._stopping = False
+        self._stop_counts: collections.Counter[str] = collections.Counter()
         self._stop = threading.Event()
         self._claiming = threading.Event()
         self._heartbeat: threading.Thread | None = None
@@ -105,7 +121,9 @@ class Runtime(ClaimLoop):
 
     def _run(self, ctx: WorkflowContext, fn, args: tuple, kwargs: dict) -> Outcome:
         try:
-            return execute(self.services, ctx, fn, args, kwargs)
+            outcome = execute(self.services, ctx, fn, args, kwargs)
+            self._ended(ctx, outcome)
+            return outcome
         finally:
             self.drop(ctx.workflow_id, ctx)
 
@@ -131,14 +149,26 @@ class Runtime(ClaimLoop):
                  self.cfg.worker_concurrency, self.cfg.lease_seconds)
 
     # -- shutdown -----------------------------------------------------------------------------------
-    def stop(self, grace: float = 5.0) -> None:
-        """Stop claiming, give running workflows ``grace`` seconds, then release the rest's leases."""
+    def stop(self, grace: float = 5.0) -> StopSummary:
+        """Stop claiming and hand the running workflows over at step boundaries: each finishes the step it
+        is in, records it, and is released at once for another worker to go on (one that reaches its end
+        first finishes here). A step still running after ``grace`` seconds is released mid-step: it will
+        run again elsewhere (G3)."""
         self._claiming.clear()
         if self._scheduler is not None:
             self._scheduler.stop()
             self._scheduler = None
+        with self._lock:
+            self._stopping = True
+            running = list(self._held.values())
+        for ctx in running:  # claimed and locally started workflows alike
+            ctx.handover = True
+            ctx.lost.set()  # waits end now; a step body in flight runs on and is recorded
+        if running:
+            log.info("stopping: handing %d workflow(s) over at their next step boundary (grace %.1fs)",
+                     len(running), grace)
         deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:  # claimed and locally started workflows alike
+        while time.monotonic() < deadline:
             with self._lock:
                 busy = any(c.confirmed_at > 0 for c in self._held.values())
             if not busy:
@@ -147,13 +177,30 @@ class Runtime(ClaimLoop):
         with self._lock:
             remaining = list(self._held.values())
         for ctx in remaining:
+            ctx.handover = True
             ctx.lost.set()
-            if ctx.confirmed_at > 0:
-                try:
-                    self.services.backend.workflow_release(ctx.workflow_id, ctx.epoch)
-                except StorageError as exc:
-                    log.warning("could not release %s (it will be recovered after its lease): %s",
-                                ctx.workflow_id, exc)
+            if ctx.confirmed_at <= 0:
+                continue
+            in_flight = ", ".join(f"{i} '{name}'" for i, name in sorted(dict(ctx.running).items()))
+            if in_flight:
+                log.warning("workflow %s: step %s still running after the %.1fs grace period: released mid-step "
+                            "(it will run again elsewhere)", ctx.workflow_id, in_flight, grace)
+            else:
+                log.warning("workflow %s did not reach a step boundary within the %.1fs grace period: released",
+                            ctx.workflow_id, grace)
+            try:
+                released = self.services.backend.workflow_release(ctx.workflow_id, ctx.epoch)
+            except StorageError as exc:
+                log.warning("could not release %s (it will be recovered after its lease): %s", ctx.workflow_id, exc)
+                continue
+            if released:
+                with self._lock:
+                    self._stop_counts["handed_over"] += 1
+                    self._stop_counts["mid_step"] += 1 if in_flight else 0
+        with self._lock:
+            summary = StopSummary(**self._stop_counts)
+        if running:
+            log.info("stopped: %s", summary)
         self._stop.set()
         if self._notifier is not None:
             self._notifier.stop()
@@ -164,3 +211,4 @@ class Runtime(ClaimLoop):
         self._local.shutdown(wait=False, cancel_futures=True)
         if self._claimed_pool is not None:
             self._claimed_pool.shutdown(wait=False, cancel_futures=True)
+        return summary

@@ -171,7 +171,9 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def lease_renew(self, owner: str, lease_seconds: float, worker: WorkerInfo | None = None) -> dict[str, int]:
         """Extend every lease ``owner`` still holds (and record its heartbeat); returns
-        ``{workflow_id: epoch}`` of the leases still held, so the worker learns what it lost.
+        ``{workflow_id: epoch}`` of the leases still held, so the worker learns what it lost. Must return
+        (or raise) well within ``lease_seconds`` and never wait behind other calls' connections: the
+        worker retries at once after a failure and stops its runs when no renewal succeeds in time.
 
         **[multi-workflow]** touches every workflow ``owner`` holds; per-row semantics suffice (a lease
         renewed for one workflow and not another is reported as such)."""

@@ -6,10 +6,20 @@ new, opened (and by default migrated) backend on the test's own, initially empty
 (for SQL backends: a fresh schema). Every call returns a new instance on the same namespace, so two
 instances behave like two worker processes. The factory also carries:
 
-``secret``      a password present in the URL the backends connect with (``describe()`` must hide it)
-``sql(q, p)``   run one SQL statement on the test namespace (search_path set) and return its rows;
-                used only to create a user table for transactional steps
-``qualify(t)``  the fully qualified, quoted name of user table ``t`` in the test namespace
+``name``              the backend's name (``Backend.name``): the key of the register of known differences
+``faults``            the :class:`~conformance.faults.FaultPlan` of the fault-injected pass, or None
+``secret``            a password present in the URL the backends connect with (``describe()`` must hide it)
+``sql(q, p)``         run one SQL statement on the test namespace (search_path set) and return its rows;
+                      used only to set up states the interface cannot reach (a user table for transactional
+                      steps) and to call the SQL ``enqueue()`` function
+``qualify(t)``        the fully qualified, quoted name of table (or function) ``t`` in the test namespace
+``connect()``         a new driver connection of the caller's own (not autocommit), as an application
+                      passes to ``workflow_enqueue_in``; closed by the factory at the end of the test
+``server_version()``  the server's version text (for version ranges in the register)
+``with_faults(plan)`` optional: a new backend on the namespace injecting ``plan``'s faults (the
+                      :mod:`.ambiguity` area skips without it)
+
+:class:`conformance.factory.SqlFactory` implements all of it for psycopg-based backends.
 """
 
 from __future__ import annotations
@@ -21,7 +31,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from kit import serialization as ser
-from kit.storage import Backend, Claim, ClaimRequest, Created, NewWorkflow, StepResult
+from kit.errors import TransientStorageError
+from kit.storage import Backend, Claim, ClaimRequest, Created, NewWorkflow, StepRecord, StepResult
 
 T = TypeVar("T")
 
@@ -131,3 +142,74 @@ def run_threads(n: int, target: Callable[[int], T], *, timeout: float = 60.0) ->
     if errors:
         raise errors[0]
     return results
+
+
+def no_faults(reason: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Leave a test out of the fault-injected pass, saying why (it observes a single attempt by design)."""
+    if not reason.strip():
+        raise ValueError("no_faults needs a reason")
+
+    def mark(fn: Callable[..., T]) -> Callable[..., T]:
+        fn.__conformance_no_faults__ = reason  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+def qclaim(backend: Backend, owner: str, queue: str, *, limit: int = 10, lease: float = 60.0,
+           names: Sequence[str] = (NAME,), running_here: int = 0,
+           versions: Sequence[str] | None = None) -> list[Claim] | None:
+    """One ``queue_claim`` (None: another claimer holds the queue right now)."""
+    return backend.queue_claim(ClaimRequest(owner=owner, names=list(names), limit=limit, lease_seconds=lease,
+                                            versions=versions, running_here=running_here), queue)
+
+
+def qclaim_now(backend: Backend, owner: str, queue: str, *, timeout: float = 15.0, **kw: Any) -> list[Claim]:
+    """``queue_claim``, asked again while another claimer holds the queue (as a worker does next round)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = qclaim(backend, owner, queue, **kw)
+        if got is not None:
+            return got
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"queue {queue!r} stayed busy for {timeout}s")
+        time.sleep(0.005)
+
+
+def run_step_transaction(backend: Backend, step: StepResult, body: Callable[[Any], None]) -> StepRecord | None:
+    """A transactional step as the engine runs it: ``body(tx)`` writes through ``tx.connection`` and calls
+    ``tx.checkpoint(...)``; a TransientStorageError (nothing of it committed) runs it again. Returns
+    ``tx.record``; whatever else the block raises propagates."""
+    for _ in range(20):
+        try:
+            with backend.step_transaction(step) as tx:
+                body(tx)
+        except TransientStorageError:
+            continue
+        return tx.record
+    raise AssertionError("a transactional step failed transiently 20 times in a row")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A failure after which the caller runs its whole transaction again (nothing of it committed)."""
+    return isinstance(exc, TransientStorageError) or getattr(exc, "sqlstate", None) in ("40001", "40P01")
+
+
+def caller_transaction(factory: Any, body: Callable[[Any], T], *, commit: bool = True) -> T:
+    """Run ``body(connection)`` in a transaction of the caller's own connection, then commit (or roll
+    back); a transient failure rolls back and runs it again, as an application does."""
+    for _ in range(20):
+        conn = factory.connect()
+        try:
+            result = body(conn)
+            if commit:
+                conn.commit()
+            else:
+                conn.rollback()
+            return result
+        except BaseException as exc:
+            if not is_transient(exc):
+                raise
+        finally:
+            conn.close()
+    raise AssertionError("the caller's transaction failed transiently 20 times in a row")

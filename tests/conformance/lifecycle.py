@@ -1,12 +1,16 @@
-"""Conformance: lifecycle, schema migrations, describe() and capabilities."""
+"""Conformance: lifecycle, schema migrations, drop_schema, describe() and capabilities."""
 
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 
-from kit.storage import Capabilities, Status
+import pytest
 
-from .helpers import create, run_threads
+from kit.errors import SchemaError
+from kit.storage import Capabilities, QueueSpec, ScheduleSpec, Status
+
+from .helpers import create, run_threads, step
 
 
 def test_open_backend_is_usable_and_close_is_idempotent(backend_factory):
@@ -91,3 +95,29 @@ def test_capabilities_are_declared(backend_factory):
 def test_status_terminal_flags():
     assert not Status.PENDING.terminal and not Status.RUNNING.terminal
     assert Status.SUCCESS.terminal and Status.ERROR.terminal and Status.CANCELLED.terminal
+
+
+def test_drop_schema_deletes_everything_and_migrate_starts_afresh(backend_factory):
+    backend, other = backend_factory(), backend_factory()
+    wid, _ = create(backend, owner="worker-a", queue="q1")
+    backend.step_record(step(wid, 0, 1, output="1"))
+    backend.queue_define(QueueSpec("q1", concurrency=2))
+    backend.schedule_define(ScheduleSpec("s1", "conf.wf", "* * * * *", "UTC"), datetime(2030, 1, 1, tzinfo=timezone.utc))
+    backend.drop_schema()
+    assert backend.schema_version() is None and other.schema_version() is None
+    with pytest.raises(SchemaError):  # a clear error naming the fix, not a driver error
+        other.workflow_get(wid)
+    backend.drop_schema()  # idempotent: nothing left to drop
+    assert other.migrate(), "a dropped schema migrates from scratch"
+    assert backend.schema_version() == other.schema_version()
+    assert backend.workflow_get(wid) is None and backend.step_list(wid) == []
+    assert backend.queue_get("q1") is None and backend.schedule_list() == []
+    fresh, created = create(backend)
+    assert created.created and other.workflow_get(fresh) is not None
+
+
+def test_drop_schema_of_a_namespace_never_migrated(backend_factory):
+    backend = backend_factory(migrate=False)
+    backend.drop_schema()
+    assert backend.schema_version() is None
+    assert backend.migrate()

@@ -7,7 +7,7 @@ import pytest
 from kit.errors import LeaseLostError, StorageError
 from kit.storage import Finish, Status, StepResult
 
-from .helpers import create, run_threads, step, take_over
+from .helpers import create, run_step_transaction, run_threads, step, take_over
 
 
 def test_step_record_returns_the_record(backend_factory):
@@ -114,11 +114,14 @@ def test_step_transaction_commits_user_writes_with_checkpoint(backend_factory):
     table = _user_table(backend_factory)
     backend = backend_factory()
     wid, _ = create(backend, owner="worker-a")
-    with backend.step_transaction(step(wid, 0, 1, name="tx")) as tx:
+
+    def body(tx):
         tx.connection.execute(f"INSERT INTO {table} (k, v) VALUES (%s, %s)", ("a", "1"))
         tx.checkpoint('"written"')
-    assert tx.record is not None
-    assert (tx.record.workflow_id, tx.record.step_id, tx.record.name, tx.record.output, tx.record.epoch) == (
+
+    record = run_step_transaction(backend, step(wid, 0, 1, name="tx"), body)
+    assert record is not None
+    assert (record.workflow_id, record.step_id, record.name, record.output, record.epoch) == (
         wid, 0, "tx", '"written"', 1)
     assert _user_rows(backend_factory, table) == [("a", "1")]
     assert [(s.step_id, s.output) for s in backend.step_list(wid)] == [(0, '"written"')]
@@ -132,15 +135,19 @@ def test_step_transaction_exception_rolls_back_both(backend_factory):
     class Boom(Exception):
         pass
 
+    def after_checkpoint(tx):
+        tx.connection.execute(f"INSERT INTO {table} (k, v) VALUES ('b', '2')")
+        tx.checkpoint('"never"')
+        raise Boom("after the checkpoint, before the commit")
+
+    def before_checkpoint(tx):
+        tx.connection.execute(f"INSERT INTO {table} (k, v) VALUES ('c', '3')")
+        raise Boom("before the checkpoint")
+
     with pytest.raises(Boom):
-        with backend.step_transaction(step(wid, 0, 1, name="tx")) as tx:
-            tx.connection.execute(f"INSERT INTO {table} (k, v) VALUES ('b', '2')")
-            tx.checkpoint('"never"')
-            raise Boom("after the checkpoint, before the commit")
+        run_step_transaction(backend, step(wid, 0, 1, name="tx"), after_checkpoint)
     with pytest.raises(Boom):
-        with backend.step_transaction(step(wid, 0, 1, name="tx")) as tx:
-            tx.connection.execute(f"INSERT INTO {table} (k, v) VALUES ('c', '3')")
-            raise Boom("before the checkpoint")
+        run_step_transaction(backend, step(wid, 0, 1, name="tx"), before_checkpoint)
     assert _user_rows(backend_factory, table) == []
     assert backend.step_list(wid) == []
     # The workflow is still ours and can record the step afterwards.
@@ -152,8 +159,8 @@ def test_step_transaction_without_checkpoint_rolls_back(backend_factory):
     backend = backend_factory()
     wid, _ = create(backend, owner="worker-a")
     with pytest.raises(StorageError):
-        with backend.step_transaction(step(wid, 0, 1, name="tx")) as tx:
-            tx.connection.execute(f"INSERT INTO {table} (k, v) VALUES ('d', '4')")
+        run_step_transaction(backend, step(wid, 0, 1, name="tx"), lambda tx: tx.connection.execute(
+            f"INSERT INTO {table} (k, v) VALUES ('d', '4')"))
     assert _user_rows(backend_factory, table) == []
     assert backend.step_list(wid) == []
 
@@ -162,13 +169,16 @@ def test_step_transaction_fenced_epoch_rolls_back_user_writes(backend_factory):
     table = _user_table(backend_factory)
     backend = backend_factory()
     wid, _ = create(backend, owner="worker-a")
+    taken: list = []
+
+    def body(tx):
+        tx.connection.execute(f"INSERT INTO {table} (k, v) VALUES ('e', '5')")
+        if not taken:  # another worker takes the workflow over between the user's write and the checkpoint
+            taken.append(take_over(backend, wid, 1, "worker-b"))
+        tx.checkpoint('"stale"')
+
     with pytest.raises(LeaseLostError):
-        with backend.step_transaction(step(wid, 0, 1, name="tx")) as tx:
-            tx.connection.execute(f"INSERT INTO {table} (k, v) VALUES ('e', '5')")
-            # Another worker takes the workflow over between the user's write and the checkpoint.
-            take_over(backend, wid, 1, "worker-b")
-            tx.checkpoint('"stale"')
-    assert tx.record is None
+        run_step_transaction(backend, step(wid, 0, 1, name="tx"), body)
     assert _user_rows(backend_factory, table) == []
     assert backend.step_list(wid) == []
     assert backend.workflow_get(wid).owner == "worker-b"

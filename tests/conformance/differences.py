@@ -1,0 +1,241 @@
+"""The register of known per-backend differences (as psycopg keeps one for CockroachDB).
+
+A backend conforms unless :data:`REGISTER` says otherwise, entry by entry, with the reason:
+
+    REGISTER[("cockroachdb", "test_notify_wakes_a_waiter")] = Difference(
+        "no LISTEN/NOTIFY: waiters poll (capability listen_notify)", action="skip")
+
+The key is (backend name, test name or area): a test name (``test_x``, without parameters) or an area
+(the module of the suite, e.g. ``notifications``). ``action``: ``skip`` (the behaviour does not exist
+there) or ``xfail`` (it exists but differs; strict, so a backend that starts conforming is noticed).
+``versions`` limits the entry to server versions (``">=23.1,<24"``); ``faults_only`` to the fault pass.
+``inline`` entries cover part of a test: they apply where the test calls
+``known_difference(backend_factory, reason)``, not to the whole test. A reason that no entry of the
+register names fails the test that asks for it: differences are declared here, never improvised.
+
+:data:`FAULT_GAPS` is the same register for the fault-injected pass, by operation: the fault kinds an
+operation of a backend does not withstand yet (a backend bug, with its precise description). The pass
+spares that operation those kinds and injects everything else everywhere.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+
+@dataclass(frozen=True)
+class Difference:
+    """Why a backend differs from the suite in one test or area, and what the suite does about it."""
+
+    reason: str
+    action: str = "skip"  # skip | xfail
+    versions: str | None = None  # e.g. ">=15,<17": only on these server versions; None: all
+    faults_only: bool = False  # only in the fault-injected pass
+    inline: bool = False  # applies where the test calls known_difference(), not to the whole test
+
+    def __post_init__(self) -> None:
+        if self.action not in ("skip", "xfail"):
+            raise ValueError(f"Difference.action must be 'skip' or 'xfail', got {self.action!r}")
+        if not self.reason.strip():
+            raise ValueError("a known difference needs a reason")
+        if self.versions is not None:
+            _parse_spec(self.versions)
+
+
+def _bug(text: str) -> Difference:
+    """A known bug of a backend, pinned by a test of the suite (strict xfail: a fix shows as XPASS)."""
+    return Difference(f"known bug: {text}", action="xfail")
+
+
+_LOST_CLAIM = (
+    "a claim whose acknowledgement is lost is not read back: the retry claims other work (or none), and the "
+    "workflows the lost attempt claimed stay leased to the claimer until its next heartbeat releases leases "
+    "it does not run (kit/worker.py) or the lease expires{}. A read-back needs a per-call claim token in "
+    "the row (schema change)")
+_LOST_CANCEL = ("workflow_cancel after a lost COMMIT acknowledgement returns [] (its retry finds nothing left "
+                "to cancel) instead of the ids it cancelled")
+_LOST_RESUME = ("workflow_resume after a lost COMMIT acknowledgement raises WorkflowStateError (its retry "
+                "finds the workflow PENDING) although it resumed it")
+_LOST_FORK = ("workflow_fork after a lost COMMIT acknowledgement raises WorkflowConflictError (its retry finds "
+              "the new id taken, by itself): a read-back of forked_from would tell")
+_LOST_GC = ("workflow_gc after a lost COMMIT acknowledgement returns the count of its retry (0) instead of "
+            "the rows it deleted")
+_LOST_DEFINE = ("schedule_define after a lost COMMIT acknowledgement returns the definition it stored itself "
+                "instead of None (new) or the previous one")
+_LOST_MIGRATE = ("migrate after a lost COMMIT acknowledgement returns [] although it applied every version "
+                 "(its retry finds them applied)")
+_KEYLESS_SEND = ("message_send without a sender_key whose acknowledgement is lost is sent again: the message is "
+                 "delivered twice (kit always passes a key; the interface should say a keyless send is "
+                 "at-least-once, or the backend generate a key)")
+
+# (backend name, test name or area) -> Difference.
+REGISTER: dict[tuple[str, str], Difference] = {
+    ("postgres", "test_create_same_id_again_by_the_same_owner_is_not_a_new_run"): Difference(
+        "after a lost acknowledgement, workflow_create takes an identical row (same owner, epoch 1, same "
+        "inputs) for its own insert: without a creation token it cannot tell it from a second start of the "
+        "id by the same owner (the engine never starts one id twice in a process: Runtime.hold)",
+        faults_only=True),
+    ("postgres", "test_lost_ack_of_a_claim_returns_the_claimed_workflow"): _bug(_LOST_CLAIM.format("")),
+    ("postgres", "test_lost_ack_of_a_queue_claim_returns_the_claimed_workflow"): _bug(
+        _LOST_CLAIM.format("; meanwhile they count against the queue's limits")),
+    ("postgres", "test_lost_ack_of_a_keyless_send_is_not_sent_twice"): _bug(_KEYLESS_SEND),
+    ("postgres", "test_lost_ack_of_a_cancel_returns_the_cancelled_ids"): _bug(_LOST_CANCEL),
+    ("postgres", "test_lost_ack_of_a_resume_returns_the_resumed_ids"): _bug(_LOST_RESUME),
+    ("postgres", "test_lost_ack_of_a_fork_returns_the_fork"): _bug(_LOST_FORK),
+    ("postgres", "test_lost_ack_of_a_gc_batch_returns_the_count"): _bug(_LOST_GC),
+    ("postgres", "test_lost_ack_of_a_new_schedule_definition_returns_none"): _bug(_LOST_DEFINE),
+    ("postgres", "test_lost_ack_of_a_migration_returns_the_versions_applied"): _bug(_LOST_MIGRATE),
+}
+
+# The restricted PostgreSQL profile (tests/test_conformance_restricted.py: the strategies Citus and
+# CockroachDB inherit, on PostgreSQL) shares PostgreSQL's known bugs except the plain claim's: it claims row by
+# row with an epoch compare-and-set, whose retry after a lost acknowledgement finds its own claim.
+REGISTER.update({("postgres-restricted", test): diff for (backend, test), diff in list(REGISTER.items())
+                 if backend == "postgres" and test != "test_lost_ack_of_a_claim_returns_the_claimed_workflow"})
+
+
+@dataclass(frozen=True)
+class FaultGap:
+    """An operation that mishandles a fault kind (a known bug): the fault pass spares it that kind."""
+
+    reason: str
+    kinds: tuple[str, ...] = ("ambiguous",)
+
+    def __post_init__(self) -> None:
+        if not self.reason.strip() or not self.kinds or set(self.kinds) - {"serialization", "ambiguous"}:
+            raise ValueError(f"bad fault gap: {self!r}")
+
+
+# (backend name, interface operation) -> FaultGap: the known bugs above, spared in the fault pass.
+FAULT_GAPS: dict[tuple[str, str], FaultGap] = {
+    ("postgres", "workflow_claim"): FaultGap(_LOST_CLAIM.format("")),
+    ("postgres", "queue_claim"): FaultGap(_LOST_CLAIM.format("; meanwhile they count against the queue's limits")),
+    ("postgres", "message_send"): FaultGap(_KEYLESS_SEND),
+    ("postgres", "workflow_cancel"): FaultGap(_LOST_CANCEL),
+    ("postgres", "workflow_resume"): FaultGap(_LOST_RESUME),
+    ("postgres", "workflow_fork"): FaultGap(_LOST_FORK),
+    ("postgres", "workflow_gc"): FaultGap(_LOST_GC),
+    ("postgres", "schedule_define"): FaultGap(_LOST_DEFINE),
+    ("postgres", "migrate"): FaultGap(_LOST_MIGRATE),
+}
+
+
+def spared_operations(backend: str, gaps: Mapping[tuple[str, str], FaultGap] | None = None
+                      ) -> dict[str, tuple[str, ...]]:
+    """Operation -> fault kinds the fault pass spares on ``backend``: single-attempt operations (all kinds)
+    and the backend's known gaps."""
+    from .faults import KINDS, SINGLE_ATTEMPT
+
+    spared: dict[str, tuple[str, ...]] = {op: KINDS for op in SINGLE_ATTEMPT}
+    for (name, op), gap in (FAULT_GAPS if gaps is None else gaps).items():
+        if name == backend:
+            spared[op] = tuple(sorted(set(spared.get(op, ())) | set(gap.kinds)))
+    return spared
+
+
+def version_tuple(text: str) -> tuple[int, ...]:
+    """The first dotted number in a server's version text ("PostgreSQL 16.2 on ..." -> (16, 2))."""
+    m = re.search(r"(\d+(?:\.\d+)*)", text or "")
+    if m is None:
+        raise ValueError(f"no version number in {text!r}")
+    return tuple(int(p) for p in m.group(1).split("."))
+
+
+_OPS = {">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b,
+        "<": lambda a, b: a < b, "==": lambda a, b: a == b}
+
+
+def _parse_spec(spec: str) -> list[tuple[str, tuple[int, ...]]]:
+    out = []
+    for part in spec.split(","):
+        m = re.fullmatch(r"\s*(>=|<=|==|>|<)\s*(\d+(?:\.\d+)*)\s*", part)
+        if m is None:
+            raise ValueError(f"bad version range {spec!r}: use e.g. '>=15,<17'")
+        out.append((m.group(1), tuple(int(p) for p in m.group(2).split("."))))
+    return out
+
+
+def version_matches(spec: str | None, version: tuple[int, ...]) -> bool:
+    if spec is None:
+        return True
+    n = max([len(version)] + [len(v) for _, v in _parse_spec(spec)])
+
+    def pad(v: tuple[int, ...]) -> tuple[int, ...]:
+        return v + (0,) * (n - len(v))
+
+    return all(_OPS[op](pad(version), pad(v)) for op, v in _parse_spec(spec))
+
+
+def known_reasons(register: Mapping[tuple[str, str], Difference] | None = None) -> set[str]:
+    return {d.reason for d in (REGISTER if register is None else register).values()}
+
+
+def lookup(backend: str, test: str, area: str, *, faults: bool, version: Any = None, inline: bool = False,
+           register: Mapping[tuple[str, str], Difference] | None = None) -> Difference | None:
+    """The entry that applies to this test on this backend (the test's own entry before its area's).
+    ``version``: a tuple, or a callable returning one (only called when an entry has a version range)."""
+    reg = REGISTER if register is None else register
+    for target in (test, area):
+        diff = reg.get((backend, target))
+        if diff is None or diff.inline != inline or (diff.faults_only and not faults):
+            continue
+        if diff.versions is not None:
+            v = version() if callable(version) else version
+            if not version_matches(diff.versions, v):
+                continue
+        return diff
+    return None
+
+
+def apply(diff: Difference, backend: str, request: Any = None) -> None:
+    """Skip, or mark as expected to fail (strict), a test the register says differs on ``backend``."""
+    text = f"known difference of {backend}: {diff.reason}"
+    if diff.action == "skip":
+        pytest.skip(text)
+    if request is not None:
+        request.applymarker(pytest.mark.xfail(reason=text, strict=True))
+    else:
+        pytest.xfail(text)
+
+
+def _names(request: Any) -> tuple[str, str]:
+    test = getattr(request.function, "__name__", request.node.name.split("[")[0])
+    area = getattr(request.function, "__module__", "").rpartition(".")[2]
+    return test, area
+
+
+def check_whole_test(request: Any, factory: Any, register: Mapping[tuple[str, str], Difference] | None = None
+                     ) -> None:
+    """The autouse fixture's work: apply the entry (not inline) for this test or its area, if any."""
+    test, area = _names(request)
+    factory.test_name, factory.area = test, area
+    diff = lookup(factory.name, test, area, faults=factory.faults is not None,
+                  version=lambda: version_tuple(factory.server_version()), register=register)
+    if diff is not None:
+        apply(diff, factory.name, request)
+
+
+def known_difference(factory: Any, reason: str,
+                     register: Mapping[tuple[str, str], Difference] | None = None) -> None:
+    """Call inside a test before a part that some backend does differently (for ``reason``).
+
+    Skips (or xfails) the rest of the test when the register has an inline entry with this reason for
+    this backend and test (or area); does nothing on a backend that conforms; fails when no entry of the
+    register names ``reason`` (an undeclared difference)."""
+    if reason not in known_reasons(register):
+        pytest.fail(f"known_difference({reason!r}): no entry of the register of known differences "
+                    "(tests/conformance/differences.py) has this reason: declare it there", pytrace=False)
+    test = getattr(factory, "test_name", None)
+    area = getattr(factory, "area", None)
+    if test is None:
+        raise RuntimeError("known_difference() needs the suite's _known_differences fixture (import the suite "
+                           "with `from conformance import *`)")
+    diff = lookup(factory.name, test, area, faults=factory.faults is not None, inline=True,
+                  version=lambda: version_tuple(factory.server_version()), register=register)
+    if diff is not None and diff.reason == reason:
+        apply(diff, factory.name)
