@@ -67,7 +67,7 @@ class CitusBackend(
     def describe(self) -> dict[str, Any]:
         info = super().describe()
         try:
-            info["lanes"] = len(self._lane_map())
+            info["lanes"] = len(self._run(self._lane_map))
         except Exception:  # noqa: BLE001 - not migrated yet: no lanes to report
             info["lanes"] = None
         return info

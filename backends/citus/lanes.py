@@ -56,19 +56,21 @@ class LanesPart(PostgresCore):
         self._lane_map_at = 0.0
         self._homes: dict[str, str] = {}
 
-    def _lanes_by_node(self, lanes: Sequence[str]) -> list[list[str]]:
-        """``lanes`` grouped by the node holding their shards (unknown lanes each in a group of their own)."""
-        nodes = self._lane_map()
+    def _lanes_by_node(self, conn: psycopg.Connection, lanes: Sequence[str]) -> list[list[str]]:
+        """``lanes`` grouped by the node holding their shards (unknown lanes each in a group of their own), in
+        the order of their first lane."""
+        nodes = self._lane_map(conn)
         groups: dict[Any, list[str]] = {}
         for lane in lanes:
             groups.setdefault(nodes.get(lane, ("?", lane)), []).append(lane)
         return list(groups.values())
 
-    def _lane_map(self) -> dict[str, int]:
+    def _lane_map(self, conn: psycopg.Connection) -> dict[str, int]:
+        """Lane → node group, read on ``conn`` when older than LANE_MAP_SECONDS (shards move rarely)."""
         with self._lane_lock:
             if self._lane_nodes and time.monotonic() - self._lane_map_at < LANE_MAP_SECONDS:
                 return self._lane_nodes
-        found = self._run(lambda c: c.execute(self._q["lane_nodes"]).fetchall())
+        found = conn.execute(self._q["lane_nodes"]).fetchall()
         with self._lane_lock:
             self._lane_nodes = {lane: group for lane, group in found}
             self._lane_map_at = time.monotonic()

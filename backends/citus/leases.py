@@ -4,11 +4,12 @@ A claim never sends a multi-shard locking statement:
 
 1. one round trip reads, without locks, the limited queues (coordinator), the lanes of the best ready rows
    and the expired leases this claimer may take (two multi-shard reads, each shard answering from its index);
-2. expired leases are taken over one by one, each a compare-and-set of the epoch seen (router statements,
-   pipelined, each its own transaction), so of two claimers exactly one wins;
+2. expired leases are taken over one by one, each a compare-and-set of the epoch seen (a router statement, its
+   own transaction), so of two claimers exactly one wins;
 3. ready rows are taken lane by lane: per lane a router ``DELETE ... IN (SELECT ... FOR UPDATE SKIP LOCKED)``
    and a router ``UPDATE`` of those workflows (same shard), lanes of one node in one transaction (one-phase
-   commit), one transaction per node.
+   commit), one transaction per node. Once one of these transactions has committed, a failure of a later one
+   ends the call with the claims made (a retry of the whole call would not return them).
 
 Lease renewal is the ``lease_renew`` statement (``heartbeat()``: the worker upsert on the coordinator and one
 multi-shard UPDATE that locks only the rows it extends).
@@ -16,7 +17,10 @@ multi-shard UPDATE that locks only the rows it extends).
 
 from __future__ import annotations
 
+import functools
+import logging
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -24,7 +28,10 @@ from kit.backends.postgres.leases import LeasesPart
 
 from kit.storage import Claim, ClaimRequest
 
-from .lanes import LanesPart, run_each
+from .lanes import LanesPart
+
+log = logging.getLogger("kit.citus")
+UNIT_ATTEMPTS = 3  # a takeover or a node's lanes rolled back by a serialization failure or deadlock: tries
 
 
 class CitusLeasesPart(LanesPart, LeasesPart):
@@ -50,40 +57,57 @@ class CitusLeasesPart(LanesPart, LeasesPart):
             ready_cur = conn.execute(self._q["ready_candidates"], params)
             expired_cur = conn.execute(self._q["expired_candidates"], params)
         lanes = Counter(r[0] for r in ready_cur.fetchall())
-        expired = expired_cur.fetchall()
-        out = self._take_over(conn, params, expired) if expired else []
-        room = params["limit"] - len(out)
-        if room <= 0 or not lanes:
-            return out
+        # Each takeover and each node's lanes commit on their own: once one has committed, a failure of a later
+        # one ends the call with what is claimed (retrying the whole call would lose those claims).
+        units: list[Callable[[int], list[tuple]]] = [
+            functools.partial(self._take_over, conn, params, row) for row in expired_cur.fetchall()]
         # The best candidates' lanes, most promising first; each lane asked for what it showed (up to room).
-        for group in self._lanes_by_node([lane for lane, _ in lanes.most_common()]):
-            if room <= 0:
-                break
-            got = self._take_ready(conn, params, [(lane, min(room, lanes[lane])) for lane in group])
-            out += got
-            room -= len(got)
+        units += [functools.partial(self._take_ready, conn, params, group, lanes)
+                  for group in self._lanes_by_node(conn, [lane for lane, _ in lanes.most_common()])]
+        out: list[tuple] = []
+        for unit in units:
+            for attempt in range(UNIT_ATTEMPTS):
+                room = params["limit"] - len(out)
+                if room <= 0:
+                    return out
+                try:
+                    out += unit(room)
+                    break
+                except psycopg.Error as exc:
+                    if not out:
+                        raise  # nothing committed yet: the whole call is retried
+                    rolled_back = getattr(exc, "sqlstate", None) in ("40001", "40P01") and not conn.broken
+                    if not rolled_back or attempt + 1 == UNIT_ATTEMPTS:
+                        log.warning("claim: stopping after %d claims: %s", len(out), exc)
+                        return out
         return out
 
-    def _take_over(self, conn: psycopg.Connection, params: dict[str, Any], expired: list[tuple]) -> list[tuple]:
-        """Compare-and-set each expired lease (epoch seen); a workflow still holding the slot of a queue that is
-        no longer limited gives it back in the same transaction."""
-        base = {"owner": params["owner"], "lease": params["lease"], "keep_slot": False}
-        plain = [(wid, epoch) for wid, epoch, held in expired if held is None]
-        out = [r for rows_ in run_each(conn, [(self._q["expired_claim"], {**base, "workflow_id": wid, "epoch": epoch})
-                                              for wid, epoch in plain]) for r in rows_] if plain else []
-        for wid, epoch, held in expired:
-            if held is None:
-                continue
-            with conn.transaction():
-                row = conn.execute(self._q["expired_claim"], {**base, "workflow_id": wid, "epoch": epoch}).fetchone()
-                if row is not None:
-                    conn.execute(self._q["slot_release"], {"lane": held, "workflow_id": wid})
-                    out.append(row)
-        return out
+    def _take_over(self, conn: psycopg.Connection, params: dict[str, Any], expired: tuple, _room: int) -> list[tuple]:
+        """Compare-and-set one expired lease (epoch seen); a workflow still holding the slot of a queue that is no
+        longer limited gives it back in the same transaction."""
+        wid, epoch, held = expired
+        claim = {"owner": params["owner"], "lease": params["lease"], "keep_slot": False, "workflow_id": wid,
+                 "epoch": epoch}
+        if held is None:
+            return conn.execute(self._q["expired_claim"], claim).fetchall()
+        with conn.transaction():
+            row = conn.execute(self._q["expired_claim"], claim).fetchone()
+            if row is None:
+                return []
+            conn.execute(self._q["slot_release"], {"lane": held, "workflow_id": wid})
+        return [row]
 
-    def _take_ready(self, conn: psycopg.Connection, params: dict[str, Any], lanes: list[tuple[str, int]]) -> list[tuple]:
-        """One transaction over lanes of one node: per lane, take ready rows (SKIP LOCKED) and start their
-        workflows under a new epoch."""
+    def _take_ready(self, conn: psycopg.Connection, params: dict[str, Any], group: list[str],
+                    shown: Counter[str], room: int) -> list[tuple]:
+        """One transaction over lanes of one node: per lane, take ready rows (SKIP LOCKED, as many as the
+        candidates showed there, ``room`` at most in all) and start their workflows under a new epoch."""
+        lanes = []
+        for lane in group:
+            n = min(room - sum(k for _, k in lanes), shown[lane])
+            if n > 0:
+                lanes.append((lane, n))
+        if not lanes:
+            return []
         out: list[tuple] = []
         with conn.transaction():
             with conn.pipeline():

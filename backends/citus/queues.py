@@ -24,7 +24,7 @@ from kit.backends.postgres import rows
 from kit.backends.postgres.connection import scrub
 from kit.backends.postgres.queues import QueuesPart
 
-from kit.errors import StorageError, UsageError
+from kit.errors import StorageError, TransientStorageError, UsageError
 from kit.storage import Claim, ClaimRequest, Created, NewWorkflow, QueueSpec, Status
 
 from .lanes import LanesPart
@@ -63,10 +63,12 @@ class CitusQueuesPart(CitusWorkflowsPart, LanesPart, QueuesPart):
                 try:
                     self._raise_duplicate(connection, wf, params)
                 except psycopg.Error as exc:
-                    raise StorageError(f"enqueue of {wf.workflow_id!r} conflicted with a workflow that ended "
-                                       "meanwhile: try again") from exc
+                    raise TransientStorageError(f"enqueue of {wf.workflow_id!r} conflicted with a workflow that "
+                                                "ended meanwhile: the transaction must run again") from exc
         except psycopg.Error as exc:
-            raise StorageError(scrub(f"{type(exc).__name__}: {exc}", self.url)) from exc
+            # A serialization failure or deadlock: the caller's transaction must run again.
+            kind = TransientStorageError if getattr(exc, "sqlstate", None) in ("40001", "40P01") else StorageError
+            raise kind(scrub(f"{type(exc).__name__}: {exc}", self.url)) from exc
         existing = connection.execute(self._q["workflow_get"], {"workflow_id": wf.workflow_id}).fetchone()
         if existing is None:
             raise StorageError(f"enqueue of {wf.workflow_id!r} conflicted with a workflow that is gone: try again")

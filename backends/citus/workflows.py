@@ -73,14 +73,16 @@ class CitusWorkflowsPart(LanesPart, WorkflowsPart):
 
     def workflow_create(self, wf: NewWorkflow) -> Created:
         params = new_workflow_params(wf)
-        attempts = 0
+        maybe_ours = False  # an earlier attempt lost its connection: its insert may have committed
 
         def create(conn: psycopg.Connection) -> Created:
-            nonlocal attempts
-            attempts += 1
+            nonlocal maybe_ours
             try:
                 epoch = self._insert_workflow(conn, wf, params)
                 return Created(True, epoch, wf.name, Status.RUNNING if wf.owner else Status.PENDING)
+            except psycopg.OperationalError:
+                maybe_ours = maybe_ours or conn.broken or conn.closed
+                raise
             except _Fenced:
                 fenced = True
             except psycopg.errors.UniqueViolation:
@@ -96,9 +98,11 @@ class CitusWorkflowsPart(LanesPart, WorkflowsPart):
             if existing is None:  # deleted between the two statements: try again
                 raise psycopg.errors.SerializationFailure("workflow vanished during create")
             rec = rows.wf(existing)
-            # As on PostgreSQL: only a retry of this call may find its own insert (acknowledgement lost).
-            mine = (attempts > 1 and wf.owner is not None and rec.owner == wf.owner and rec.epoch == 1
-                    and rec.inputs == wf.inputs)
+            # As on PostgreSQL: only an attempt after a lost connection may find its own insert (same owner,
+            # epoch 1, same inputs; for submitted work the same name, inputs, queue and parent).
+            mine = maybe_ours and rec.inputs == wf.inputs and (
+                (wf.owner is not None and rec.owner == wf.owner and rec.epoch == 1)
+                or (wf.owner is None and rec.name == wf.name and rec.queue == wf.queue and rec.parent_id == wf.parent_id))
             return Created(mine, rec.epoch, rec.name, rec.status)
 
         return self._run(create)
@@ -151,9 +155,24 @@ class CitusWorkflowsPart(LanesPart, WorkflowsPart):
             conn.execute(self._q["dedup_release"], {"dkey": dedup_key(queue, dedup_id), "workflow_id": workflow_id})
 
     def workflow_release(self, workflow_id: str, epoch: int) -> bool:
+        maybe_done = False  # an earlier attempt lost its connection: its release may have committed
+
         def release(conn: psycopg.Connection) -> bool:
+            nonlocal maybe_done
+            try:
+                return give_back(conn)
+            except psycopg.OperationalError:
+                maybe_done = maybe_done or conn.broken or conn.closed
+                raise
+
+        def give_back(conn: psycopg.Connection) -> bool:
             with conn.transaction():
                 row = conn.execute(self._q["workflow_lock_row"], {"workflow_id": workflow_id}).fetchone()
+                if row is not None and maybe_done and row[0] == epoch and row[1] == Status.PENDING.value:
+                    # Our earlier attempt committed (a claim would have bumped the epoch); its wake-up may
+                    # have been lost with the acknowledgement.
+                    self._wake_in_tx(conn, "q:" + (row[3] or ""))
+                    return True
                 if row is None or row[0] != epoch or row[1] != Status.RUNNING.value:
                     return False
                 back = conn.execute(self._q["workflow_release_row"], {"workflow_id": workflow_id,
