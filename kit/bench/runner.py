@@ -34,6 +34,8 @@ def run_bench(args: argparse.Namespace) -> int:
     p = parse_params(args)
     log = Console(stderr=True)
     env = resolve_env(args, log)
+    if p.lanes is not None:
+        env.url = with_shard_count(env.url, p.lanes)
     try:
         return _run(env, p)
     finally:
@@ -55,6 +57,9 @@ def _run(env: BenchEnv, p: Params) -> int:
             database = info_app.describe()
         finally:
             info_app.close()
+        if p.lanes is not None and database.get("backend") != "citus":
+            raise UsageError(f"--lanes applies to the Citus backend only (this database is "
+                             f"{database.get('backend')!r}); leave it out")
         database["embedded"] = env.embedded
         database["settings"] = env.probe.settings()
         log.print(f"[dim]floor: {p.floor_iterations} prepared INSERTs per statement kind, then "
@@ -103,6 +108,8 @@ def _run(env: BenchEnv, p: Params) -> int:
 def _parameters(p: Params, workloads: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {"floor_iterations": p.floor_iterations,
                            "floor_concurrency": p.concurrency or DEFAULT_CONCURRENCY}
+    if p.lanes is not None:
+        out["lanes"] = p.lanes
     for w in workloads:
         n, k = p.size(w)
         entry: dict[str, Any] = {"workflows": n, "steps": k}
@@ -115,3 +122,20 @@ def _parameters(p: Params, workloads: list[str]) -> dict[str, Any]:
                          concurrency=p.concurrency or min(n, 256))
         out[w] = entry
     return out
+
+
+def with_shard_count(url: str, shards: int) -> str:
+    """``url`` whose sessions run with ``citus.shard_count = shards`` (libpq ``options``), so the bench
+    schema's migration distributes kit's tables over that many shards: one ready lane each (``--lanes``)."""
+    from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    opt = f"-c citus.shard_count={int(shards)}"
+    for i, (k, v) in enumerate(query):
+        if k == "options":
+            query[i] = (k, f"{v} {opt}".strip())
+            break
+    else:
+        query.append(("options", opt))
+    return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))  # libpq: %20, not +
