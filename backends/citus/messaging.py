@@ -14,6 +14,10 @@ from kit.errors import LeaseLostError
 from .lanes import LanesPart
 
 
+class _NoReceiver(Exception):
+    """No workflow to deliver to: the transaction rolls back, nothing is written."""
+
+
 class CitusMessagingPart(LanesPart, MessagingPart):
     """message_send."""
 
@@ -22,17 +26,22 @@ class CitusMessagingPart(LanesPart, MessagingPart):
         params = {"workflow_id": workflow_id, "topic": topic, "body": body, "sender_key": sender_key}
 
         def send(conn: psycopg.Connection) -> bool:
+            # One pipeline: the sender's fence, the receiver held, the insert, the wake-up; the fence and the
+            # receiver are checked before COMMIT (a failed check rolls everything back).
             with conn.pipeline(), conn.transaction():
-                if sender is not None:
-                    held = conn.execute(self._q["workflow_fence"], {"workflow_id": sender[0],
-                                                                    "epoch": sender[1]}).fetchone()
-                    if held is None:
-                        raise LeaseLostError(f"workflow {sender[0]}: lease lost (epoch {sender[1]} superseded); "
-                                             "message not sent")
+                fence = None if sender is None else conn.execute(
+                    self._q["workflow_fence"], {"workflow_id": sender[0], "epoch": sender[1]})
+                receiver = conn.execute(self._q["workflow_hold"], params)
                 conn.execute(self._q["message_insert"], params)
-                exists = conn.execute(self._q["workflow_exists"], params)
-                # A wake-up for a receiver that turns out not to exist is harmless: waiters re-check.
-                self._wake_in_tx(conn, "m:" + workflow_id)
-            return bool(exists.fetchone()[0])
+                self._wake_in_tx(conn, "m:" + workflow_id)  # delivered at commit
+                if fence is not None and fence.fetchone() is None:
+                    raise LeaseLostError(f"workflow {sender[0]}: lease lost (epoch {sender[1]} superseded); "
+                                         "message not sent")
+                if receiver.fetchone() is None:
+                    raise _NoReceiver
+            return True
 
-        return self._run(send)
+        try:
+            return self._run(send)
+        except _NoReceiver:
+            return False

@@ -36,13 +36,14 @@ SELECT workflow_id, epoch FROM {schema}.heartbeat(%(owner)s, %(lease)s, %(hostna
 SELECT workflow_id, epoch FROM {schema}.heartbeat(%(owner)s, %(lease)s, NULL, NULL)
 
 -- name: stream_read
--- One snapshot, one router query: the workflow row and up to limit + 1 stream rows after a position. No row
--- at all when the workflow does not exist.
+-- One snapshot, one router query: the workflow row and up to limit + 1 stream rows after a position (both
+-- filtered on the id itself: a correlated filter alone makes Citus plan every shard). No row at all when the
+-- workflow does not exist.
 SELECT w.status, s.seq, s.value, s.closed
   FROM {schema}.workflows w
   LEFT JOIN LATERAL (
         SELECT seq, value, closed FROM {schema}.streams
-         WHERE workflow_id = w.workflow_id AND key = %(key)s AND seq > %(after_seq)s
+         WHERE workflow_id = %(workflow_id)s AND key = %(key)s AND seq > %(after_seq)s
          ORDER BY seq
          LIMIT %(limit)s + 1) s ON true
  WHERE w.workflow_id = %(workflow_id)s
@@ -57,3 +58,15 @@ SELECT k.worker_id, k.hostname, k.pid, k.started_at, k.heartbeat_at,
     ON c.owner = k.worker_id
  ORDER BY k.heartbeat_at DESC
  LIMIT %(limit)s
+
+-- name: message_take
+-- Inside the receive transaction: consume the oldest unconsumed message of a topic (the outer UPDATE filtered
+-- on the id too, so Citus routes it to one shard).
+UPDATE {schema}.messages m
+   SET consumed_at = now(), consumed_step = %(step_id)s
+  FROM (SELECT workflow_id, message_id FROM {schema}.messages
+         WHERE workflow_id = %(workflow_id)s AND topic = %(topic)s AND consumed_at IS NULL
+         ORDER BY message_id LIMIT 1
+           FOR UPDATE SKIP LOCKED) pick
+ WHERE m.workflow_id = %(workflow_id)s AND m.workflow_id = pick.workflow_id AND m.message_id = pick.message_id
+RETURNING m.body

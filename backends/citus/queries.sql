@@ -442,13 +442,16 @@ DELETE FROM {schema}.children WHERE parent_id = %(parent_id)s AND child_id = %(w
 -- Messages ----------------------------------------------------------------------------------------------------
 
 -- name: message_insert
--- Deliver to an existing workflow, idempotent by sender key (a pushed-down INSERT ... SELECT on the
--- receiver's shard); the fence on a sender is a separate statement of the same transaction.
+-- Deliver to a workflow, idempotent by sender key, in a transaction that holds the receiver's row (the
+-- workflow_hold statement before it: no receiver, no message). VALUES, not INSERT ... SELECT: the identity
+-- column makes Citus plan an INSERT ... SELECT into messages on every shard.
 INSERT INTO {schema}.messages (workflow_id, topic, body, sender_key)
-SELECT w.workflow_id, %(topic)s, %(body)s, %(sender_key)s
-  FROM {schema}.workflows w WHERE w.workflow_id = %(workflow_id)s
+VALUES (%(workflow_id)s, %(topic)s, %(body)s, %(sender_key)s)
 ON CONFLICT (workflow_id, sender_key) WHERE sender_key IS NOT NULL DO NOTHING
-RETURNING message_id
+
+-- name: workflow_hold
+-- Inside a transaction: the workflow exists, and stays (retention waits) until commit.
+SELECT 1 FROM {schema}.workflows WHERE workflow_id = %(workflow_id)s FOR KEY SHARE
 
 -- name: workflow_exists
 SELECT EXISTS (SELECT 1 FROM {schema}.workflows WHERE workflow_id = %(workflow_id)s)
