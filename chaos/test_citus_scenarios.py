@@ -119,12 +119,29 @@ def partial_availability(lab: CitusLab, run: Run, fault_t: float, faulted: set[i
 
 
 # -- the faults ----------------------------------------------------------------------------------------------
+def _sample_stuck(run: Run, key: str, older_than_s: float = 2.0) -> None:
+    """Note which coordinator statements have been waiting longer than ``older_than_s`` (counted by wait
+    event and the statement's first words): what holds up the healthy groups' work during a fault."""
+    lab: CitusLab = run.lab  # type: ignore[assignment]
+    stuck = lab.stuck_backends(older_than_s)
+    if stuck is None:
+        run.extra[key] = None
+        return
+    kinds: dict[str, int] = {}
+    for b in stuck:
+        what = f"{b['wait_event_type'] or '-'}/{b['wait_event'] or '-'}: {' '.join((b['query'] or '').split())[:70]}"
+        kinds[what] = kinds.get(what, 0) + 1
+    run.extra[key] = {"count": len(stuck), "by_kind": dict(sorted(kinds.items(), key=lambda kv: -kv[1])[:8])}
+
+
 def kill_group_primary(run: Run, group: int = 1) -> float:
     """SIGKILL worker group ``group``'s primary mid-workflow; Patroni promotes its standby and rewrites
     pg_dist_node; the old primary is started again (it rejoins as the standby)."""
     lab: CitusLab = run.lab  # type: ignore[assignment]
     old = lab.kill_primary(group)
     t = lab.timeline.events[-1][0]
+    time.sleep(6.0)
+    _sample_stuck(run, "stuck_coordinator_backends")
     new = lab.wait_new_primary(group, old)
     run.extra["failover_s"] = round(time.time() - t, 3)
     lab.wait_registered(group, new)
@@ -145,8 +162,7 @@ def pause_group_primary(run: Run, group: int = 2) -> float:
     new = lab.wait_new_primary(group, old)
     run.extra["failover_s"] = round(time.time() - t, 3)
     time.sleep(PAUSE_HOLD_S)
-    stuck = lab.stuck_backends(5.0)
-    run.extra["stuck_coordinator_backends_while_frozen"] = None if stuck is None else len(stuck)
+    _sample_stuck(run, "stuck_coordinator_backends")
     run.extra["frozen_s"] = round(time.time() - t, 3)
     lab.unpause(old)
     lab.wait_registered(group, new)
@@ -177,7 +193,9 @@ def cut_group(run: Run, group: int = 1) -> float:
     primaries = lab.primaries()
     lab.cut_group(group, "disable")
     t = lab.timeline.events[-1][0]
-    time.sleep(CUT_S)
+    time.sleep(CUT_S / 2)
+    _sample_stuck(run, "stuck_coordinator_backends")
+    time.sleep(CUT_S / 2)
     lab.restore_group(group)
     run.extra["fault_end_t"] = time.time()
     run.extra["cut_s"] = round(run.extra["fault_end_t"] - t, 3)
