@@ -214,7 +214,7 @@ SCENARIOS: list[tuple[str, Callable[[Run], float]]] = [
     ("citus-kill-coordinator-primary", kill_coordinator_primary),
 ]
 # Workflows per scenario: the Citus scenarios share the chaos run's time budget with the PostgreSQL lab.
-CITUS_WORKFLOWS = int(os.environ.get("KIT_CITUS_LAB_WORKFLOWS", "400"))
+CITUS_WORKFLOWS = int(os.environ.get("KIT_CITUS_LAB_WORKFLOWS", "200"))
 
 
 @pytest.mark.parametrize(("name", "fault"), SCENARIOS, ids=[n for n, _ in SCENARIOS])
