@@ -110,6 +110,16 @@ def guarded_backend() -> type[CitusBackend]:
     return GuardedCitus
 
 
+def test_no_multi_shard_statement_locks_rows_for_a_claim():
+    """The statements allowed to span shards take no row locks of their own (no FOR UPDATE / SHARE clause):
+    with the guard below, no locking query of the backend ever runs on more than one shard."""
+    q = CitusBackend.queries
+    for name in sorted(MULTI_SHARD):
+        text = " ".join(q[name].split()).upper()  # KeyError: a name in MULTI_SHARD that is no statement
+        for clause in ("FOR UPDATE", "FOR NO KEY UPDATE", "FOR SHARE", "FOR KEY SHARE"):
+            assert clause not in text, f"multi-shard statement {name} locks rows ({clause})"
+
+
 def test_every_statement_but_the_documented_reads_runs_on_one_shard(citus_url, citus_schema):
     """A workload over every feature (plain, limited and partitioned queues, steps, events, streams, messages
     from workflows, children, transactional steps, cancel, resume, fork, gc) with the guard on: no statement
