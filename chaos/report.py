@@ -98,9 +98,19 @@ def _fmt_s(v: float | None) -> str:
     return "—" if v is None else f"{v:.1f}"
 
 
+# The summary table's legend, printed under it (what each column means; docs/lab.md "Results").
+LEGEND = (
+    "wf: workflows in the scenario's workload · fault→ckpt s: seconds from the fault to the first checkpoint "
+    "committed after it (0.0: work never stopped) · drain s: seconds from the fault until every workflow "
+    "finished · dup: step executions re-run inside the documented crash window (G3) · lost ack: acknowledged "
+    "checkpoints missing afterwards · G1–G9: the guarantees of docs/guarantees.md, ✓ held, ✗ violated, "
+    "– not applicable (e.g. G9 without synchronous replication) · result: ok when every check passed"
+)
+
+
 def render_summary(reports: list[ScenarioReport]) -> Table:
     """A rich table: one row per scenario with recovery times, counts and a mark per guarantee."""
-    table = Table(title="chaos lab: scenarios", show_lines=False)
+    table = Table(title="chaos lab: scenarios", show_lines=False, caption=LEGEND, caption_justify="left")
     table.add_column("scenario")
     table.add_column("variant")
     table.add_column("wf", justify="right")

@@ -221,12 +221,22 @@ class Kit:
 
     def transaction(
         self, *, name: str | None = None, retries: int = 0, backoff: float = 2.0, initial_delay: float = 1.0,
-        max_delay: float = 60.0,
+        max_delay: float = 60.0, sqlalchemy: str | None = None,
     ) -> Callable[[F], F]:
         """Declare a transactional step: it receives a database connection as its first argument and its
-        writes commit in the same transaction as its checkpoint (exactly-once database effects)."""
+        writes commit in the same transaction as its checkpoint (exactly-once database effects).
+
+        ``sqlalchemy="session"`` (or ``"connection"``): the first argument is a SQLAlchemy ``Session`` (or
+        ``Connection``) bound to that same transaction instead of the driver connection (extra
+        ``[sqlalchemy]``; :mod:`kit.integrations.sqlalchemy`)."""
         opts = _step_options(retries, backoff, initial_delay, max_delay, transactional=True)
-        return self._step_decorator(name, opts)
+        decorate = self._step_decorator(name, opts)
+        if sqlalchemy is None:
+            return decorate
+        from kit.integrations.sqlalchemy import step_binder  # ConfigError when the extra is missing
+
+        bind = step_binder(sqlalchemy, lambda: self._services.backend)
+        return lambda fn: decorate(bind(fn))  # type: ignore[return-value]
 
     def _step_decorator(self, name: str | None, opts: StepOptions) -> Callable[[F], F]:
         services = self._services  # the engine's parts, bound once: a step call costs no lookup here
@@ -301,8 +311,14 @@ class Kit:
         return starting.retrieve(self._services, workflow_id)
 
     def enqueue(self, fn: Callable[..., Any] | str, *args: Any, workflow_id: str | None = None,
-                priority: int = 0, workflow_timeout: float | None = None, **kwargs: Any) -> WorkflowHandle:
-        """Submit a workflow to the default queue for any worker to run; idempotent by id."""
+                priority: int = 0, workflow_timeout: float | None = None, connection: Any = None,
+                **kwargs: Any) -> WorkflowHandle:
+        """Submit a workflow to the default queue for any worker to run; idempotent by id. ``connection``:
+        insert it inside the caller's open transaction instead (see :meth:`kit.Client.enqueue`)."""
+        if connection is not None:
+            return queues.submit_in(self._services, connection, self._resolve(fn).name, args, kwargs, queue=None,
+                                    workflow_id=workflow_id, dedup_id=None, priority=priority, delay=None,
+                                    partition_key=None, if_duplicate="error", workflow_timeout=workflow_timeout)
         return queues.submit(self._services, fn, args, kwargs, queue=None, workflow_id=workflow_id,
                              priority=priority, workflow_timeout=workflow_timeout)
 

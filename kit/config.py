@@ -93,7 +93,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         if kind is str and value is not None and not isinstance(value, str):
             raise ValueError(f"expected text, got {type(value).__name__}")
         return kind(value) if value is not None else None
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: int(inf) from a TOML float
         raise ConfigError(f"invalid value {value!r} for setting '{name}' (from {source}): {exc}") from None
 
 

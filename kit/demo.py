@@ -25,6 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from kit import demo_app
+from kit.cli import layout
 from kit.client import Client
 from kit.config import redact_url
 from kit.errors import KitError
@@ -78,11 +79,12 @@ def run_demo(args: argparse.Namespace) -> int:
     })
     env.pop("KIT_CONFIG", None)
 
-    console.print(Panel.fit(
-        f"[bold]kit demo[/bold]: an order pipeline of {len(demo_app.STEPS)} steps, {args.orders} orders\n"
-        f"database: {redact_url(url or '')} (schema {schema})\n"
-        "Worker A will be killed with SIGKILL in the middle of a step; worker B recovers its work.",
-        border_style="cyan"))
+    where = (f"embedded PostgreSQL ({data_dir / 'pgdata'})" if app.config.database_url is None
+             else redact_url(url or ""))
+    console.print(Panel.fit(Text.assemble(
+        ("kit demo", "bold"), f": an order pipeline of {len(demo_app.STEPS)} steps, {args.orders} orders\n",
+        f"database: {where}\nschema: {schema}\n",
+        "worker A is killed (SIGKILL) mid-step; worker B recovers its work"), border_style="cyan"))
 
     order_ids = [f"order-{i + 1:03d}" for i in range(args.orders)]
     for i, oid in enumerate(order_ids):
@@ -117,7 +119,8 @@ def run_demo(args: argparse.Namespace) -> int:
                         worker_a.wait()
                         killed_at = time.monotonic()
                         events.append(f"[red]SIGKILL worker A[/red] (pid {worker_a.pid}) after {done_steps} "
-                                      f"checkpointed steps; mid-step in: {', '.join(in_flight) or 'none'}")
+                                      "checkpointed steps")
+                        events.append(f"  A was mid-step in: {_by_step(in_flight)}")
                         worker_b, _ = _spawn_worker("B", env, run_dir)
                         pids[worker_b.pid] = "B"
                         events.append(f"worker B started (pid {worker_b.pid}); A's leases expire within "
@@ -126,7 +129,8 @@ def run_demo(args: argparse.Namespace) -> int:
                         r.recoveries > 0 and r.owner for r in rows.values()):
                     first_recovery = time.monotonic() - killed_at
                     events.append(f"worker B reclaimed A's workflows {first_recovery:.1f}s after the kill")
-                live.update(_render(order_ids, rows, steps_by_wf, pids, events, _ledger_owner(ledger)))
+                live.update(_render(order_ids, rows, steps_by_wf, pids, events, _ledger_owner(ledger),
+                                    console.width))
                 if all(rows.get(o) and rows[o].status.terminal for o in order_ids):
                     break
                 if time.monotonic() > deadline:
@@ -147,10 +151,20 @@ def run_demo(args: argparse.Namespace) -> int:
         console.print("[red]the crash never happened (worker A finished first): run with more --orders[/red]")
         ok = False
     app.close()
-    console.print(f"ledger: {ledger}   worker logs: {run_dir}/worker-*.log")
-    console.print("inspect it yourself: "
-                  f"kit workflows list --schema {schema}   kit workflow show {order_ids[0]} --schema {schema}")
+    console.print(f"ledger: {ledger}\nworker logs: {run_dir}/worker-*.log", highlight=False)
+    opts = f"--schema {schema}" + (f" --data-dir {args.data_dir}" if args.data_dir else "")
+    console.print(f"inspect it yourself:\n  kit workflows list {opts}\n  kit workflow show {order_ids[0]} {opts}",
+                  highlight=False, markup=False)
     return 0 if ok else 1
+
+
+def _by_step(in_flight: list[str]) -> str:
+    """``order-1/charge, order-2/charge`` as ``charge of order-1, order-2`` (one clause per step)."""
+    orders: dict[str, list[str]] = defaultdict(list)
+    for item in in_flight:
+        order, _, step = item.partition("/")
+        orders[step].append(order)
+    return "; ".join(f"{step} of {', '.join(o)}" for step, o in orders.items()) or "none"
 
 
 def _in_flight(ledger: Path, steps_by_wf: dict[str, list]) -> list[str]:
@@ -163,31 +177,42 @@ def _ledger_owner(ledger: Path) -> dict[tuple[str, int], int]:
     return {(e["order"], e["step_id"]): e["pid"] for e in _read_ledger(ledger)}
 
 
-def _render(order_ids, rows, steps_by_wf, pids, events, owners) -> Group:
+LEGEND = ("✔ A  ✔ B   step checkpointed; worker A or B did its side effect\n"
+          "… A  … B   side effect done, checkpoint not committed (yet)\n"
+          "·          not started")
+
+
+def _render(order_ids: list[str], rows: dict[str, Any], steps_by_wf: dict[str, list], pids: dict[int, str],
+            events: list[str], owners: dict[tuple[str, int], int], width: int = 80) -> Group:
+    """The live view (pure): one row per order, one column per step. Step names head their columns on one
+    line when the table fits ``width`` that way, else one word per line; nothing is cut."""
     steps = demo_app.STEPS
-    table = Table(title="orders", expand=False)
-    table.add_column("order")
-    for name in steps:
-        table.add_column(name.replace("_", " "), justify="center")
-    table.add_column("status")
-    for oid in order_ids:
-        rec = rows.get(oid)
-        recorded = {s.step_id for s in steps_by_wf.get(oid, [])}
-        cells = []
-        for i in range(len(steps)):
-            who = pids.get(owners.get((oid, i), -1), "")
-            if i in recorded:
-                cells.append(Text(f"✔ {who}", style="green" if who == "A" else "bold blue"))
-            elif (oid, i) in owners:
-                cells.append(Text(f"… {who}", style="yellow"))
-            else:
-                cells.append(Text("·", style="dim"))
-        status = rec.status.value if rec else "?"
-        style = {"SUCCESS": "green", "RUNNING": "cyan", "PENDING": "yellow", "ERROR": "red"}.get(status, "")
-        table.add_row(oid, *cells, Text(status, style=style))
-    legend = Text("✔ A / ✔ B: step checkpointed, side effect by worker A or B   … side effect done, "
-                  "checkpoint not (yet) committed", style="dim")
-    return Group(table, legend, Text.from_markup("\n".join(events[-6:])))
+
+    def build(one_line: bool) -> Table:
+        table = layout.table("orders")
+        table.add_column("order", no_wrap=True)
+        for name in steps:
+            table.add_column(name if one_line else name.replace("_", "\n"), justify="center", no_wrap=True)
+        table.add_column("status", no_wrap=True)
+        for oid in order_ids:
+            rec = rows.get(oid)
+            recorded = {s.step_id for s in steps_by_wf.get(oid, [])}
+            cells = []
+            for i in range(len(steps)):
+                who = pids.get(owners.get((oid, i), -1), "")
+                if i in recorded:
+                    cells.append(Text(f"✔ {who}", style="green" if who == "A" else "bold blue"))
+                elif (oid, i) in owners:
+                    cells.append(Text(f"… {who}", style="yellow"))
+                else:
+                    cells.append(Text("·", style="dim"))
+            status = rec.status.value if rec else "?"
+            style = {"SUCCESS": "green", "RUNNING": "cyan", "PENDING": "yellow", "ERROR": "red"}.get(status, "")
+            table.add_row(oid, *cells, Text(status, style=style))
+        return table
+
+    table = layout.first_that_fits(width, (lambda: build(True), lambda: build(False)))
+    return Group(table, Text(LEGEND, style="dim"), Text(""), Text.from_markup("\n".join(events[-6:])))
 
 
 def _summary(console: Console, backend: Any, order_ids: list[str], ledger: Path, pids: dict[int, str],
@@ -212,8 +237,7 @@ def _summary(console: Console, backend: Any, order_ids: list[str], ledger: Path,
             if len(committed_run) != 1 or after:
                 violations.append(f"{oid} step {s.name}: {len(effects)} side effects for one checkpoint")
             for e in before:
-                reruns.append(f"{oid} {s.name} (worker {pids.get(e['pid'], e['pid'])} was killed before "
-                              "its checkpoint committed)")
+                reruns.append(f"{oid}/{s.name} ({pids.get(e['pid'], e['pid'])} died before its checkpoint committed)")
     per_worker = Counter(pids.get(e["pid"], str(e["pid"])) for e in entries)
     table = Table(title="summary", show_header=False)
     table.add_row("orders completed", f"{sum(1 for o in order_ids if backend.workflow_get(o).status == Status.SUCCESS)}"

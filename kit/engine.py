@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from typing import Any, Protocol
 
 from kit import serialization as ser
+from kit import telemetry
 from kit.clock import Clock, tag_waits, untag_waits
 from kit.config import Config
 from kit.errors import (
@@ -121,6 +122,8 @@ class WorkflowContext:
     ended: threading.Event = field(default_factory=threading.Event)  # this run is over (waits of it stop)
     path_next: dict[str, int] = field(default_factory=dict)  # next step number of each task path
     task_children: dict[str, int] = field(default_factory=dict)  # tasks created so far by each task path
+    recovered: bool = False  # claimed from an expired lease: the run before it died or was cut off
+    trace: dict[str, str] | None = None  # trace context stored by whoever submitted it (kit.telemetry)
     _index: dict[tuple[str, int], StepRecord] | None = None
 
     def replay_at(self, path: str, n: int) -> StepRecord | None:
@@ -293,6 +296,10 @@ def run_step(services: EngineServices, name: str, fn: Callable[..., Any], opts: 
     ctx.running[step_id] = name
     try:
         _crash_point(ctx, step_id, name, "before")
+        hook = telemetry.hook  # None unless an integration traces or measures steps
+        if hook is not None:
+            return hook.step(ctx, step_id, name, fn,
+                             lambda f: _run_new_step(services, ctx, step_id, name, f, opts, args, kwargs))
         return _run_new_step(services, ctx, step_id, name, fn, opts, args, kwargs)
     except LeaseLostError:
         ctx.lost.set()  # even if workflow code swallows it, no later step of this run may start
@@ -315,6 +322,10 @@ async def run_step_async(services: EngineServices, name: str, fn: Callable[..., 
     ctx.running[step_id] = name
     try:
         _crash_point(ctx, step_id, name, "before")
+        hook = telemetry.hook
+        if hook is not None:
+            return await hook.step_async(ctx, step_id, name, fn, lambda f: _run_new_step_async(
+                services, ctx, step_id, name, f, opts, args, kwargs))
         return await _run_new_step_async(services, ctx, step_id, name, fn, opts, args, kwargs)
     except LeaseLostError:
         ctx.lost.set()

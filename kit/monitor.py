@@ -25,11 +25,13 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TextIO
 
-from rich.console import Console, Group, RenderableType
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from kit.cli.layout import natural_width, render_plain, short_id, span
+from kit.cli.views import error_line
 from kit.config import redact_url
 from kit.errors import KitError
 from kit.storage import (
@@ -39,7 +41,6 @@ from kit.storage import (
     Percentiles,
     ScheduleState,
     Status,
-    WorkflowRecord,
 )
 
 SPARK = "▁▂▃▄▅▆▇█"
@@ -104,35 +105,15 @@ def sparkline(values: list[float]) -> str:
 # -- rendering (pure) ---------------------------------------------------------------------------------
 def _age(seconds: float) -> str:
     seconds = max(0.0, seconds)
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    if seconds < 3600:
-        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
-    if seconds < 86400:
-        return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
-    return f"{int(seconds // 86400)}d{int(seconds % 86400 // 3600):02d}h"
+    return f"{seconds:.1f}s" if seconds < 60 else span(seconds)
 
 
 def _latency(value: float | None) -> str:
-    if value is None:
-        return DASH
-    return f"{value * 1000:.1f} ms" if value < 1 else f"{value:.2f} s"
+    return DASH if value is None else span(value)
 
 
 def _rate(value: float) -> str:
     return f"{value:.1f}/s" if value < 100 else f"{value:.0f}/s"
-
-
-def _error_text(rec: WorkflowRecord) -> str:
-    import json
-
-    if not rec.error:
-        return ""
-    try:
-        data = json.loads(rec.error)
-        return f"{data.get('type', '')}: {data.get('message', '')}"
-    except (ValueError, AttributeError):
-        return rec.error
 
 
 def _one_line(text: str, width: int) -> str:
@@ -170,6 +151,15 @@ def _header(snap: MonitorSnapshot, now: datetime) -> Text:
     return text
 
 
+def _list_table(**kwargs: object) -> Table:
+    return Table(box=None, padding=(0, 1), show_edge=False, **kwargs)  # type: ignore[arg-type]
+
+
+def _more(hidden: int) -> str | None:
+    """A panel's subtitle when rows were cut to fit the terminal's height."""
+    return f"+{hidden} more" if hidden > 0 else None
+
+
 def _status_panel(stats: MonitorStats, query: MonitorQuery) -> Panel:
     counts = finished_counts(stats)
     table = Table.grid(padding=(0, 2))
@@ -180,33 +170,37 @@ def _status_panel(stats: MonitorStats, query: MonitorQuery) -> Panel:
     for status in Status:
         table.add_row(Text(status.value, style=colors[status]), str(counts[status]))
     return Panel(table, title="workflows", title_align="left", subtitle=f"ended: {_span(query.window_seconds)}",
-                 subtitle_align="left")
+                 subtitle_align="left", width=20)
 
 
-def _workers_panel(stats: MonitorStats, clock: _Clock) -> Panel:
-    table = Table(box=None, padding=(0, 1), show_edge=False)
-    for col, justify in (("worker", "left"), ("host:pid", "left"), ("alive", "left"), ("heartbeat", "right"),
-                         ("claims", "right")):
-        table.add_column(col, justify=justify, no_wrap=True)
-    alive = 0
-    for w in stats.workers:
-        alive += w.alive
-        table.add_row(_one_line(w.worker_id, 22), _one_line(f"{w.hostname}:{w.pid}", 22),
+def _workers_panel(stats: MonitorStats, clock: _Clock, rows: int | None) -> Panel:
+    # A worker id is host:pid:random by default: a separate host:pid column only when some id is not.
+    own = all(w.worker_id.startswith(f"{w.hostname}:{w.pid}:") for w in stats.workers)
+    table = _list_table()
+    for col in ("worker", *(() if own else ("host:pid",)), "alive", "heartbeat", "claims"):
+        table.add_column(col, justify="right" if col in ("heartbeat", "claims") else "left", no_wrap=True)
+    alive = sum(w.alive for w in stats.workers)
+    shown = stats.workers if rows is None else stats.workers[:rows]
+    for w in shown:
+        table.add_row(Text(w.worker_id), *(() if own else (Text(f"{w.hostname}:{w.pid}"),)),
                       Text("yes", style="green") if w.alive else Text("no", style="red"),
                       clock.age(w.heartbeat_at) + " ago", str(w.claims))
     body: RenderableType = table if stats.workers else Text("(no workers have heartbeated)", style="dim")
-    return Panel(body, title=f"workers: {alive} alive / {len(stats.workers)}", title_align="left")
+    return Panel(body, title=f"workers: {alive} alive / {len(stats.workers)}", title_align="left",
+                 subtitle=_more(len(stats.workers) - len(shown)), subtitle_align="right")
 
 
-def _queues_panel(stats: MonitorStats) -> Panel:
-    table = Table(box=None, padding=(0, 1), show_edge=False)
-    for col in ("queue", "depth", "in-flight", "limit"):
+def _queues_panel(stats: MonitorStats, rows: int | None) -> Panel:
+    table = _list_table()
+    for col in ("queue", "depth", "running", "limit"):
         table.add_column(col, justify="left" if col == "queue" else "right", no_wrap=True)
-    for q in stats.queues:
+    shown = stats.queues if rows is None else stats.queues[:rows]
+    for q in shown:
         limit = DASH if q.concurrency_limit is None else str(q.concurrency_limit)
-        table.add_row(_one_line(q.queue, 24), str(q.depth), str(q.in_flight), limit)
+        table.add_row(Text(q.queue), str(q.depth), str(q.in_flight), limit)
     body: RenderableType = table if stats.queues else Text("(no pending or running work)", style="dim")
-    return Panel(body, title="queues", title_align="left")
+    return Panel(body, title="queues", title_align="left", subtitle=_more(len(stats.queues) - len(shown)),
+                 subtitle_align="right")
 
 
 def _throughput_panel(stats: MonitorStats, query: MonitorQuery) -> Panel:
@@ -219,7 +213,7 @@ def _throughput_panel(stats: MonitorStats, query: MonitorQuery) -> Panel:
 
 
 def _latency_panel(stats: MonitorStats, query: MonitorQuery) -> Panel:
-    table = Table(box=None, padding=(0, 1), show_edge=False)
+    table = _list_table()
     for col in ("", "n", "p50", "p95", "p99"):
         table.add_column(col, justify="left" if not col else "right", no_wrap=True)
 
@@ -231,47 +225,97 @@ def _latency_panel(stats: MonitorStats, query: MonitorQuery) -> Panel:
     return Panel(table, title=f"latency, last {_span(query.latency_window_seconds)}", title_align="left")
 
 
-def _failures_panel(stats: MonitorStats, clock: _Clock) -> Panel:
-    table = Table(box=None, padding=(0, 1), show_edge=False, expand=True)
-    table.add_column("when", justify="right", no_wrap=True)
-    table.add_column("workflow", no_wrap=True)
-    table.add_column("name", no_wrap=True)
-    table.add_column("error", no_wrap=True, overflow="ellipsis", ratio=1)
-    for rec in stats.recent_failures:
-        table.add_row(clock.age(rec.finished_at) + " ago", _one_line(rec.workflow_id, 28), _one_line(rec.name, 24),
-                      _one_line(_error_text(rec), 200))
+def _failures_panel(stats: MonitorStats, clock: _Clock, width: int, rows: int | None) -> Panel:
+    failures = stats.recent_failures if rows is None else stats.recent_failures[:rows]
+
+    def build(full: bool, error_width: int) -> Table:
+        table = _list_table()
+        for col in ("when", "workflow", "name"):
+            table.add_column(col, justify="right" if col == "when" else "left", no_wrap=True)
+        table.add_column("error", no_wrap=True, overflow="ellipsis", width=error_width)
+        for rec in failures:
+            table.add_row(clock.age(rec.finished_at) + " ago",
+                          Text(rec.workflow_id if full else short_id(rec.workflow_id)), Text(rec.name),
+                          Text(_one_line(error_line(rec.error), 1000)))
+        return table
+
+    inner = width - 4  # the panel's border and padding
+    table = build(False, 1)
+    for full in (True, False):
+        rest = inner - (natural_width(build(full, 1)) - 1)
+        if rest >= 24 or not full:
+            table = build(full, max(8, rest))
+            break
     body: RenderableType = table if stats.recent_failures else Text("(no failures in the last 24h)", style="dim")
-    return Panel(body, title="recent failures", title_align="left")
+    return Panel(body, title="recent failures", title_align="left",
+                 subtitle=_more(len(stats.recent_failures) - len(failures)), subtitle_align="right")
 
 
-def _oldest_pending(stats: MonitorStats, clock: _Clock) -> Text:
+def _oldest_pending(stats: MonitorStats, clock: _Clock, width: int) -> Text:
     rec = stats.oldest_pending
     if rec is None:
         return Text("oldest pending: none", style="dim")
     queue = rec.queue or "default"
-    return Text(f"oldest pending: {rec.workflow_id} ({rec.name}, queue {queue}) waiting {clock.age(rec.created_at)}",
-                style="yellow")
+    for wid in (rec.workflow_id, short_id(rec.workflow_id)):
+        line = f"oldest pending: {wid} ({rec.name}, queue {queue}) waiting {clock.age(rec.created_at)}"
+        if len(line) <= width:
+            break
+    return Text(line, style="yellow")
 
 
-def _schedules_panel(schedules: tuple[ScheduleState, ...], now: datetime) -> Panel:
+def _schedules_panel(schedules: tuple[ScheduleState, ...], now: datetime, rows: int | None) -> Panel:
     from kit.cron import CronError, parse
 
-    table = Table(box=None, padding=(0, 1), show_edge=False)
+    table = _list_table()
     for col in ("schedule", "cron", "time zone", "last tick", "next tick"):
         table.add_column(col, justify="right" if col.endswith("tick") else "left", no_wrap=True)
-    for st in schedules:
+    shown = schedules if rows is None else schedules[:rows]
+    for st in shown:
         try:
             nxt = parse(st.spec.cron, st.spec.timezone).next_after(max(now, st.cursor_at))
             next_text = "in " + _age((nxt - now).total_seconds())
         except CronError:
             next_text = DASH
         last = _age((now - st.last_tick).total_seconds()) + " ago" if st.last_tick else DASH
-        table.add_row(_one_line(st.spec.name, 28), _one_line(st.spec.cron, 24), st.spec.timezone, last, next_text)
-    return Panel(table, title=f"schedules: {len(schedules)}", title_align="left")
+        table.add_row(Text(st.spec.name), Text(st.spec.cron), Text(st.spec.timezone), last, next_text)
+    return Panel(table, title=f"schedules: {len(schedules)}", title_align="left",
+                 subtitle=_more(len(schedules) - len(shown)), subtitle_align="right")
 
 
-def render(snapshot: MonitorSnapshot, now: datetime) -> RenderableType:
-    """The frame for ``snapshot`` as seen at ``now`` (pure: same inputs, same frame)."""
+def _flow(panels: list[tuple[Panel, bool]], width: int) -> list[RenderableType]:
+    """Lay ``(panel, stretches)`` out left to right in rows, starting a new row when the next panel would
+    not fit whole: panels stack on a narrow terminal instead of being squeezed. Stretching panels share a
+    row's spare width in proportion to their natural widths."""
+    rows: list[list[tuple[Panel, bool, int]]] = [[]]
+    used = 0
+    for panel, stretches in panels:
+        need = min(width, natural_width(panel, width))
+        if rows[-1] and used + 1 + need > width:
+            rows.append([])
+            used = 0
+        used += need + (1 if rows[-1] else 0)
+        rows[-1].append((panel, stretches, need))
+    out: list[RenderableType] = []
+    for row in rows:
+        if len(row) == 1:
+            out.append(row[0][0])
+            continue
+        spare = width - sum(need for _, _, need in row) - (len(row) - 1)
+        weight = sum(need for _, stretches, need in row if stretches)
+        widths = [need + (spare * need // weight if stretches and weight else 0) for _, stretches, need in row]
+        stretchers = [i for i, (_, stretches, _) in enumerate(row) if stretches]
+        if stretchers:  # rounding: the last stretching panel takes what is left
+            widths[stretchers[-1]] += width - sum(widths) - (len(row) - 1)
+        grid = Table.grid(padding=(0, 1, 0, 0))  # one space between panels, none at the edges
+        for w in widths:
+            grid.add_column(width=w)
+        grid.add_row(*(panel for panel, _, _ in row))
+        out.append(grid)
+    return out
+
+
+def _frame_parts(snapshot: MonitorSnapshot, now: datetime, width: int, rows: int | None,
+                 live: bool) -> list[RenderableType]:
     parts: list[RenderableType] = [_header(snapshot, now)]
     if snapshot.error is not None:
         since = _age((now - snapshot.failed_at).total_seconds()) if snapshot.failed_at else ""
@@ -284,29 +328,50 @@ def render(snapshot: MonitorSnapshot, now: datetime) -> RenderableType:
     if stats is None:
         parts.append(Text("waiting for the first reading…" if snapshot.error is None else "no data yet",
                           style="dim"))
-        return Group(*parts)
+        return parts
     clock = _Clock(snapshot, now)
     if snapshot.error is not None:
         parts.append(Text(f"showing the last reading, {_age((now - snapshot.taken_at).total_seconds())} old",
                           style="dim"))
-    top = Table.grid(expand=True, padding=(0, 1))
-    top.add_column(width=20)
-    top.add_column(ratio=3)
-    top.add_column(ratio=2)
-    top.add_row(_status_panel(stats, snapshot.query), _workers_panel(stats, clock), _queues_panel(stats))
-    middle = Table.grid(expand=True, padding=(0, 1))
-    middle.add_column(ratio=1)
-    middle.add_column(width=52)
-    middle.add_row(_throughput_panel(stats, snapshot.query), _latency_panel(stats, snapshot.query))
-    parts += [top, middle, _failures_panel(stats, clock)]
+    parts += _flow([(_status_panel(stats, snapshot.query), False), (_workers_panel(stats, clock, rows), True),
+                    (_queues_panel(stats, rows), True), (_latency_panel(stats, snapshot.query), False),
+                    (_throughput_panel(stats, snapshot.query), True)], width)
+    parts.append(_failures_panel(stats, clock, width, rows))
     if snapshot.schedules:
-        parts.append(_schedules_panel(snapshot.schedules, now))
-    parts.append(_oldest_pending(stats, clock))
-    footer = "q quit"
+        parts.append(_schedules_panel(snapshot.schedules, now, rows))
+    parts.append(_oldest_pending(stats, clock, width))
+    footer = ["q quit"] if live else []
     if snapshot.refresh_ms is not None:
-        footer += f"  ·  last reading {snapshot.refresh_ms:.0f} ms"
-    parts.append(Text(footer, style="dim"))
-    return Group(*parts)
+        footer.append(f"last reading {snapshot.refresh_ms:.0f} ms")
+    if footer:
+        parts.append(Text("  ·  ".join(footer), style="dim"))
+    return parts
+
+
+class _Frame:
+    """The frame at whatever width the console gives it; with ``height``, lists are cut (``+N more``)
+    until it fits."""
+
+    def __init__(self, snapshot: MonitorSnapshot, now: datetime, height: int | None, live: bool) -> None:
+        self.snapshot, self.now, self.height, self.live = snapshot, now, height, live
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        width = options.max_width
+        parts = _frame_parts(self.snapshot, self.now, width, None, self.live)
+        if self.height is not None:
+            for rows in (5, 3, 2, 1):
+                if len(console.render_lines(Group(*parts), options.update(height=None), pad=False)) <= self.height:
+                    break
+                parts = _frame_parts(self.snapshot, self.now, width, rows, self.live)
+        yield Group(*parts)
+
+
+def render(snapshot: MonitorSnapshot, now: datetime, *, height: int | None = None,
+           live: bool = False) -> RenderableType:
+    """The frame for ``snapshot`` as seen at ``now`` (pure: same inputs and width, same frame). Panels
+    flow into rows that fit the console's width and stack when it is narrow; ``height`` (the live
+    terminal's) cuts long lists to fit; ``live`` adds the key help."""
+    return _Frame(snapshot, now, height, live)
 
 
 # -- source ---------------------------------------------------------------------------------------------
@@ -371,7 +436,7 @@ class MonitorSource:
 
 def _error_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
-    return _one_line(redact_url(text), 160)
+    return _one_line(redact_url(text), 300)
 
 
 # -- live loop ------------------------------------------------------------------------------------------
@@ -433,7 +498,7 @@ def run_live(source: MonitorSource, *, interval: float = 1.0, console: Console |
                 threading.Thread(target=_watch_keys, args=(stdin, stop), name="kit-monitor-keys",
                                  daemon=True).start()
             while True:
-                live.update(render(source.latest, _utcnow()), refresh=True)
+                live.update(render(source.latest, _utcnow(), height=console.height, live=True), refresh=True)
                 if stop.wait(min(interval, 0.5)):
                     break
     except KeyboardInterrupt:
@@ -445,17 +510,7 @@ def run_live(source: MonitorSource, *, interval: float = 1.0, console: Console |
 
 def render_text(snapshot: MonitorSnapshot, now: datetime, *, width: int = 120) -> str:
     """The frame as plain text (``--once`` without a terminal, tests, docs)."""
-    console = Console(width=width, record=True, file=_Null(), color_system=None, force_terminal=False)
-    console.print(render(snapshot, now))
-    return console.export_text()
-
-
-class _Null:
-    def write(self, text: str) -> int:
-        return len(text)
-
-    def flush(self) -> None:
-        pass
+    return render_plain(render(snapshot, now), width)
 
 
 __all__ = ["MonitorSnapshot", "MonitorSource", "finished_counts", "render", "render_text", "run_live",

@@ -16,9 +16,11 @@ from collections.abc import Callable
 from typing import Any
 
 from kit import serialization as ser
+from kit import telemetry
 from kit.engine import StepOptions, current_context, run_step
 from kit.errors import ConfigError, UsageError, WorkflowConflictError, WorkflowDuplicateError
 from kit.handle import WorkflowHandle
+from kit.integrations import is_sqlalchemy
 from kit.lifecycle import as_datetime, check_timeout, deadline_for
 from kit.services import Services
 from kit.storage import NewWorkflow, QueueSpec
@@ -81,7 +83,7 @@ class Queue:
     def enqueue(self, fn: Callable[..., Any] | str, *args: Any, workflow_id: str | None = None,
                 dedup_id: str | None = None, priority: int | None = None, delay: float | None = None,
                 partition_key: str | None = None, if_duplicate: str = "error", workflow_timeout: float | None = None,
-                **kwargs: Any) -> WorkflowHandle:
+                connection: Any = None, **kwargs: Any) -> WorkflowHandle:
         """Submit a workflow to this queue and return its handle.
 
         ``dedup_id``: while a workflow with that id is PENDING or RUNNING in this queue, a second enqueue
@@ -89,6 +91,8 @@ class Queue:
         workflow's handle instead). ``priority``: lower runs first (queues declared with priority=True).
         ``delay``: seconds before it may start. ``partition_key``: the tenant (partitioned queues only).
         ``workflow_timeout``: seconds from now after which the run is cancelled (queue wait included).
+        ``connection``: insert it inside the caller's open transaction (a driver connection, or a
+        SQLAlchemy ``Connection`` or ``Session``): it exists if and only if that transaction commits.
         """
         spec = self.spec
         if priority not in (None, 0) and not spec.priority:
@@ -97,6 +101,12 @@ class Queue:
             raise UsageError(f"queue {spec.name!r} is partitioned: give partition_key= (a non-empty string)")
         if not spec.partitioned and partition_key is not None:
             raise UsageError(f"queue {spec.name!r} is not partitioned: partition_key= is not accepted")
+        if connection is not None:
+            ensure_declared(self._services)  # the limits are stored (on kit's connection) before work arrives
+            return submit_in(self._services, connection, self._services.definitions.resolve(fn).name, args, kwargs,
+                             queue=spec.name, workflow_id=workflow_id, dedup_id=dedup_id, priority=priority or 0,
+                             delay=delay, partition_key=partition_key, if_duplicate=if_duplicate,
+                             workflow_timeout=workflow_timeout)
         return submit(self._services, fn, args, kwargs, queue=spec.name, workflow_id=workflow_id, dedup_id=dedup_id,
                       priority=priority or 0, delay=delay, partition_key=partition_key, if_duplicate=if_duplicate,
                       workflow_timeout=workflow_timeout)
@@ -160,8 +170,9 @@ def submit(services: Services, fn: Callable[..., Any] | str, args: tuple, kwargs
         )
         return WorkflowHandle(services, recorded)
     wid = validate_workflow_id(workflow_id) if workflow_id is not None else str(uuid.uuid4())
-    inputs = check_size(ser.encode_args(args, kwargs, what=f"inputs of workflow '{wf.name}'"), services.config,
-                        "max_input_bytes", f"inputs of workflow '{wf.name}'")
+    what = f"inputs of workflow '{wf.name}'"
+    inputs = check_size(ser.encode_args(args, kwargs, what=what, trace=telemetry.carrier()), services.config,
+                        "max_input_bytes", what)
     if queue is not None:
         ensure_declared(services)
     try:
@@ -185,12 +196,22 @@ def submit_in(services: Services, connection: Any, name: str, args: tuple, kwarg
               workflow_id: str | None, dedup_id: str | None, priority: int, delay: float | None,
               partition_key: str | None, if_duplicate: str, workflow_timeout: float | None = None) -> WorkflowHandle:
     """Insert a PENDING workflow named ``name`` inside the caller's open transaction on ``connection``
-    (``kit.Client.enqueue(connection=...)``): it exists if and only if that transaction commits."""
+    (``kit.Client.enqueue(connection=...)``): it exists if and only if that transaction commits. A
+    SQLAlchemy ``Connection`` or ``Session`` is unwrapped to its driver connection (its transaction begun)."""
+    parent = current_context()
+    if parent is not None and parent.step is None:
+        raise UsageError("connection= cannot be used in workflow code, where an enqueue is a checkpointed step "
+                         "of its own: leave it out (or enqueue from inside a transactional step with its connection)")
     check_submit_options(priority=priority, delay=delay, dedup_id=dedup_id, partition_key=partition_key,
                          if_duplicate=if_duplicate)
     wid = validate_workflow_id(workflow_id) if workflow_id is not None else str(uuid.uuid4())
-    inputs = check_size(ser.encode_args(args, kwargs, what=f"inputs of workflow '{name}'"), services.config,
-                        "max_input_bytes", f"inputs of workflow '{name}'")
+    what = f"inputs of workflow '{name}'"
+    inputs = check_size(ser.encode_args(args, kwargs, what=what, trace=telemetry.carrier()), services.config,
+                        "max_input_bytes", what)
+    if is_sqlalchemy(connection):
+        from kit.integrations.sqlalchemy import driver_connection
+
+        connection = driver_connection(connection)
     try:
         created = services.backend.workflow_enqueue_in(connection, NewWorkflow(
             workflow_id=wid, name=name, inputs=inputs, queue=queue, priority=priority, dedup_id=dedup_id,

@@ -13,6 +13,7 @@ import time
 import uuid
 
 from kit import serialization as ser
+from kit import telemetry
 from kit.definitions import WorkflowDef
 from kit.engine import StepOptions, WorkflowContext, current_context, run_step
 from kit.errors import WorkflowConflictError, WorkflowNotFoundError
@@ -40,10 +41,11 @@ def create_and_run(services: Services, wf: WorkflowDef, wid: str, args: tuple, k
                    parent_id: str | None, deadline: float | None = None,
                    parent_epoch: int | None = None) -> WorkflowHandle:
     """Create workflow ``wid`` (idempotently) under this process's lease and run it in the local pool."""
-    inputs = check_size(ser.encode_args(args, kwargs, what=f"inputs of workflow '{wf.name}'"), services.config,
-                        "max_input_bytes", f"inputs of workflow '{wf.name}'")
+    trace = telemetry.carrier()  # None unless an integration traces: then the run joins the caller's trace
+    inputs = check_size(ser.encode_args(args, kwargs, what=f"inputs of workflow '{wf.name}'", trace=trace),
+                        services.config, "max_input_bytes", f"inputs of workflow '{wf.name}'")
     runtime = services.runtime
-    ctx = WorkflowContext(wid, wf.name, 1, deadline=deadline)
+    ctx = WorkflowContext(wid, wf.name, 1, deadline=deadline, trace=trace)
     held = runtime.hold(wid, ctx)  # before the insert, so the heartbeat never mistakes it for a stray claim
     if held is not ctx:  # this process already runs (or is starting) that id: never a second run
         if held.name != wf.name:

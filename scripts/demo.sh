@@ -1,12 +1,10 @@
 #!/usr/bin/env bash
-# The main job from a fresh clone: install kit, then run `kit demo` on the embedded PostgreSQL.
+# The main job from a fresh clone: create the project virtual environment .venv in this checkout, install
+# kit into it (nothing is installed anywhere else), then run `kit demo` on the embedded PostgreSQL.
 #   bash scripts/demo.sh [kit demo options, e.g. --orders 9]
+# Afterwards `source .venv/bin/activate` puts this checkout's `kit` on PATH (or call .venv/bin/kit).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh --python-only >&2
-if [ -n "${PYTHON:-}" ]; then PY="$PYTHON"
-elif [ -x .venv/bin/python ]; then PY=.venv/bin/python
-elif command -v python >/dev/null 2>&1; then PY=python
-else PY=python3
-fi
-exec "$PY" -m kit.cli demo "$@"
+echo "[demo] .venv/bin/kit demo $*" >&2
+exec .venv/bin/python -m kit.cli demo "$@"

@@ -3,7 +3,7 @@
 #   bash scripts/lab-setup.sh [all|postgres|citus]     # which labs (default all; or KIT_LABS=...)
 #   - apt: docker.io, docker-compose, debootstrap (and golang-go when no Go toolchain exists)
 #   - starts dockerd in the background when no Docker engine answers
-#   - pip install -e ".[lab]" (docker, toxiproxy-python) into the interpreter scripts/setup.sh chose
+#   - pip install -e ".[lab]" (docker, toxiproxy-python) into the project virtual environment .venv (scripts/venv.sh)
 #   - images: debian:bookworm-slim (pulled, or debootstrapped + docker import), toxiproxy (official image,
 #     or built from `go install github.com/Shopify/toxiproxy/v2/cmd/server@v2.12.0`), and the
 #     etcd/PostgreSQL 15/Patroni 3.1.2 image (Patroni wheels fetched on the host, installed --no-index);
@@ -48,12 +48,10 @@ elif command -v sudo >/dev/null 2>&1; then SUDO=(sudo)
 else SUDO=()
 fi
 
-# Same interpreter choice as scripts/setup.sh.
-if [ -n "${PYTHON:-}" ]; then PY="$PYTHON"
-elif [ -x .venv/bin/python ]; then PY=.venv/bin/python
-elif command -v python >/dev/null 2>&1; then PY=python
-else PY=python3
-fi
+# The project virtual environment, as in scripts/setup.sh (nothing is installed outside .venv).
+# shellcheck source=scripts/venv.sh
+. scripts/venv.sh
+kit_venv
 
 # -- Debian packages ----------------------------------------------------------------------------------
 export PATH="$PATH:/usr/local/go/bin:${HOME:-/root}/go/bin"
@@ -96,8 +94,7 @@ say "engine $(docker version --format '{{.Server.Version}}'), compose: ${COMPOSE
 
 # -- Python packages for the lab controller -----------------------------------------------------------
 if ! "$PY" -c "import docker, toxiproxy" >/dev/null 2>&1; then
-    say "pip install -e .[lab]"
-    "$PY" -m pip install -q --disable-pip-version-check --root-user-action=ignore -e ".[test,lab]"
+    kit_venv_install "test,lab,sqlalchemy,otel,prometheus"
 fi
 
 # -- images -------------------------------------------------------------------------------------------

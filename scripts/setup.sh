@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Idempotent test-environment installer for Debian 12 (run as root, or as a user with sudo).
+#   - the project virtual environment .venv in this checkout (scripts/venv.sh), kit installed there with
+#     pip install -e ".[test,lab,sqlalchemy,otel,prometheus]" (lab: the chaos lab's Docker and toxiproxy
+#     clients; sqlalchemy, otel, prometheus: the integrations' tests, docs/integrations.md); nothing is
+#     installed into a global interpreter, and an existing kit installation elsewhere is left alone
 #   - Debian packages: postgresql-15 + postgresql-contrib (second real server for the tests), tmux
-#   - python -m pip install -e ".[test,lab]" (lab: the chaos lab's Docker and toxiproxy clients)
 #   - Citus 13.2.2 built from ../shared/vendor into PostgreSQL 15 (scripts/citus-setup.sh), once
-# Safe to run repeatedly: apt is only touched when something is missing.
+# Safe to run repeatedly: apt and pip are only touched when something is missing or changed.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-# --python-only: just what `kit demo` needs (the package; its embedded PostgreSQL comes from PyPI).
+# --python-only: just what `kit demo` needs (kit in .venv; its embedded PostgreSQL comes from PyPI).
 PYTHON_ONLY=0
 [ "${1:-}" = "--python-only" ] && PYTHON_ONLY=1
 
@@ -28,19 +31,6 @@ if [ "$PYTHON_ONLY" -eq 0 ]; then
     [ -x "$PG_BIN/postgres" ] || apt_pkgs+=(postgresql-15 postgresql-contrib)
     command -v tmux >/dev/null 2>&1 || apt_pkgs+=(tmux)
     command -v runuser >/dev/null 2>&1 || apt_pkgs+=(util-linux)
-fi
-
-# Python: $PYTHON, else an existing repo venv, else `python`, else `python3`.
-pick_python() {
-    if [ -n "${PYTHON:-}" ]; then echo "$PYTHON"
-    elif [ -x .venv/bin/python ]; then echo .venv/bin/python
-    elif command -v python >/dev/null 2>&1; then echo python
-    elif command -v python3 >/dev/null 2>&1; then echo python3
-    fi
-}
-PY="$(pick_python)"
-if [ -z "$PY" ]; then
-    apt_pkgs+=(python3 python3-pip python3-venv)
 fi
 
 if [ "${#apt_pkgs[@]}" -gt 0 ]; then
@@ -78,28 +68,12 @@ if command -v pg_lsclusters >/dev/null 2>&1; then
     [ -z "$others" ] || say "note: system cluster(s) running, left alone (tests don't use them): $others"
 fi
 
-# Python package + test dependencies.
-PY="$(pick_python)"
-if [ -z "$PY" ]; then
-    say "ERROR: no python interpreter found" >&2
-    exit 1
-fi
-# A Debian system python is "externally managed" (PEP 668): use a repo-local venv instead.
-externally_managed() {
-    "$1" - <<'PYEOF'
-import os, sys, sysconfig
-in_venv = sys.prefix != sys.base_prefix
-marker = os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")
-sys.exit(0 if (not in_venv and os.path.exists(marker)) else 1)
-PYEOF
-}
-if [ -z "${PYTHON:-}" ] && [ "$PY" != .venv/bin/python ] && externally_managed "$PY"; then
-    say "$PY is externally managed; creating .venv"
-    "$PY" -m venv .venv
-    PY=.venv/bin/python
-fi
-say "pip install -e .[test,lab] ($("$PY" -c 'import sys; print(sys.executable, sys.version.split()[0])'))"
-"$PY" -m pip install -q --disable-pip-version-check --root-user-action=ignore -e ".[test,lab]"
+# Python: the project virtual environment, kit installed into it (editable: this checkout).
+# shellcheck source=scripts/venv.sh
+. scripts/venv.sh
+kit_venv
+if [ "$PYTHON_ONLY" -eq 1 ]; then kit_venv_install ""; else kit_venv_install "test,lab,sqlalchemy,otel,prometheus"; fi
+say "kit runs from $KIT_VENV: $KIT_VENV/bin/kit, or \`source $KIT_VENV/bin/activate\` and then kit"
 # Citus (the sharded backend's test cluster): built once from the vendored source into PostgreSQL 15.
 # Exit 3 means the tarball is not beside the clone: the Citus tests then skip with that reason.
 if [ "$PYTHON_ONLY" -eq 0 ]; then

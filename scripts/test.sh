@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run the whole test suite from a fresh clone: installs what's missing, then runs pytest.
+# Run the whole test suite from a fresh clone: installs what's missing (kit and its test dependencies into
+# the project virtual environment .venv, scripts/setup.sh), then runs ruff and pytest from .venv.
 #   bash scripts/test.sh                 # everything
 #   bash scripts/test.sh -k foo -x       # extra pytest args are passed through
 #   KIT_TEST_SERVERS=pgserver16 bash scripts/test.sh   # only one PostgreSQL server
@@ -10,12 +11,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 bash scripts/setup.sh
 
-# Same interpreter choice as scripts/setup.sh.
-if [ -n "${PYTHON:-}" ]; then PY="$PYTHON"
-elif [ -x .venv/bin/python ]; then PY=.venv/bin/python
-elif command -v python >/dev/null 2>&1; then PY=python
-else PY=python3
-fi
+# Everything runs in the project virtual environment that scripts/setup.sh made (.venv in this checkout).
+PY="${KIT_VENV:-.venv}/bin/python"
+echo "[test] using $PY ($("$PY" -V 2>&1))"
 
 # Lint first: ruff-clean is part of the suite (only when running everything).
 if [ "$#" -eq 0 ]; then

@@ -287,6 +287,9 @@ def test_report_round_trip_and_summary(tmp_path: Path) -> None:
     assert loaded[0].timeline[1] == (3.2, "fault")
     table = render_summary(loaded)
     assert table.row_count == 1
+    legend = str(table.caption)  # every column is explained under the table
+    for column in ("wf:", "fault→ckpt s:", "drain s:", "dup:", "lost ack:", "G1–G9:", "result:"):
+        assert column in legend
 
 
 # -- one real run ---------------------------------------------------------------------------------------------------

@@ -65,13 +65,15 @@ def with_options(url: str, settings: dict[str, str]) -> str:
 # -- every statement is single-shard but a documented few --------------------------------------------------
 
 # The statements that run on several shards by design: reads without locks (candidates, listings), the
-# heartbeat's multi-shard UPDATE of the owner's own rows, and the walk of a tree's links (pruned to the
-# parents' shards). docs/backends.md lists them.
+# heartbeat's multi-shard UPDATE of the owner's own rows, the walk of a tree's links (pruned to the parents'
+# shards), a retried claim's read-back of its token and gc's pruning of old recorded answers (its own
+# autocommit statement). docs/backends.md lists them.
 MULTI_SHARD = frozenset({
     "ready_candidates", "expired_candidates", "limited_expired", "ready_strays", "children_of", "gc_candidates",
     "gc_references", "lease_renew", "lease_renew_no_worker", "workflow_get_many_terminal", "workflow_children",
     "worker_list", "workflow_version_counts", "queue_list", "monitor_workers", "monitor_queues", "monitor_finished",
     "monitor_latency", "monitor_failures", "monitor_oldest_pending", "queue_limited_names", "lane_nodes",
+    "claim_read_back", "call_outcomes_gc",
 })
 
 
@@ -106,6 +108,16 @@ def guarded_backend() -> type[CitusBackend]:
             Guarded.guarded.update({text: name for name, text in self._q.items() if name not in MULTI_SHARD})
 
     return GuardedCitus
+
+
+def test_no_multi_shard_statement_locks_rows_for_a_claim():
+    """The statements allowed to span shards take no row locks of their own (no FOR UPDATE / SHARE clause):
+    with the guard below, no locking query of the backend ever runs on more than one shard."""
+    q = CitusBackend.queries
+    for name in sorted(MULTI_SHARD):
+        text = " ".join(q[name].split()).upper()  # KeyError: a name in MULTI_SHARD that is no statement
+        for clause in ("FOR UPDATE", "FOR NO KEY UPDATE", "FOR SHARE", "FOR KEY SHARE"):
+            assert clause not in text, f"multi-shard statement {name} locks rows ({clause})"
 
 
 def test_every_statement_but_the_documented_reads_runs_on_one_shard(citus_url, citus_schema):
@@ -250,8 +262,9 @@ def test_which_operations_commit_with_two_phase_commit(citus_url, citus_schema, 
         # A child on another node than its parent: fenced by the parent's row, linked on its shard.
         assert prepared(lambda: backend.workflow_create(NewWorkflow(
             on_b[0], NAME, inputs, owner="w1", parent_id=on_a[0], parent_epoch=claimed[0].epoch))) == 2
-        # A send fenced by a sender on the other node.
-        assert prepared(lambda: backend.message_send(on_b[0], "t", "1", "k1", sender=(on_a[0], 1))) == 2
+        # A send fenced by a sender on the other node: the sender's node is only read (its row held FOR KEY
+        # SHARE until the end), so only the receiver's node writes and Citus commits it in one phase.
+        assert prepared(lambda: backend.message_send(on_b[0], "t", "1", "k1", sender=(on_a[0], 1))) == 0
         # Cancel of a tree over two nodes: one transaction, prepared on both.
         assert prepared(lambda: backend.workflow_cancel(on_a[0], '{"type": "X", "message": "stop"}')) == 2
         # A limited queue's claim: the home lane's slot and the workflow on another node.

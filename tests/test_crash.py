@@ -35,7 +35,9 @@ if str(REPO) not in sys.path:
 ledger = importlib.import_module("tests.apps.ledger_app")
 
 APP_SPEC = "tests.apps.ledger_app:app"
-LEASE, HEARTBEAT, POLL = 1.5, 0.4, 0.2
+# Short leases keep the crash tests quick; 3 s still rides out a worker process starved of CPU for a second
+# or two on a loaded 2-core machine (a live worker must not lose its leases to the test's other worker).
+LEASE, HEARTBEAT, POLL = 3.0, 0.5, 0.2
 
 
 # -- helpers ----------------------------------------------------------------------------------------------

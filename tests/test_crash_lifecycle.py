@@ -72,7 +72,9 @@ def test_killing_workers_with_children_and_timers_in_flight(env, tmp_path: Path)
     for i, wid in enumerate(ids):
         app.enqueue("lc.order", i, workflow_id=wid)
     rng = random.Random(7)
-    with Workers({**wenv, "LC_SLEEP": "0.8"}, tmp_path, SPEC) as workers:
+    # Timers long enough that work is still in flight for a second kill on a loaded machine (the kill loop
+    # waits for workers to start and for timers to be recorded; it must not find everything finished).
+    with Workers({**wenv, "LC_SLEEP": "2.0"}, tmp_path, SPEC) as workers:
         for _ in range(2):
             workers.wait_ready(workers.start(concurrency=8))
         kills = 0

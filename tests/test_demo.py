@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
+
+from kit.embedded import embedded_status
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -17,13 +18,11 @@ REPO = Path(__file__).resolve().parents[1]
 def data_dir(tmp_path):
     path = tmp_path / "kitdata"
     yield path
-    # The embedded server outlives `kit demo` on purpose (the next run reuses it); stop it here.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import pgserver
-
-        if (path / "pgdata").exists():
-            pgserver.get_server(path / "pgdata", cleanup_mode="stop").cleanup()
+    # The embedded server outlives `kit demo` on purpose (the next run reuses it); `kit db stop` stops it.
+    res = subprocess.run([sys.executable, "-m", "kit.cli", "db", "stop", "--data-dir", str(path)], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert not embedded_status(path).running
 
 
 @pytest.mark.slow
@@ -36,7 +35,8 @@ def test_kit_demo_crashes_a_worker_and_recovers_on_the_embedded_database(data_di
     )
     out = res.stdout + res.stderr
     assert res.returncode == 0, out
-    assert "using embedded PostgreSQL" in out
+    assert out.count("started the embedded PostgreSQL") == 1  # said once, by the process that started it
+    assert "kit db stop" in out
     assert "SIGKILL worker A" in out
     assert "orders completed" in out and "4/4" in out
     assert "no step whose checkpoint committed ran again" in out

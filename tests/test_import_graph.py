@@ -1,11 +1,12 @@
 """kit's modules import one way, down the layers, with no cycle: read from the source with ``ast``.
 
 Every import counts: module level, inside functions, and under ``if TYPE_CHECKING``. Layers, lowest
-first: base (errors, clock, config, serialization, ...) < storage (the interface, the backends, the
-notifier, the bench's probe protocol) < engine (definitions, engine) < runtime (worker runtime,
-services) < features (lifecycle, handle, queues, messaging, streams, schedules, starting) < facade
-(``kit``, ``kit.app``, ``kit.client``) < tools (CLI, bench, lab, monitor, demo, testing). A module may
-import its own layer or lower ones; within a layer the cycle check keeps the order.
+first: base (errors, clock, config, serialization, the telemetry hook, ...) < storage (the interface,
+the backends, the notifier, the bench's probe protocol) < engine (definitions, engine) < runtime (worker
+runtime, services) < features (lifecycle, handle, queues, messaging, streams, schedules, starting, the
+SQLAlchemy adapter) < facade (``kit``, ``kit.app``, ``kit.client``) < tools (CLI, bench, lab, monitor,
+demo, testing, the OpenTelemetry and Prometheus integrations, ``python -m kit``). A module may import its
+own layer or lower ones; within a layer the cycle check keeps the order.
 """
 
 from __future__ import annotations
@@ -19,15 +20,16 @@ REPO = Path(__file__).resolve().parents[1]
 # covers its submodules).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("kit.errors", "kit.clock", "kit.config", "kit.validation", "kit.serialization", "kit.cron",
-              "kit.groupcommit", "kit.embedded")),
+              "kit.groupcommit", "kit.embedded", "kit.telemetry", "kit.integrations")),
     ("storage", ("kit.storage", "kit.registry", "kit.notifier", "kit.backends",
                  "kit.bench.probe")),  # the protocol a backend's bench probe implements
     ("engine", ("kit.definitions", "kit.engine")),
     ("runtime", ("kit.runtime", "kit.services")),
     ("features", ("kit.lifecycle", "kit.handle", "kit.queues", "kit.messaging", "kit.streams", "kit.schedules",
-                  "kit.starting")),
+                  "kit.starting", "kit.integrations.sqlalchemy")),
     ("facade", ("kit", "kit.app", "kit.client")),
-    ("tools", ("kit.cli", "kit.bench", "kit.lab", "kit.monitor", "kit.demo", "kit.demo_app", "kit.testing")),
+    ("tools", ("kit.cli", "kit.bench", "kit.lab", "kit.monitor", "kit.demo", "kit.demo_app", "kit.testing",
+               "kit.integrations.otel", "kit.integrations.prometheus", "kit.integrations.metrics", "kit.__main__")),
 ]
 RANK = {name: i for i, (name, _) in enumerate(LAYERS)}
 

@@ -115,7 +115,7 @@ def test_injection_strings_everywhere(pg_url: str, schema: str) -> None:
               "' OR '1'='1": ["' OR '1'='1"], "%' OR 1=1 --": [], "x'; DROP TABLE": []}
     for needle, expected in errors.items():
         rows = _list(args, "--error", needle)
-        assert sorted(json.loads(r["error"])["message"] for r in rows) == expected, needle
+        assert sorted(r["error"]["message"] for r in rows) == expected, needle
     for wid in ids:
         code, out, err = run_cli(["workflow", "show", "--json", wid, *args])
         assert code == 0, err

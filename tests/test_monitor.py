@@ -21,10 +21,12 @@ from kit.backends.postgres import PostgresBackend
 from psycopg import sql
 
 import kit
+from kit.cli.layout import render_plain
 from kit.monitor import (
     MonitorSnapshot,
     MonitorSource,
     finished_counts,
+    render,
     render_text,
     sparkline,
     throughput_series,
@@ -44,8 +46,10 @@ from kit.storage import (
 )
 
 try:  # works whether or not tests/ is a package
+    from .layout_data import assert_golden
     from .servers import DebianPostgres
 except ImportError:
+    from layout_data import assert_golden
     from servers import DebianPostgres
 
 pytestmark = pytest.mark.all_backends  # also on the extra targets (Citus): tests/targets.py
@@ -109,7 +113,7 @@ def test_finished_counts_combine_active_and_window():
                       Status.CANCELLED: 0}
 
 
-# -- rendering (golden content at width 120, fixed clock) ----------------------------------------------
+# -- rendering (golden frames at 80 and 140 columns, fixed clock) --------------------------------------
 def frame_lines(snap: MonitorSnapshot, now: datetime, width: int = 120) -> list[str]:
     text = render_text(snap, now, width=width)
     lines = text.rstrip("\n").split("\n")
@@ -117,30 +121,49 @@ def frame_lines(snap: MonitorSnapshot, now: datetime, width: int = 120) -> list[
     return [line.rstrip() for line in lines]
 
 
-def test_render_frame_golden_content():
-    lines = frame_lines(snapshot(), T + timedelta(seconds=0.5))
-    text = "\n".join(lines)
+@pytest.mark.parametrize("width", [80, 140])
+def test_render_frame_golden(width):
+    text = render_text(snapshot(), T + timedelta(seconds=0.5), width=width)
+    assert_golden(f"monitor-{width}.txt", text, width)
+    lines = frame_lines(snapshot(), T + timedelta(seconds=0.5), width)
     assert lines[0] == f"kit monitor  postgres  {ENDPOINT}"
     assert lines[1] == "node 10.0.0.5:5432 (primary)  2026-01-31 12:00:00 UTC"
-    assert "reconnecting" not in text
-    expected_rows = [
-        r"│ PENDING\s+12\s+│ │\s+worker\s+host:pid\s+alive\s+heartbeat\s+claims\s+│ │\s+queue\s+depth\s+in-flight\s+limit\s+│",
-        r"│ RUNNING\s+4\s+│ │\s+worker-a1\s+host1:4242\s+yes\s+1\.7s ago\s+3\s+│ │\s+default\s+12\s+3\s+—\s+│",
-        r"│ SUCCESS\s+127\s+│ │\s+worker-old\s+host2:99\s+no\s+40\.5s ago\s+0\s+│ │\s+emails\s+0\s+1\s+—\s+│",
+    expected_rows = [  # every value whole: no panel is squeezed to ellipses
+        r"│ PENDING\s+12\s+│ │\s+worker\s+host:pid\s+alive\s+heartbeat\s+claims\s+│",
+        r"│\s+worker-a1\s+host1:4242\s+yes\s+1\.7s ago\s+3\s+│",
+        r"│\s+worker-old\s+host2:99\s+no\s+40\.5s ago\s+0\s+│",
+        r"│\s+queue\s+depth\s+running\s+limit\s+│", r"│\s+default\s+12\s+3\s+—\s+│", r"│\s+emails\s+0\s+1\s+—\s+│",
         r"│ ERROR\s+2\s+│",
         r"│ now 2\.0/s\s+avg 0\.4/s\s+peak 2\.4/s\s+│",
-        r"│\s+workflow\s+120\s+12\.3 ms\s+250\.0 ms\s+1\.50 s\s+│",
-        r"│\s+step\s+360\s+2\.0 ms\s+10\.0 ms\s+50\.0 ms\s+│",
+        r"│\s+workflow\s+120\s+12ms\s+250ms\s+1\.5s\s+│",
+        r"│\s+step\s+360\s+2\.0ms\s+10ms\s+50ms\s+│",
         r"│\s+20\.5s ago\s+order-17\s+shop\.checkout\s+ValueError: card declined\s+│",
     ]
+    text = "\n".join(lines)
     for pattern in expected_rows:
         assert any(re.search(pattern, line) for line in lines), f"no line matches {pattern!r}:\n{text}"
     assert "workers: 1 alive / 2" in text and "ended: 5 min" in text
     assert "finished per second, last 5 min" in text and "latency, last 5 min" in text
     assert "▁" * 47 + "▇▇▇▇▇▇▇▇█▇▇▇" in text
     assert lines[-2] == "oldest pending: order-99 (shop.checkout, queue default) waiting 1m15s"
-    assert lines[-1] == "q quit  ·  last reading 4 ms"
-    assert 20 <= len(lines) <= 30
+    assert lines[-1] == "last reading 4 ms"  # --once: no key help
+    assert len(lines) <= 24
+
+
+def test_render_live_fits_80x24_by_cutting_long_lists():
+    failures = tuple(WorkflowRecord(f"0b9e{i:04d}-1c2d-4e5f-8a9b-0c1d2e3f4a5b", "shop.checkout", Status.ERROR,
+                                    finished_at=T - timedelta(seconds=5 * i),
+                                    error='{"type": "ValueError", "message": "card declined"}') for i in range(5))
+    workers = tuple(WorkerStats(f"web-{i}:{100 + i}:5d9da58d", f"web-{i}", 100 + i, T, T, True, i) for i in range(6))
+    snap = snapshot(stats=fixed_stats(recent_failures=failures, workers=workers))
+    full = frame_lines(snap, T, 80)
+    assert len(full) > 24 and full[-1] == "last reading 4 ms"
+    live = render_plain(render(snap, T, height=24, live=True), 80).rstrip("\n").split("\n")
+    assert len(live) <= 24, "\n".join(live)
+    text = "\n".join(live)
+    assert "+4 more" in text and "+5 more" in text and live[-1].startswith("q quit")
+    assert "0b9e0000…" in text  # ids cut by the rule when the error would not fit beside them
+    assert "web-0:100:5d9da58d" in text and "host:pid" not in text  # default worker ids carry host:pid
 
 
 def test_render_is_pure_and_follows_the_clock():
@@ -227,13 +250,16 @@ def test_source_reports_errors_instead_of_raising():
 class Tmux:
     """A private tmux server (own socket, so it inherits this environment) running one command."""
 
-    def __init__(self, tmp_path: Path, command: list[str], env: dict[str, str]) -> None:
+    def __init__(self, tmp_path: Path, command: list[str], env: dict[str, str],
+                 size: tuple[int, int] = (140, 50)) -> None:
         self.socket = f"kit-mon-{uuid.uuid4().hex[:8]}"
         self.exit_file = tmp_path / "exit"
         exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
-        shell = (f"cd {shlex.quote(str(REPO))} && env {exports} {' '.join(shlex.quote(c) for c in command)}; "
+        # COLUMNS/LINES may be inherited from whoever started tmux: the window size must decide the layout.
+        shell = (f"cd {shlex.quote(str(REPO))} && env -u COLUMNS -u LINES {exports} "
+                 f"{' '.join(shlex.quote(c) for c in command)}; "
                  f"echo EXIT=$? > {shlex.quote(str(self.exit_file))}; sleep 30")
-        self._tmux("new-session", "-d", "-s", "mon", "-x", "140", "-y", "50", shell)
+        self._tmux("new-session", "-d", "-s", "mon", "-x", str(size[0]), "-y", str(size[1]), shell)
 
     def _tmux(self, *args: str) -> str:
         res = subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, timeout=20)
@@ -284,7 +310,8 @@ needs_tmux = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is no
 
 
 @needs_tmux
-def test_live_monitor_in_tmux_follows_a_workload_and_quits_on_q(pg_url, schema, tmp_path):
+@pytest.mark.parametrize("size", [(140, 50), (80, 24)], ids=["140x50", "80x24"])
+def test_live_monitor_in_tmux_follows_a_workload_and_quits_on_q(pg_url, schema, tmp_path, size):
     app = kit.Kit(database_url=pg_url, schema=schema, lease_seconds=5.0, heartbeat_seconds=0.5, poll_seconds=0.1)
 
     @app.step()
@@ -308,7 +335,7 @@ def test_live_monitor_in_tmux_follows_a_workload_and_quits_on_q(pg_url, schema, 
 
     runner = threading.Thread(target=workload, daemon=True)
     tmux = Tmux(tmp_path, [sys.executable, "-m", "kit.cli", "monitor", "--database-url", pg_url, "--schema", schema,
-                           "--interval", "0.5"], monitor_env())
+                           "--interval", "0.5"], monitor_env(), size)
     try:
         first = tmux.wait_for(lambda s: "SUCCESS" in s, "the first frame")
         assert "kit monitor" in first and "Traceback" not in first
@@ -317,6 +344,14 @@ def test_live_monitor_in_tmux_follows_a_workload_and_quits_on_q(pg_url, schema, 
         second = tmux.wait_for(lambda s: success_count(s) > success_count(first), "the count to grow")
         assert re.search(r"alive / [1-9]", second), second
         assert "finished per second" in second and "p95" in second
+        # The whole frame is on screen, every header whole: nothing squeezed to an ellipsis, nothing wrapped.
+        lines = second.rstrip("\n").split("\n")
+        assert len(lines) <= size[1] and all(len(line) <= size[0] for line in lines)
+        assert "…" not in second, second
+        if size[0] >= 120:  # the extra width is used: panels side by side
+            assert re.search(r"workers: .*queues", second), second
+        for fragment in ("heartbeat", "claims", "oldest pending", "q quit"):
+            assert fragment in second, (fragment, second)
         tmux.keys("q")
         assert tmux.exit_code() == 0
     finally:

@@ -9,6 +9,8 @@ import uuid
 
 import psycopg
 import pytest
+from connect_helpers import CountingBackend, CountingConnection
+from kit.backends.postgres.errors import ConnectionRejectedError
 from psycopg import sql
 from security_helpers import run_cli
 from tls_server import CERT_USER, TlsPostgres
@@ -109,3 +111,21 @@ def test_client_certificate_authenticates_without_a_password(tls_pg: TlsPostgres
     # Without the certificate the same role is refused.
     with pytest.raises(DatabaseUnavailableError, match="certificate"):
         kit.Kit(tls_pg.tls_url(user=CERT_USER), connect_timeout=1).backend  # noqa: B018
+
+
+@pytest.mark.parametrize(("kind", "make_url", "fragment"), [
+    ("plain to a TLS-only server", lambda s: s.tls_url(sslmode="disable"), "add sslmode=require"),
+    ("a CA that did not sign the server's certificate", lambda s: s.tls_url(ca="wrong_ca.crt"),
+     "certificate verify failed"),
+    ("no client certificate where one is required", lambda s: s.tls_url(user=CERT_USER),
+     "valid client certificate"),
+], ids=lambda v: v if isinstance(v, str) and " " in v else "")
+def test_tls_mismatch_fails_on_the_first_attempt(tls_pg: TlsPostgres, kind: str, make_url, fragment: str) -> None:
+    """A TLS mismatch cannot succeed on retry: one connection attempt, no retry, the cause and the fix."""
+    CountingConnection.attempts = 0
+    backend = CountingBackend(make_url(tls_pg), connect_timeout=2, retry_seconds=30)
+    with pytest.raises(ConnectionRejectedError) as info:
+        backend.open()
+    assert CountingConnection.attempts == 1, kind
+    assert info.value.failure.kind == "tls" and fragment in str(info.value)
+    assert tls_pg.password not in str(info.value)

@@ -3,8 +3,8 @@ distributed by workflow id, ready work in lanes (one per shard) and limited queu
 
 It is the PostgreSQL backend's class with the parts that differ swapped in (one module per area, as in
 ``backends/postgres``), its own statements (``queries.sql``, and ``overrides.sql`` for the PostgreSQL
-statements that read differently here) and two migrations after the PostgreSQL ones (0011 distributes the
-tables and creates lanes, slots, dedup and child links; 0012 the SQL ``enqueue()``). docs/backends.md
+statements that read differently here) and two migrations after the PostgreSQL ones (0013 distributes the
+tables and creates lanes, slots, dedup and child links; 0014 the SQL ``enqueue()``). docs/backends.md
 describes the layout and what each operation costs.
 """
 
@@ -21,6 +21,7 @@ from kit.storage import ServerInfo
 from .control import CitusControlPart
 from .leases import CitusLeasesPart
 from .messaging import CitusMessagingPart
+from .outcomes import CitusOutcomesPart
 from .queues import CitusQueuesPart
 from .steps import CitusStepsPart
 from .streams import CitusStreamsPart
@@ -46,6 +47,7 @@ class CitusBackend(
     CitusMessagingPart,
     CitusStreamsPart,
     CitusStepsPart,
+    CitusOutcomesPart,
     PostgresBackend,
 ):
     """Citus 11+ coordinator (tested with 13.2): distributed tables, router claims per lane, notifications

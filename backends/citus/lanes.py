@@ -1,7 +1,7 @@
 """Lanes and the helpers every Citus part shares: where a key's ready rows live, which node holds a lane,
 pipelined single-statement transactions, and error names without shard suffixes.
 
-A lane is a key (``lane:<n>``) chosen by migration 0011 so that it hashes into one shard of ``workflows``:
+A lane is a key (``lane:<n>``) chosen by migration 0013 so that it hashes into one shard of ``workflows``:
 one lane per shard. A workflow's ready row goes to the lane of its own shard, so an enqueue writes one
 shard; a limited queue's ready rows and slots go to its *home lane* (the lane of the queue name's shard).
 Claims are router statements on one lane. The lane → node map (read from Citus' catalog) only groups claims
@@ -24,7 +24,7 @@ LANE_MAP_SECONDS = 60.0  # how long the lane → node map is trusted before it i
 
 
 def dedup_key(queue: str | None, dedup_id: str) -> str:
-    """The distribution key of a (queue, dedup id) pair, as ``dedup_key()`` of migration 0011 computes it:
+    """The distribution key of a (queue, dedup id) pair, as ``dedup_key()`` of migration 0013 computes it:
     the queue's length first, so no two pairs share a key."""
     q = queue or ""
     return f"{len(q)}:{q}{dedup_id}"

@@ -9,7 +9,11 @@ A claim never sends a multi-shard locking statement:
 3. ready rows are taken lane by lane: per lane a router ``DELETE ... IN (SELECT ... FOR UPDATE SKIP LOCKED)``
    and a router ``UPDATE`` of those workflows (same shard), lanes of one node in one transaction (one-phase
    commit), one transaction per node. Once one of these transactions has committed, a failure of a later one
-   ends the call with the claims made (a retry of the whole call would not return them).
+   ends the call with the claims made.
+
+Every claim statement stamps its rows with the call's token (``claim_token``, ``claim_recovery``); when the
+whole call is retried after a lost connection, the retry reads back what earlier attempts committed
+(``claim_read_back``, a multi-shard read without locks) and returns it with any new claims.
 
 Lease renewal is the ``lease_renew`` statement (``heartbeat()``: the worker upsert on the coordinator and one
 multi-shard UPDATE that locks only the rows it extends).
@@ -24,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
+from kit.backends.postgres.connection import call_token
 from kit.backends.postgres.leases import LeasesPart
 
 from kit.storage import Claim, ClaimRequest
@@ -38,16 +43,29 @@ class CitusLeasesPart(LanesPart, LeasesPart):
     """workflow_claim by lanes."""
 
     def workflow_claim(self, req: ClaimRequest) -> list[Claim]:
+        """Every unit stamps what it claims with this call's token (claim_token, claim_recovery); a retry of the
+        call (an earlier attempt may have committed units, its acknowledgement lost) first reads back the rows
+        held under the token (``_claims_read_back``: a multi-shard read without locks) and claims new work only
+        for the rest of ``limit``."""
         if not req.names or req.limit <= 0:
             return []
         params: dict[str, Any] = {
             "owner": req.owner, "names": list(req.names), "limit": req.limit, "lease": req.lease_seconds,
             "any_queue": req.queues is None, "queues": list(req.queues or []),
-            "versions": None if req.versions is None else list(req.versions),
+            "versions": None if req.versions is None else list(req.versions), "token": call_token(),
         }
-        found = self._run(lambda conn: self._claim_lanes(conn, params))
+        attempts = 0
+
+        def claim(conn: psycopg.Connection) -> list[tuple]:
+            nonlocal attempts
+            attempts += 1
+            found: list[tuple] = self._claims_read_back(conn, params) if attempts > 1 else []
+            if len(found) >= req.limit:
+                return found
+            return found + self._claim_lanes(conn, {**params, "limit": req.limit - len(found)})
+
         return [Claim(workflow_id=r[0], name=r[1], inputs=r[2], epoch=r[3], recovery=r[4], deadline=r[5])
-                for r in found]
+                for r in self._run(claim)]
 
     def _claim_lanes(self, conn: psycopg.Connection, params: dict[str, Any]) -> list[tuple]:
         with conn.pipeline():
@@ -87,7 +105,7 @@ class CitusLeasesPart(LanesPart, LeasesPart):
         longer limited gives it back in the same transaction."""
         wid, epoch, held = expired
         claim = {"owner": params["owner"], "lease": params["lease"], "keep_slot": False, "workflow_id": wid,
-                 "epoch": epoch}
+                 "epoch": epoch, "token": params["token"]}
         if held is None:
             return conn.execute(self._q["expired_claim"], claim).fetchall()
         with conn.transaction():

@@ -7,6 +7,7 @@ from the PostgreSQL backend (their statements are router queries)."""
 from __future__ import annotations
 
 import psycopg
+from kit.backends.postgres.connection import call_token
 from kit.backends.postgres.messaging import MessagingPart
 
 from kit.errors import LeaseLostError
@@ -23,6 +24,10 @@ class CitusMessagingPart(LanesPart, MessagingPart):
 
     def message_send(self, workflow_id: str, topic: str, body: str, sender_key: str | None = None,
                      sender: tuple[str, int] | None = None) -> bool:
+        # Without a key the call gets one of its own (as on PostgreSQL): a retry after a lost acknowledgement
+        # then finds its own message instead of delivering it twice.
+        if sender_key is None:
+            sender_key = call_token()
         params = {"workflow_id": workflow_id, "topic": topic, "body": body, "sender_key": sender_key}
 
         def send(conn: psycopg.Connection) -> bool:

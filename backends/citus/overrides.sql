@@ -28,7 +28,7 @@ ON CONFLICT (workflow_id, key) DO UPDATE
    SET value = excluded.value, step_id = excluded.step_id, updated_at = excluded.updated_at
 
 -- name: lease_renew
--- Heartbeat in one statement (heartbeat() of migration 0011: the workers upsert on the coordinator, then
+-- Heartbeat in one statement (heartbeat() of migration 0013: the workers upsert on the coordinator, then
 -- one multi-shard UPDATE of the owner's RUNNING rows, which locks only the rows it changes).
 SELECT workflow_id, epoch FROM {schema}.heartbeat(%(owner)s, %(lease)s, %(hostname)s, %(pid)s)
 
@@ -70,3 +70,11 @@ UPDATE {schema}.messages m
            FOR UPDATE SKIP LOCKED) pick
  WHERE m.workflow_id = %(workflow_id)s AND m.workflow_id = pick.workflow_id AND m.message_id = pick.message_id
 RETURNING m.body
+
+-- name: call_outcome_record
+-- Last statement of a control operation's transaction: its answer under the call's token. call_outcomes is
+-- distributed by token (colocated with workflows, migration 0013), so this is a router INSERT on the token's
+-- shard, part of the operation's transaction: one more participant of its two-phase commit when that shard
+-- is on another node, committed with the writes or not at all. No pruning here (a DELETE by age would be a
+-- multi-shard statement in every control transaction): workflow_gc prunes (call_outcomes_gc).
+INSERT INTO {schema}.call_outcomes (token, operation, result) VALUES (%(token)s, %(operation)s, %(result)s)

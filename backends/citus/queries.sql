@@ -148,7 +148,7 @@ RETURNING r.workflow_id
 UPDATE {schema}.workflows
    SET status = 'RUNNING', owner = %(owner)s, epoch = epoch + 1,
        lease_expires_at = now() + make_interval(secs => %(lease)s), started_at = least(started_at, now()),
-       claimed_at = now()
+       claimed_at = now(), claim_token = %(token)s, claim_recovery = false
  WHERE workflow_id = ANY(%(ids)s) AND status = 'PENDING'
 RETURNING workflow_id, name, inputs, epoch, false, deadline_at
 
@@ -168,7 +168,8 @@ SELECT workflow_id, epoch, held_lane FROM {schema}.workflows
 -- Take over one expired lease: a compare-and-set of the epoch seen, so of two claimers one wins.
 UPDATE {schema}.workflows
    SET owner = %(owner)s, epoch = epoch + 1, lease_expires_at = now() + make_interval(secs => %(lease)s),
-       recoveries = recoveries + 1, held_lane = CASE WHEN %(keep_slot)s THEN held_lane END
+       recoveries = recoveries + 1, held_lane = CASE WHEN %(keep_slot)s THEN held_lane END,
+       claim_token = %(token)s, claim_recovery = true
  WHERE workflow_id = %(workflow_id)s AND epoch = %(epoch)s AND status = 'RUNNING'
    AND lease_expires_at < now() AND owner IS DISTINCT FROM %(owner)s
 RETURNING workflow_id, name, inputs, epoch, true, deadline_at
@@ -308,7 +309,7 @@ RETURNING d.workflow_id, d.partition_key
 UPDATE {schema}.workflows
    SET status = 'RUNNING', owner = %(owner)s, epoch = epoch + 1,
        lease_expires_at = now() + make_interval(secs => %(lease)s), started_at = least(started_at, now()),
-       claimed_at = now(), held_lane = %(lane)s
+       claimed_at = now(), held_lane = %(lane)s, claim_token = %(token)s, claim_recovery = false
  WHERE workflow_id = %(workflow_id)s AND status = 'PENDING'
 RETURNING workflow_id, name, inputs, epoch, false, deadline_at
 
@@ -455,3 +456,22 @@ SELECT 1 FROM {schema}.workflows WHERE workflow_id = %(workflow_id)s FOR KEY SHA
 
 -- name: workflow_exists
 SELECT EXISTS (SELECT 1 FROM {schema}.workflows WHERE workflow_id = %(workflow_id)s)
+
+-- Recorded answers ---------------------------------------------------------------------------------------------
+
+-- name: call_outcomes_gc
+-- multi-shard: answers older than %(keep)s seconds (far beyond any call's retries), deleted by workflow_gc in a
+-- statement of their own (autocommit: shard locks held only for its duration).
+DELETE FROM {schema}.call_outcomes WHERE created_at < now() - make_interval(secs => %(keep)s)
+
+-- name: coordinator_outcome_record
+-- The answer of an operation that writes only coordinator tables (schedule_define) or whose commit decision
+-- is the coordinator's (migrate), in a plain coordinator table: it commits with those writes. Pruned on the
+-- way, as on PostgreSQL (a local statement).
+WITH pruned AS (
+    DELETE FROM {schema}.coordinator_outcomes WHERE created_at < now() - make_interval(secs => %(keep)s)
+)
+INSERT INTO {schema}.coordinator_outcomes (token, operation, result) VALUES (%(token)s, %(operation)s, %(result)s)
+
+-- name: coordinator_outcome_get
+SELECT result FROM {schema}.coordinator_outcomes WHERE token = %(token)s

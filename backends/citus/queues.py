@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 import psycopg.errors
 from kit.backends.postgres import rows
-from kit.backends.postgres.connection import scrub
+from kit.backends.postgres.connection import call_token, scrub
 from kit.backends.postgres.queues import QueuesPart
 
 from kit.errors import StorageError, TransientStorageError, UsageError
@@ -122,8 +122,22 @@ class CitusQueuesPart(CitusWorkflowsPart, LanesPart, QueuesPart):
         if time.monotonic() - self._strays_at.get(queue, 0.0) >= STRAYS_SECONDS:
             self._adopt_strays(queue)
         base = {"queue": queue, "lane": home, "owner": req.owner, "names": list(req.names), "lease": req.lease_seconds,
-                "versions": None if req.versions is None else list(req.versions)}
-        found = self._run(lambda conn: self._claim_home(conn, req, spec, base))
+                "versions": None if req.versions is None else list(req.versions), "token": call_token()}
+        attempts = 0
+
+        def claim(conn: psycopg.Connection) -> list[tuple] | None:
+            # A retry (an earlier attempt may have committed, its acknowledgement lost) first reads back the rows
+            # this owner holds under the call's token; they count within this worker's room and the limit.
+            nonlocal attempts
+            attempts += 1
+            mine = self._claims_read_back(conn, base) if attempts > 1 else []
+            if len(mine) >= req.limit:
+                return mine
+            more = self._claim_home(conn, dataclasses.replace(req, limit=req.limit - len(mine),
+                                                              running_here=req.running_here + len(mine)), spec, base)
+            return mine + more if more is not None else (mine or None)
+
+        found = self._run(claim)
         if found is None:
             return None
         return [Claim(workflow_id=r[0], name=r[1], inputs=r[2], epoch=r[3], recovery=r[4], queue=queue, deadline=r[5])

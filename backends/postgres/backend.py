@@ -42,6 +42,7 @@ class PostgresBackend(
     name: ClassVar[str] = "postgres"
     url_schemes: ClassVar[tuple[str, ...]] = ("postgresql", "postgres")
     specificity: ClassVar[int] = 0
+    sqlalchemy_url: ClassVar[str | None] = "postgresql+psycopg://"  # its step connections are psycopg 3
     queries: ClassVar[QuerySet] = QuerySet.load(__package__, "queries.sql")
     migrations: ClassVar[MigrationSet] = MigrationSet.load(__package__, "migrations")
 

@@ -9,6 +9,7 @@ class attribute ``connection_class``, so a test can inject faults at statement b
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -35,6 +36,7 @@ from kit.registry import server_mismatch
 from kit.storage import Backend, Capabilities, ServerInfo
 from kit.storage.records import WorkerInfo
 
+from .errors import explain, first_attempt
 from .lease_connection import LeaseConnection
 from .pool import Pool, mark_ok, ok_at
 from .queries import MigrationSet, QuerySet
@@ -161,8 +163,14 @@ def retry_if_cut_off(conn: psycopg.Connection, body: Callable[[psycopg.Connectio
         return body(conn)
     except (psycopg.Error, StorageError) as exc:
         if conn.broken or conn.closed:
-            raise psycopg.OperationalError(f"connection lost during a schedule transaction: {exc}") from exc
+            raise psycopg.OperationalError(f"connection lost during a transaction: {exc}") from exc
         raise
+
+
+def call_token() -> str:
+    """A fresh per-call token (96 random bits): what a call stamps on the rows it writes (claims) or
+    records its answer under (control operations), so its retry can read back what it did."""
+    return os.urandom(12).hex()
 
 
 def default_worker_info(owner: str) -> WorkerInfo:
@@ -226,8 +234,8 @@ class PostgresCore(Backend):
             with cls.connection_class.connect(dsn, **conn_kwargs(dsn, url, connect_timeout)) as conn:
                 return probe_connection(conn)
         except psycopg.Error as exc:
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise DatabaseUnavailableError(f"cannot connect to {redact_url(url)}: {scrub(text, url)}") from None
+            text = explain(scrub(str(exc).strip() or type(exc).__name__, url))
+            raise DatabaseUnavailableError(f"cannot connect to {redact_url(url)}: {text}") from None
 
     @classmethod
     def detect(cls, info: ServerInfo) -> bool:
@@ -246,6 +254,10 @@ class PostgresCore(Backend):
     def open(self) -> None:
         if self._pool is not None:
             return
+        # One direct attempt first (backends/postgres/errors.py): a failure no retry can fix (refused, unknown
+        # database or role, bad password, TLS) raises at once; a transient one is retried, and says so.
+        first_attempt(lambda: self.connection_class.connect(self.dsn, **self._conn_kwargs()), self.url, scrub,
+                      retry_for=self.connect_timeout + 1)
         pool = Pool(
             self.dsn, min_size=1, max_size=self.pool_size, kwargs=self._conn_kwargs(), open=False,
             name="kit", timeout=max(self.connect_timeout * 2, 10.0), reconnect_timeout=self.retry_seconds,
@@ -308,8 +320,7 @@ class PostgresCore(Backend):
             with self.connection_class.connect(self.dsn, **self._conn_kwargs()):
                 return "connection timed out"
         except psycopg.Error as exc:
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            return scrub(text, self.url)
+            return explain(scrub(str(exc).strip() or type(exc).__name__, self.url))
 
     def close(self) -> None:
         self._closed = True
@@ -415,6 +426,45 @@ class PostgresCore(Backend):
                 log.warning("database error (%s), retrying in %.2fs", scrub(str(exc).strip(), self.url), delay)
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 2.0)
+
+    # Recorded answers (call_outcomes) are deleted after this long: far beyond any call's retries.
+    outcome_keep_seconds: ClassVar[float] = 86_400.0
+
+    def _run_recorded(self, operation: str, body: Callable[[psycopg.Connection], T], *,
+                      encode: Callable[[T], Any] = lambda r: r, decode: Callable[[Any], T] = lambda v: v) -> T:
+        """Run ``body`` in one transaction that also records its answer (``encode``d to JSON) under a
+        per-call token; ``_run`` retries lost connections. A retry first reads that token back: a row means
+        an earlier attempt committed (its acknowledgement was lost), and that attempt's answer is returned
+        (``decode``d) without running ``body`` again; no row means it rolled back. Never a guess: the answer
+        commits with the writes or not at all. For control operations, not hot paths (one more statement)."""
+        token = call_token()
+        attempts = 0
+
+        def attempt(conn: psycopg.Connection) -> T:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1:
+                row = conn.execute(self._q["call_outcome_get"], {"token": token}).fetchone()
+                if row is not None:
+                    return decode(json.loads(row[0]))
+            with conn.transaction():
+                result = body(conn)
+                self._record_outcome(conn, token, operation, encode(result))
+            return result
+
+        return self._run(lambda conn: retry_if_cut_off(conn, attempt))
+
+    def _record_outcome(self, conn: psycopg.Connection, token: str, operation: str, value: Any) -> None:
+        """Inside the caller's transaction: its answer under ``token`` (see :meth:`_run_recorded`)."""
+        conn.execute(self._q["call_outcome_record"], {"token": token, "operation": operation,
+                                                      "result": json.dumps(value),
+                                                      "keep": max(self.outcome_keep_seconds, 2 * self.retry_seconds)})
+
+    def _claims_read_back(self, conn: psycopg.Connection, params: dict[str, Any]) -> list[tuple]:
+        """What earlier attempts of a claim call took (``params``: its ``owner`` and ``token``), in the shape
+        of a claim statement's rows: workflow id, name, inputs, epoch, recovery, deadline."""
+        return conn.execute(self._q["claim_read_back"], {"owner": params["owner"],
+                                                         "token": params["token"]}).fetchall()
 
     def _checkout_checked(self, timeout: float) -> tuple[Any, psycopg.Connection]:
         """A pooled connection for a transaction nobody retries blindly (a user's transactional step): one

@@ -1,4 +1,11 @@
-"""Claims and leases: claiming ready or orphaned workflows, renewing every lease a worker holds."""
+"""Claims and leases: claiming ready or orphaned workflows, renewing every lease a worker holds.
+
+A claim call stamps the rows it takes with a per-call token (``claim_token``, and ``claim_recovery``: was
+it a takeover); a retry after a lost acknowledgement reads them back (``claim_read_back``) before claiming
+anything new. A subclass with its own claim statements must set both columns from ``%(token)s`` and the
+recovery flag, and keep calling ``_claims_read_back`` first on a retry (as
+:meth:`LeasesPart.workflow_claim` does), so the read-back keeps working.
+"""
 
 from __future__ import annotations
 
@@ -9,28 +16,44 @@ from kit.config import redact_url
 from kit.errors import DatabaseUnavailableError, SchemaError, StorageError
 from kit.storage import Claim, ClaimRequest, WorkerInfo
 
-from .connection import PostgresCore, is_connection_error, scrub
+from .connection import PostgresCore, call_token, is_connection_error, scrub
 
 
 class LeasesPart(PostgresCore):
     """workflow_claim / lease_renew."""
 
     def workflow_claim(self, req: ClaimRequest) -> list[Claim]:
+        """One statement on the fresh path. Every attempt stamps what it claims with this call's token; a
+        retry (an earlier attempt may have committed, its acknowledgement lost) first reads back the rows
+        held under the token and returns them, claiming new work only for the rest of ``limit``."""
         if not req.names or req.limit <= 0:
             return []
         params = {
             "owner": req.owner, "names": list(req.names), "limit": req.limit, "lease": req.lease_seconds,
             "any_queue": req.queues is None, "queues": list(req.queues or []),
-            "versions": None if req.versions is None else list(req.versions),
+            "versions": None if req.versions is None else list(req.versions), "token": call_token(),
         }
         caps = self._caps
-        if caps.skip_locked and caps.multi_row_locking_claims:
-            # One statement: candidates locked with SKIP LOCKED, then claimed (one round trip).
-            found = self._run(lambda c: c.execute(self._q["workflow_claim"], params).fetchall())
-        else:
-            found = self._run(lambda c: self._claim_row_by_row(c, params))
+        one_statement = caps.skip_locked and caps.multi_row_locking_claims
+        attempts = 0
+
+        def claim(conn: psycopg.Connection) -> list[tuple]:
+            nonlocal attempts
+            attempts += 1
+            found: list[tuple] = self._claims_read_back(conn, params) if attempts > 1 else []
+            if found:
+                if len(found) >= req.limit:
+                    return found
+                rest = {**params, "limit": req.limit - len(found)}
+            else:
+                rest = params
+            if one_statement:
+                # Candidates locked with SKIP LOCKED, then claimed (one round trip).
+                return found + conn.execute(self._q["workflow_claim"], rest).fetchall()
+            return found + self._claim_row_by_row(conn, rest)
+
         return [Claim(workflow_id=r[0], name=r[1], inputs=r[2], epoch=r[3], recovery=r[4], deadline=r[5])
-                for r in found]
+                for r in self._run(claim)]
 
     def _claim_row_by_row(self, conn: psycopg.Connection, params: dict) -> list[tuple]:
         """Read candidates without locks, then claim each with a single-row compare-and-set of its epoch
@@ -39,7 +62,7 @@ class LeasesPart(PostgresCore):
         if not candidates:
             return []
         stmt = self._q["workflow_claim_row"]
-        base = {"owner": params["owner"], "lease": params["lease"]}
+        base = {"owner": params["owner"], "lease": params["lease"], "token": params["token"]}
         with conn.pipeline():
             cursors = [conn.execute(stmt, {**base, "workflow_id": wid, "epoch": epoch, "recovery": recovery})
                        for wid, epoch, recovery in candidates]

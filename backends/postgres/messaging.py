@@ -10,6 +10,7 @@ from kit.errors import LeaseLostError
 from kit.storage import StepRecord, StepResult
 
 from . import rows
+from .connection import call_token
 from .notifications import NotificationsPart
 from .steps import StepsPart
 
@@ -19,6 +20,10 @@ class MessagingPart(StepsPart, NotificationsPart):
 
     def message_send(self, workflow_id: str, topic: str, body: str, sender_key: str | None = None,
                      sender: tuple[str, int] | None = None) -> bool:
+        # Without a key the call gets one of its own: a retry after a lost acknowledgement then finds its
+        # own message (ON CONFLICT) instead of delivering it twice. Two calls are still two messages.
+        if sender_key is None:
+            sender_key = call_token()
         params = {"workflow_id": workflow_id, "topic": topic, "body": body, "sender_key": sender_key,
                   "channel": self._statement_channel,
                   "sender_id": sender[0] if sender else None, "sender_epoch": sender[1] if sender else None}

@@ -9,13 +9,15 @@ migrator finds the versions the first applied and applies nothing twice. A migra
 
 from __future__ import annotations
 
+import json
+
 import psycopg
 import psycopg.errors
 from psycopg import sql
 
 from kit.errors import SchemaError, StorageError
 
-from .connection import PostgresCore
+from .connection import PostgresCore, call_token
 from .queries import Migration
 
 MIGRATION_LOCK = 0x6B6974  # "kit": pg_advisory_xact_lock key serialising migrations
@@ -97,7 +99,16 @@ class MigrationsPart(PostgresCore):
         if current == newest:
             return []
 
+        token = call_token()
+        attempts = 0
+
         def apply(conn: psycopg.Connection) -> list[int]:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1:  # an earlier attempt may have committed, its acknowledgement lost
+                committed = self._applied_by(conn, token)
+                if committed is not None:
+                    return committed
             applied: list[int] = []
             self._prepare_migration_lock(conn)
             with conn.transaction():
@@ -128,6 +139,8 @@ class MigrationsPart(PostgresCore):
                         (version, name),
                     )
                     applied.append(version)
+                if applied:  # the answer commits with the versions (call_outcomes exists from version 12 on)
+                    self._record_outcome(conn, token, "migrate", applied)
             return applied
 
         try:
@@ -141,6 +154,20 @@ class MigrationsPart(PostgresCore):
                 "may not change the schema: run `kit migrate` as the schema owner first (then open workers "
                 "with migrate=False or leave it on: an up-to-date schema needs no privileges to check)"
             ) from exc.__cause__
+
+    def _applied_by(self, conn: psycopg.Connection, token: str) -> list[int] | None:
+        """The versions a migrate call's committed attempt applied (recorded under its token), or None
+        when no attempt of it committed (the table may not exist yet: nothing committed). Looked up in
+        pg_tables, not with to_regclass: a name lookup of a schema that does not exist yet leaves a negative
+        catalog-cache entry in the session, and the migration transaction that follows, once granted the
+        lock after another migrator created the schema, would then try to create it again (unique
+        violation on pg_namespace)."""
+        exists = conn.execute("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_tables "
+                              "WHERE schemaname = %s AND tablename = 'call_outcomes')", (self.schema,)).fetchone()[0]
+        if not exists:
+            return None
+        row = conn.execute(self._q["call_outcome_get"], {"token": token}).fetchone()
+        return None if row is None else [int(v) for v in json.loads(row[0])]
 
     def schema_version(self) -> int | None:
         def read(conn: psycopg.Connection) -> int | None:

@@ -81,6 +81,8 @@ RETURNING queue,
 -- of queues without limits, in one statement. Queues the database knows as limited are never claimed
 -- here (whatever this worker's own declaration says): they go through queue_claim.
 -- SKIP LOCKED keeps claimers off each other's rows and off rows a checkpoint is being fenced against.
+-- Every claim statement stamps the rows it takes with the call's claim token (and whether each was a
+-- takeover): a retry after a lost acknowledgement reads them back with claim_read_back.
 WITH ready_default AS (
     SELECT workflow_id FROM {schema}.workflows
      WHERE status = 'PENDING' AND queue IS NULL AND name = ANY(%(names)s)
@@ -132,7 +134,8 @@ UPDATE {schema}.workflows w
        lease_expires_at = now() + make_interval(secs => %(lease)s),
        started_at = coalesce(w.started_at, now()),
        claimed_at = CASE WHEN picked.recovery THEN w.claimed_at ELSE now() END,
-       recoveries = w.recoveries + picked.recovery::int
+       recoveries = w.recoveries + picked.recovery::int,
+       claim_token = %(token)s, claim_recovery = picked.recovery
   FROM picked
  WHERE w.workflow_id = picked.workflow_id
 RETURNING w.workflow_id, w.name, w.inputs, w.epoch, picked.recovery, w.deadline_at
@@ -188,12 +191,22 @@ UPDATE {schema}.workflows w
        lease_expires_at = now() + make_interval(secs => %(lease)s),
        started_at = coalesce(w.started_at, now()),
        claimed_at = CASE WHEN %(recovery)s THEN w.claimed_at ELSE now() END,
-       recoveries = w.recoveries + %(recovery)s::int
+       recoveries = w.recoveries + %(recovery)s::int,
+       claim_token = %(token)s, claim_recovery = %(recovery)s
  WHERE w.workflow_id = %(workflow_id)s AND w.epoch = %(epoch)s
    AND CASE WHEN %(recovery)s
             THEN w.status = 'RUNNING' AND w.lease_expires_at < now() AND w.owner IS DISTINCT FROM %(owner)s
             ELSE w.status = 'PENDING' AND (w.run_at IS NULL OR w.run_at <= now()) END
 RETURNING w.workflow_id, w.name, w.inputs, w.epoch, %(recovery)s, w.deadline_at
+
+-- name: claim_read_back
+-- A claim retried after a lost acknowledgement (workflow_claim, queue_claim): the rows this owner holds
+-- under the call's token, i.e. what the lost attempt claimed, as a fresh claim returns them (a row taken
+-- over or cancelled since has another owner or status). Served by workflows_owner_idx.
+SELECT workflow_id, name, inputs, epoch, claim_recovery, deadline_at
+  FROM {schema}.workflows
+ WHERE owner = %(owner)s AND status = 'RUNNING' AND claim_token = %(token)s
+ ORDER BY claim_recovery DESC, priority, created_at, workflow_id
 
 -- name: lease_renew
 -- Heartbeat: record the worker and extend every lease it still holds; returns what it holds. Rows are
@@ -511,7 +524,7 @@ WITH picked AS (
 )
 UPDATE {schema}.workflows w
    SET owner = %(owner)s, epoch = w.epoch + 1, lease_expires_at = now() + make_interval(secs => %(lease)s),
-       recoveries = w.recoveries + 1
+       recoveries = w.recoveries + 1, claim_token = %(token)s, claim_recovery = true
   FROM picked
  WHERE w.workflow_id = picked.workflow_id
 RETURNING w.workflow_id, w.name, w.inputs, w.epoch, true, w.deadline_at
@@ -530,7 +543,7 @@ WITH picked AS (
 UPDATE {schema}.workflows w
    SET status = 'RUNNING', owner = %(owner)s, epoch = w.epoch + 1,
        lease_expires_at = now() + make_interval(secs => %(lease)s), started_at = coalesce(w.started_at, now()),
-       claimed_at = now()
+       claimed_at = now(), claim_token = %(token)s, claim_recovery = false
   FROM picked
  WHERE w.workflow_id = picked.workflow_id
 RETURNING w.workflow_id, w.name, w.inputs, w.epoch, false, w.deadline_at
@@ -611,7 +624,7 @@ WITH RECURSIVE keys(k, depth, wrapped) AS (
 UPDATE {schema}.workflows w
    SET status = 'RUNNING', owner = %(owner)s, epoch = w.epoch + 1,
        lease_expires_at = now() + make_interval(secs => %(lease)s), started_at = coalesce(w.started_at, now()),
-       claimed_at = now()
+       claimed_at = now(), claim_token = %(token)s, claim_recovery = false
   FROM picked
  WHERE w.workflow_id = picked.workflow_id
 RETURNING w.workflow_id, w.name, w.inputs, w.epoch, false, w.deadline_at, w.partition_key
@@ -696,6 +709,19 @@ SELECT EXISTS (SELECT 1 FROM {schema}.messages
     OR EXISTS (SELECT 1 FROM {schema}.steps WHERE workflow_id = %(workflow_id)s AND step_id = %(step_id)s)
 
 -- Lifecycle: cancel, resume, fork, retention (kit/lifecycle.py; docs/lifecycle.md).
+
+-- name: call_outcome_record
+-- Last statement of a control operation's transaction (cancel, resume, fork, gc, schedule_define, migrate):
+-- its answer under the call's token, committed with its writes; rows older than %(keep)s seconds (far
+-- beyond any call's retries) are deleted on the way.
+WITH pruned AS (
+    DELETE FROM {schema}.call_outcomes WHERE created_at < now() - make_interval(secs => %(keep)s)
+)
+INSERT INTO {schema}.call_outcomes (token, operation, result) VALUES (%(token)s, %(operation)s, %(result)s)
+
+-- name: call_outcome_get
+-- First statement of a retried control operation: the answer its earlier attempt committed, if it did.
+SELECT result FROM {schema}.call_outcomes WHERE token = %(token)s
 
 -- name: workflow_cancel
 -- Cancel a workflow and its unfinished descendants. FOR UPDATE waits for checkpoints in flight (they hold

@@ -11,7 +11,7 @@ from kit.errors import StorageError, TransientStorageError, UsageError, Workflow
 from kit.storage import Claim, ClaimRequest, Created, NewWorkflow, QueueSpec, QueueStats, Status
 
 from . import rows
-from .connection import scrub
+from .connection import call_token, scrub
 from .notifications import NotificationsPart
 
 
@@ -70,26 +70,36 @@ class QueuesPart(NotificationsPart):
     def queue_claim(self, req: ClaimRequest, queue: str) -> list[Claim] | None:
         """Lock the queue's row (one claimer per queue at a time; others skip it this round), count its
         room in a fresh snapshot, then claim within it: takeovers of expired leases first, then new starts
-        (the head of each tenant's backlog in turn for partitioned queues)."""
+        (the head of each tenant's backlog in turn for partitioned queues).
+
+        Claimed rows carry this call's token; a retry (an earlier attempt may have committed, its
+        acknowledgement lost) first reads them back and returns them, and they count within the room: they
+        are RUNNING here already, so they use up the queue's and this worker's room and ``limit``."""
         if not req.names or req.limit <= 0:
             return []
+        token = call_token()
+        attempts = 0
 
         def claim(conn: psycopg.Connection) -> list[Claim] | None:
+            nonlocal attempts
+            attempts += 1
             with conn.transaction():
-                lock = conn.execute(self._q["queue_lock"], {"queue": queue}).fetchone()
+                mine = self._claims_read_back(conn, {"owner": req.owner, "token": token}) if attempts > 1 else []
+                limit = req.limit - len(mine)
+                lock = conn.execute(self._q["queue_lock"], {"queue": queue}).fetchone() if limit > 0 else None
                 if lock is None:  # another worker is claiming from this queue right now (or no such queue)
-                    return None
+                    return self._claims(mine, queue) if mine else None
                 concurrency, worker_conc, partition_conc, rate_count, rate_period, partitioned, cursor = lock
-                base = {"queue": queue, "owner": req.owner, "names": list(req.names), "limit": req.limit,
-                        "lease": req.lease_seconds,
+                base = {"queue": queue, "owner": req.owner, "names": list(req.names), "limit": limit,
+                        "lease": req.lease_seconds, "token": token,
                         "versions": None if req.versions is None else list(req.versions)}
                 n_new, n_reclaim = conn.execute(self._q["queue_room"], {
-                    **base, "running_here": req.running_here, "concurrency": concurrency,
+                    **base, "running_here": req.running_here + len(mine), "concurrency": concurrency,
                     "worker_concurrency": worker_conc, "rate_count": rate_count,
                     "rate_period": rate_period if rate_period is not None else 1.0}).fetchone()
                 found = conn.execute(self._q["queue_reclaim"], {**base, "n": n_reclaim}).fetchall() if n_reclaim else []
                 # n_reclaim is this worker's whole room: takeovers use it up before new starts do.
-                n_new = max(0, min(n_new, n_reclaim - len(found), req.limit - len(found)))
+                n_new = max(0, min(n_new, n_reclaim - len(found), limit - len(found)))
                 if n_new > 0 and partitioned:
                     got = conn.execute(self._q["queue_claim_partitioned"], {
                         **base, "n": n_new, "partition_concurrency": partition_conc, "cursor": cursor,
@@ -99,10 +109,14 @@ class QueuesPart(NotificationsPart):
                     found += [r[:6] for r in got]
                 elif n_new > 0:
                     found += conn.execute(self._q["queue_claim"], {**base, "n": n_new}).fetchall()
-            return [Claim(workflow_id=r[0], name=r[1], inputs=r[2], epoch=r[3], recovery=r[4], queue=queue,
-                          deadline=r[5]) for r in found]
+            return self._claims(mine + found, queue)
 
         return self._run(claim)
+
+    @staticmethod
+    def _claims(found: list[tuple], queue: str) -> list[Claim]:
+        return [Claim(workflow_id=r[0], name=r[1], inputs=r[2], epoch=r[3], recovery=r[4], queue=queue,
+                      deadline=r[5]) for r in found]
 
     def queue_limited_names(self) -> set[str]:
         return {r[0] for r in self._run(lambda c: c.execute(self._q["queue_limited_names"]).fetchall())}

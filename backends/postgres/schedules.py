@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -28,13 +29,16 @@ class SchedulesPart(QueuesPart):
                   "max_catch_up": spec.max_catch_up, "now": now}
 
         def define(conn: psycopg.Connection) -> ScheduleSpec | None:
-            with conn.transaction():
-                conn.execute(self._q["schedule_tx_guard"], {"idle_ms": str(self.schedule_idle_timeout_ms)})
-                before = conn.execute(self._q["schedule_get_locked"], {"name": spec.name}).fetchone()
-                conn.execute(self._q["schedule_define"], params)
+            conn.execute(self._q["schedule_tx_guard"], {"idle_ms": str(self.schedule_idle_timeout_ms)})
+            before = conn.execute(self._q["schedule_get_locked"], {"name": spec.name}).fetchone()
+            conn.execute(self._q["schedule_define"], params)
             return None if before is None else rows.schedule(before).spec
 
-        return self._run(lambda conn: retry_if_cut_off(conn, define))
+        # The answer (the definition stored before) is recorded with the write: after a lost COMMIT
+        # acknowledgement the retry returns it instead of the definition this call stored itself.
+        return self._run_recorded("schedule_define", define,
+                                  encode=lambda s: None if s is None else dataclasses.asdict(s),
+                                  decode=lambda v: None if v is None else ScheduleSpec(**v))
 
     def schedule_get(self, name: str) -> ScheduleState | None:
         row = self._run(lambda c: c.execute(self._q["schedule_get"], {"name": name}).fetchone())

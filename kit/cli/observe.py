@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from datetime import datetime, timezone
 from typing import Any
 
 from kit.app import load_backend
 from kit.cli.args import app_from_args, common, positive_float, require_schema
-from kit.cli.output import fmt_time, print_table
-from kit.cron import CronError, parse
+from kit.cli.output import console, print_json
+from kit.config import redact_url
 from kit.errors import UsageError
 from kit.storage import MonitorQuery
 
@@ -28,17 +27,21 @@ def add_parsers(sub: Any) -> None:
 
     p = sub.add_parser("queues", help="each queue's depth, in-flight count and limits")
     common(p)
-    p.add_argument("--json", action="store_true", help="print JSON lines")
+    p.add_argument("--json", action="store_true", help="print one JSON object per queue (docs/observability.md)")
     p.set_defaults(handler=cmd_queues)
 
     p = sub.add_parser("schedules", help="cron schedules: expression, time zone, last and next tick")
     common(p)
-    p.add_argument("--json", action="store_true", help="print JSON lines")
+    p.add_argument("--wide", action="store_true", help="every column and full tick times, whatever the width")
+    p.add_argument("--json", action="store_true", help="print one JSON object per schedule (docs/observability.md)")
     p.set_defaults(handler=cmd_schedules)
 
-    p = sub.add_parser("db", help="backend, URL (password hidden), schema version")
+    p = sub.add_parser("db", help="the database: backend, URL (password hidden), schema version; the embedded "
+                       "server: whether it runs, where its data lives, start or stop it")
     common(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("action", nargs="?", choices=("status", "start", "stop"), default="status",
+                   help="status (default), or start / stop the embedded PostgreSQL")
+    p.add_argument("--json", action="store_true", help="print one JSON object (docs/observability.md)")
     p.set_defaults(handler=cmd_db)
 
 
@@ -89,26 +92,18 @@ def cmd_queues(args: argparse.Namespace) -> int:
         app.close()
     if args.json:
         for q in rows:
-            print(json.dumps(q.__dict__))
+            print_json(q)
         return 0
-    from rich.console import Console
-    from rich.table import Table
+    from kit.cli.views import queues_table
 
-    def limit(value: object) -> str:
-        return "—" if value is None else (f"{value:g}/s" if isinstance(value, float) else str(value))
-
-    table = Table(title=f"{len(rows)} queue(s)")
-    for col in ("queue", "depth", "in flight", "concurrency", "per worker", "per partition", "rate"):
-        table.add_column(col, justify="left" if col == "queue" else "right")
-    for q in rows:
-        table.add_row(q.queue + (" (partitioned)" if q.partitioned else ""), str(q.depth), str(q.in_flight),
-                      limit(q.concurrency_limit), limit(q.worker_concurrency_limit),
-                      limit(q.partition_concurrency_limit), limit(q.rate_limit_per_second))
-    Console().print(table)
+    out = console()
+    out.print(queues_table(rows, width=out.width))
     return 0
 
 
 def cmd_schedules(args: argparse.Namespace) -> int:
+    from kit.cli.views import schedule_rows, schedules_table
+
     app = app_from_args(args, migrate=False)
     try:
         require_schema(app)
@@ -116,51 +111,60 @@ def cmd_schedules(args: argparse.Namespace) -> int:
     finally:
         app.close()
     now = datetime.now(timezone.utc)
-    rows = []
-    for st in states:
-        try:
-            nxt: datetime | None = parse(st.spec.cron, st.spec.timezone).next_after(max(now, st.cursor_at))
-        except CronError:
-            nxt = None  # written by a kit whose cron dialect this one does not understand
-        rows.append({**st.spec.__dict__, "queue": st.spec.queue or "default", "cursor_at": st.cursor_at,
-                     "last_tick": st.last_tick, "last_workflow_id": st.last_workflow_id, "next_tick": nxt})
+    rows = schedule_rows(states, now)
     if args.json:
         for row in rows:
-            print(json.dumps({k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}))
+            print_json(row)
         return 0
-    from rich.console import Console
-
-    def local(value: datetime | None, tz: str) -> str:
-        if value is None:
-            return "—"
-        try:
-            from zoneinfo import ZoneInfo
-
-            return value.astimezone(ZoneInfo(tz)).strftime("%Y-%m-%d %H:%M:%S %Z")
-        except (KeyError, ValueError, OSError):
-            return fmt_time(value) + " UTC"
-
-    print_table(Console(), "schedules", f"{len(rows)} schedule(s)",
-                 ("schedule", "cron", "time zone", "queue", "catch-up", "last tick", "next tick"),
-                 [(r["name"], r["cron"], r["timezone"], r["queue"],
-                   r["catch_up"] + (f" (max {r['max_catch_up']})" if r["catch_up"] == "all" else ""),
-                   local(r["last_tick"], r["timezone"]), local(r["next_tick"], r["timezone"])) for r in rows])
+    out = console()
+    out.print(schedules_table(rows, now=now, width=out.width, wide=args.wide))
     return 0
 
 
 def cmd_db(args: argparse.Namespace) -> int:
+    """``kit db``: the configured database, and the embedded server's state (never started by ``status``)."""
+    from kit.embedded import embedded_status, embedded_url, stop_embedded
+
     app = app_from_args(args, migrate=False)
-    try:
-        info = app.describe()
-    finally:
-        app.close()
-    if args.json:
-        print(json.dumps(info, default=str))
+    cfg = app.config
+    if cfg.database_url is not None:
+        if args.action != "status":
+            raise UsageError(f"`kit db {args.action}` manages the embedded PostgreSQL only; this configuration "
+                             f"uses {redact_url(cfg.database_url)}, which kit does not run")
+        try:
+            info = {**app.describe(), "embedded": None}
+        finally:
+            app.close()
+        return _print_db(info, args.json)
+    if args.action == "stop":
+        was = stop_embedded(cfg.data_dir)
+        state = embedded_status(cfg.data_dir)
+        if args.json:
+            print_json({"stopped": was.running, "embedded": state.as_dict()})
+        elif was.running:
+            print(f"stopped the embedded PostgreSQL (pid {was.pid}); its data stays in {was.pgdata}")
+        else:
+            print(f"the embedded PostgreSQL is not running (data: {was.pgdata})")
         return 0
-    for key in ("backend", "url", "schema", "schema_version", "server_version", "embedded_data_dir"):
-        if key in info:
-            value = info[key] if info[key] is not None else "(not migrated: run `kit migrate`)"
-            print(f"{key:17} {value}")
-    caps = ", ".join(k for k, v in info.get("capabilities", {}).items() if v)
-    print(f"{'capabilities':17} {caps}")
+    if args.action == "start":
+        embedded_url(cfg.data_dir)
+    state = embedded_status(cfg.data_dir)
+    info: dict[str, Any] = {"backend": None, "embedded": state.as_dict()}
+    if state.running:
+        try:
+            info = {**app.describe(), "embedded": state.as_dict()}
+            info.pop("embedded_data_dir", None)
+        finally:
+            app.close()
+    return _print_db(info, args.json)
+
+
+def _print_db(info: dict[str, Any], as_json: bool) -> int:
+    if as_json:
+        print_json(info)
+        return 0
+    from kit.cli.views import db_view
+
+    out = console()
+    out.print(db_view(info, width=out.width), soft_wrap=True, highlight=False)
     return 0

@@ -1,86 +1,65 @@
-"""Printing workflows, steps, messages and tables for the ``kit`` commands (user data never read as markup)."""
+"""Output of the ``kit`` commands: JSON whose values are JSON (never strings of JSON), and the console the
+tables are printed on (its width decides their layout, :mod:`kit.cli.views`).
+
+``--json`` field types are documented in docs/observability.md ("JSON output"): times are ISO 8601
+strings with an offset, statuses their names, and the stored values (``inputs``, ``output``, ``error``,
+a message's ``body``, an event's ``value``) the JSON they were stored as.
+"""
 
 from __future__ import annotations
 
+import enum
 import json
-from collections.abc import Sequence
-from datetime import datetime, timezone
+import sys
+from dataclasses import fields, is_dataclass
+from datetime import datetime
 from typing import Any
 
-from kit.storage import Status
+# Fields holding JSON text in the storage records: printed as the JSON value itself.
+JSON_TEXT_FIELDS = frozenset({"inputs", "output", "error", "body", "value"})
 
 
-def fmt_time(value: datetime | None) -> str:
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if value else ""
+def json_value(value: Any) -> Any:
+    """``value`` made JSON-ready: datetimes as ISO 8601, enums by value, dataclasses as objects."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, enum.Enum):
+        return value.value
+    if is_dataclass(value) and not isinstance(value, type):
+        return record_json(value)
+    if isinstance(value, dict):
+        return {str(k): json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_value(v) for v in value]
+    return value
 
 
-def duration(start: datetime | None, end: datetime | None) -> str:
-    if not start or not end:
-        return ""
-    secs = (end - start).total_seconds()
-    return f"{secs * 1000:.1f} ms" if secs < 1 else f"{secs:.2f} s"
-
-
-def short(text: str | None, width: int = 60) -> str:
+def decoded(text: str | None) -> Any:
+    """Stored JSON text as its JSON value (text that is not JSON, written by something else, stays text)."""
     if text is None:
-        return ""
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def error_line(error: str | None) -> str:
-    if not error:
-        return ""
+        return None
     try:
-        rec = json.loads(error)
-        return f"{rec.get('type', '')}: {rec.get('message', '')}"
-    except (ValueError, AttributeError):
-        return error
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def record_json(rec: Any) -> dict[str, Any]:
-    out = {}
-    for key, value in rec.__dict__.items():
-        if isinstance(value, datetime):
-            value = value.isoformat()
-        elif isinstance(value, Status):
-            value = value.value
-        out[key] = value
+    """A storage record as a JSON object: its fields, with stored JSON text decoded."""
+    out: dict[str, Any] = {}
+    for f in fields(rec):
+        value = getattr(rec, f.name)
+        out[f.name] = decoded(value) if f.name in JSON_TEXT_FIELDS and isinstance(value, str) else json_value(value)
     return out
 
 
-def styled(status: Status) -> str:
-    color = {"SUCCESS": "green", "ERROR": "red", "RUNNING": "cyan", "PENDING": "yellow"}.get(status.value, "white")
-    return f"[{color}]{status.value}[/{color}]"
+def print_json(value: Any) -> None:
+    """One JSON document on one line."""
+    print(json.dumps(json_value(value), ensure_ascii=False))
 
 
-def print_messages_events_streams(console: Any, messages: list, events: list, streams: list) -> None:
-    from rich.text import Text  # user data is never read as markup
+def console() -> Any:
+    """The console tables are printed on (its width is the terminal's, or $COLUMNS, or 80 when piped)."""
+    from rich.console import Console
 
-    waiting = sum(1 for m in messages if m.consumed_at is None)
-    print_table(console, "messages", f"messages received ({len(messages)}, {waiting} still waiting)",
-                 ("#", "topic", "created (UTC)", "consumed by step", "body"),
-                 [(str(m.message_id), Text(m.topic or "(none)"), fmt_time(m.created_at),
-                   str(m.consumed_step) if m.consumed_at is not None else "waiting", Text(short(m.body, 70)))
-                  for m in messages])
-    print_table(console, "events", f"events ({len(events)})", ("key", "value", "set by step", "updated (UTC)"),
-                 [(Text(e.key), Text(short(e.value, 70)), str(e.step_id), fmt_time(e.updated_at))
-                  for e in events])
-    print_table(console, "streams", f"streams ({len(streams)})",
-                 ("key", "elements", "closed", "last write (UTC)"),
-                 [(Text(st.key), str(st.count), "closed" if st.closed else "open", fmt_time(st.last_write_at))
-                  for st in streams])
-
-
-def print_table(console: Any, what: str, title: str, columns: Sequence[str], rows: list[tuple]) -> None:
-    """A rich table of ``rows``, or "<what>: none" when there are none."""
-    from rich.table import Table
-
-    if not rows:
-        console.print(f"{what}: none")
-        return
-    table = Table(title=title)
-    for col in columns:
-        table.add_column(col, overflow="fold")
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
+    return Console(file=sys.stdout)

@@ -30,6 +30,9 @@ def add_parsers(sub: Any) -> None:
     common(p)
     p.add_argument("app", metavar="MODULE:APP", help="import path of the Kit application, e.g. shop.app:app")
     p.add_argument("--concurrency", type=int, help="workflows run at once (default 16)")
+    p.add_argument("--metrics-port", type=int, metavar="PORT",
+                   help="serve Prometheus metrics on http://0.0.0.0:PORT/metrics (0: a free port; needs the "
+                        "[prometheus] extra; docs/integrations.md)")
     p.set_defaults(handler=cmd_worker)
 
     p = sub.add_parser("migrate", help="create or upgrade kit's schema")
@@ -101,9 +104,19 @@ def cmd_worker(args: argparse.Namespace) -> int:
         app.config = load_config(merged)
     if not app.workflow_names():
         raise UsageError(f"{args.app} registers no workflows: nothing to run")
+    metrics = None
+    if args.metrics_port is not None:
+        if not 0 <= args.metrics_port <= 65535:
+            raise UsageError(f"--metrics-port must be a port number (0-65535), got {args.metrics_port}")
+        from kit.integrations.prometheus import serve  # ConfigError when the extra is missing
+
+        metrics = serve(app, args.metrics_port)  # before launching: every run and claim is counted
+        print(f"kit worker: metrics on {metrics.url}", file=sys.stderr, flush=True)
     stop = threading.Event()
+    received: list[int] = []
 
     def on_signal(signum: int, frame: Any) -> None:
+        received.append(signum)
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -115,11 +128,24 @@ def cmd_worker(args: argparse.Namespace) -> int:
     try:
         while not stop.wait(0.5):
             pass
+        if received:
+            _say_stopping(app, received[0])
     finally:
         summary = app.close()  # hands running workflows over at step boundaries
+        if metrics is not None:
+            metrics.close()
     print(f"kit worker {worker_id}: stopped; of the workflows running, {summary or StopSummary()}",
           file=sys.stderr, flush=True)
     return 0
+
+
+def _say_stopping(app: Kit, signum: int) -> None:
+    """The first line of a stop: what this worker did, and what happens to what it still runs."""
+    claimed = getattr(app.runtime, "claimed_count", 0)
+    how = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+    print(f"kit worker {app.worker_id}: stopping ({how}) after claiming {claimed} workflow(s); running ones finish "
+          "the step they are in and are handed over to other workers (a step still running after 5s is released "
+          "mid-step)", file=sys.stderr, flush=True)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:

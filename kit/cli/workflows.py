@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
+from datetime import datetime, timezone
 from typing import Any
 
 from kit.cli.args import (
@@ -18,18 +18,10 @@ from kit.cli.args import (
     timeout_arg,
     when_arg,
 )
-from kit.cli.output import (
-    duration,
-    error_line,
-    fmt_time,
-    print_messages_events_streams,
-    record_json,
-    short,
-    styled,
-)
+from kit.cli.output import console, print_json, record_json
 from kit.errors import UsageError
 from kit.lifecycle import parse_age
-from kit.storage import Status, WorkflowQuery
+from kit.storage import WorkflowQuery
 from kit.validation import validate_workflow_id
 
 
@@ -51,7 +43,8 @@ def add_parsers(sub: Any) -> None:
     lp.add_argument("--sort", choices=sorted(SORTS), help="newest (default), oldest, finished (latest finish "
                     "first) or slowest (longest duration first)")
     lp.add_argument("--limit", type=positive_int, default=50, help="at most this many (default 50)")
-    lp.add_argument("--json", action="store_true", help="print JSON lines")
+    lp.add_argument("--wide", action="store_true", help="whole ids and times, full error text (may wrap)")
+    lp.add_argument("--json", action="store_true", help="print one JSON object per workflow (docs/observability.md)")
     lp.set_defaults(handler=cmd_workflows_list)
 
     p = sub.add_parser("workflow", help="inspect one workflow")
@@ -60,7 +53,8 @@ def add_parsers(sub: Any) -> None:
     sp = wsub.add_parser("show", help="a workflow and its steps with timings, outputs and errors")
     common(sp)
     sp.add_argument("workflow_id", metavar="ID")
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--wide", action="store_true", help="whole ids, times and values (may wrap)")
+    sp.add_argument("--json", action="store_true", help="print one JSON object (docs/observability.md)")
     sp.set_defaults(handler=cmd_workflow_show)
     cp = wsub.add_parser("cancel", help="cancel a workflow and its unfinished children (stops at the next step)")
     common(cp)
@@ -102,18 +96,12 @@ def cmd_workflows_list(args: argparse.Namespace) -> int:
         app.close()
     if args.json:
         for rec in rows:
-            print(json.dumps(record_json(rec)))
+            print_json(record_json(rec))
         return 0
-    from rich.console import Console
-    from rich.table import Table
+    from kit.cli.views import workflows_table
 
-    table = Table(title=f"{len(rows)} workflow(s)")
-    for col in ("id", "name", "status", "created (UTC)", "duration", "recoveries", "error"):
-        table.add_column(col, overflow="fold")
-    for rec in rows:
-        table.add_row(rec.workflow_id, rec.name, styled(rec.status), fmt_time(rec.created_at),
-                      duration(rec.started_at, rec.finished_at), str(rec.recoveries), short(error_line(rec.error)))
-    Console().print(table)
+    out = console()
+    out.print(workflows_table(rows, now=datetime.now(timezone.utc), width=out.width, wide=args.wide))
     return 0
 
 
@@ -126,13 +114,13 @@ def order(args: argparse.Namespace) -> str:
 
 
 def cmd_workflow_show(args: argparse.Namespace) -> int:
-    validate_workflow_id(args.workflow_id)
+    check_id(args.workflow_id)
     app = app_from_args(args, migrate=False)
     try:
         require_schema(app)
         rec = app.backend.workflow_get(args.workflow_id)
         if rec is None:
-            raise UsageError(f"no workflow with id {args.workflow_id!r}")
+            raise UsageError(_not_found(args.workflow_id))
         steps = app.backend.step_list(args.workflow_id)
         children = app.backend.workflow_children(args.workflow_id)
         messages = app.backend.message_list(args.workflow_id)
@@ -141,49 +129,34 @@ def cmd_workflow_show(args: argparse.Namespace) -> int:
     finally:
         app.close()
     if args.json:
-        print(json.dumps({"workflow": record_json(rec), "steps": [record_json(s) for s in steps],
-                          "children": [record_json(c) for c in children],
-                          "messages": [record_json(m) for m in messages],
-                          "events": [record_json(e) for e in events],
-                          "streams": [record_json(s) for s in streams]}))
+        print_json({"workflow": record_json(rec), "steps": [record_json(s) for s in steps],
+                    "children": [record_json(c) for c in children],
+                    "messages": [record_json(m) for m in messages],
+                    "events": [record_json(e) for e in events],
+                    "streams": [record_json(s) for s in streams]})
         return 0
-    from rich.console import Console
-    from rich.table import Table
+    from kit.cli.views import workflow_view
 
-    console = Console()
-    console.print(f"[bold]{rec.workflow_id}[/bold]  {rec.name}  {styled(rec.status)}")
-    console.print(f"created {fmt_time(rec.created_at)}  started {fmt_time(rec.started_at)}  "
-                  f"finished {fmt_time(rec.finished_at)}  duration {duration(rec.started_at, rec.finished_at)}  "
-                  f"epoch {rec.epoch}  recoveries {rec.recoveries}")
-    console.print(f"inputs: {short(rec.inputs, 200)}", markup=False)
-    if rec.status == Status.SUCCESS:
-        console.print(f"output: {short(rec.output, 200)}", markup=False)
-    if rec.error:
-        console.print(f"error: {error_line(rec.error)}", markup=False, style="red")
-    table = Table(title="steps")
-    for col in ("#", "name", "attempts", "epoch", "started (UTC)", "duration", "output / error"):
-        table.add_column(col, overflow="fold")
-    for s in steps:
-        outcome = short(error_line(s.error), 70) if s.error else short(s.output, 70)
-        table.add_row(str(s.step_id), s.name, str(s.attempts), str(s.epoch), fmt_time(s.started_at),
-                      duration(s.started_at, s.finished_at), outcome)
-    console.print(table)
-    if children:
-        kids = Table(title=f"children ({len(children)})")
-        for col in ("id", "name", "status", "created (UTC)", "duration", "error"):
-            kids.add_column(col, overflow="fold")
-        for c in children:
-            kids.add_row(c.workflow_id, c.name, styled(c.status), fmt_time(c.created_at),
-                         duration(c.started_at, c.finished_at), short(error_line(c.error)))
-        console.print(kids)
-    else:
-        console.print("children: none")
-    print_messages_events_streams(console, messages, events, streams)
+    out = console()
+    out.print(workflow_view(rec, steps, children, messages, events, streams, now=datetime.now(timezone.utc),
+                            width=out.width, wide=args.wide))
     return 0
 
 
+def check_id(workflow_id: str) -> None:
+    """A valid id; an id copied from a table where it was shortened gets a hint where the whole one is."""
+    if workflow_id.endswith("…"):
+        raise UsageError(f"{workflow_id!r} is a shortened id: `kit workflows list --wide` (or --json) shows "
+                         "ids whole")
+    validate_workflow_id(workflow_id)
+
+
+def _not_found(workflow_id: str) -> str:
+    return f"no workflow with id {workflow_id!r}"
+
+
 def cmd_workflow_cancel(args: argparse.Namespace) -> int:
-    validate_workflow_id(args.workflow_id)
+    check_id(args.workflow_id)
     app = app_from_args(args, migrate=False)
     try:
         require_schema(app)
@@ -200,7 +173,7 @@ def cmd_workflow_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_workflow_resume(args: argparse.Namespace) -> int:
-    validate_workflow_id(args.workflow_id)
+    check_id(args.workflow_id)
     app = app_from_args(args, migrate=False)
     try:
         require_schema(app)
@@ -212,7 +185,7 @@ def cmd_workflow_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_workflow_fork(args: argparse.Namespace) -> int:
-    validate_workflow_id(args.workflow_id)
+    check_id(args.workflow_id)
     app = app_from_args(args, migrate=False, app_version=args.app_version)
     try:
         require_schema(app)

@@ -12,9 +12,12 @@ import collections
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from kit import serialization as ser
+from kit import telemetry
 from kit.engine import Outcome, WorkflowContext, execute
 from kit.errors import KitError, SerializationError, StorageError
 from kit.notifier import ANY_QUEUE, Notifier, Watch
@@ -57,6 +60,13 @@ class ClaimLoop(Leases):
         if released:
             with self._lock:
                 self._stop_counts["handed_over"] += 1
+
+    def _execute(self, ctx: WorkflowContext, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Outcome:
+        """Run a workflow here (:func:`kit.engine.execute`), inside an installed instrumentation hook."""
+        hook = telemetry.hook
+        if hook is None:
+            return execute(self.services, ctx, fn, args, kwargs)
+        return hook.workflow(ctx, lambda: execute(self.services, ctx, fn, args, kwargs))
 
     def _free_slots(self) -> int:
         with self._idle:
@@ -129,8 +139,11 @@ class ClaimLoop(Leases):
                     now = time.monotonic()
                     ctxs = [WorkflowContext(c.workflow_id, c.name, c.epoch, confirmed_at=now, queue=c.queue,
                                             deadline=c.deadline.timestamp() if c.deadline else None,
-                                            lease_until=self.lease_valid_until(sent))
+                                            lease_until=self.lease_valid_until(sent), recovered=c.recovery)
                             for c in claims]
+                    hook = telemetry.hook  # an installed integration measures the claim, reads trace contexts
+                    if hook is not None:
+                        hook.claimed(claims, ctxs, now - sent)
                     with self._lock:
                         for ctx in ctxs:
                             old = self._held.get(ctx.workflow_id)
@@ -169,7 +182,7 @@ class ClaimLoop(Leases):
                 err = ser.dumps(ser.exception_to_record(exc))
                 services.backend.workflow_finish(Finish(claim.workflow_id, claim.epoch, Status.ERROR, error=err))
                 return
-            self._ended(ctx, execute(services, ctx, wf.fn, tuple(args), kwargs))
+            self._ended(ctx, self._execute(ctx, wf.fn, tuple(args), kwargs))
             if ctx.queue is not None and self._notifier is not None:
                 # Capacity of a limited queue was freed here: claim from it again now.
                 self._limited_dirty.add(ctx.queue)

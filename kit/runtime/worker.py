@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
-from kit.engine import Outcome, WorkflowContext, execute
+from kit.engine import Outcome, WorkflowContext
 from kit.errors import KitError, StorageError
 from kit.notifier import Notifier
 from kit.runtime.claims import ClaimLoop
@@ -121,7 +121,7 @@ class Runtime(ClaimLoop):
 
     def _run(self, ctx: WorkflowContext, fn, args: tuple, kwargs: dict) -> Outcome:
         try:
-            outcome = execute(self.services, ctx, fn, args, kwargs)
+            outcome = self._execute(ctx, fn, args, kwargs)
             self._ended(ctx, outcome)
             return outcome
         finally:

@@ -48,7 +48,7 @@ Decisions worth knowing
 """
 
 from kit.serialization.decoding import _DECODERS as _DECODERS  # the decoders by tag
-from kit.serialization.decoding import decode, decode_args, loads
+from kit.serialization.decoding import decode, decode_args, decode_trace, loads
 from kit.serialization.encoding import dumps, encode, encode_args
 from kit.serialization.exceptions import exception_from_record, exception_to_record
 from kit.serialization.registry import TAG, register_type, register_types_from_hints
@@ -57,6 +57,7 @@ __all__ = [
     "TAG",
     "decode",
     "decode_args",
+    "decode_trace",
     "dumps",
     "encode",
     "encode_args",

@@ -299,3 +299,18 @@ def decode_args(text: str | None, *, what: str = "arguments") -> tuple[tuple[Any
     if type(kwargs) is not dict or not all(type(k) is str for k in kwargs):
         raise SerializationError(f"cannot decode {what}: 'kwargs' must be an object with string keys")
     return tuple(args), kwargs
+
+
+def decode_trace(text: str | None) -> dict[str, str] | None:
+    """The trace context stored with workflow inputs by :func:`encode_args` (``trace=``), or None. Never
+    raises: telemetry must not fail a run whose arguments decode."""
+    if not text or '"trace"' not in text:
+        return None
+    try:
+        structure = _DECODER.decode(text)
+    except (ValueError, RecursionError, TypeError):
+        return None
+    trace = structure.get("trace") if type(structure) is dict else None
+    if type(trace) is not dict or not all(type(k) is str and type(v) is str for k, v in trace.items()):
+        return None
+    return trace

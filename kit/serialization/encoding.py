@@ -283,13 +283,18 @@ def dumps(value: object, *, what: str = "value") -> str:
     return _to_text(encode(value, what=what), what)
 
 
-def encode_args(args: tuple[Any, ...], kwargs: dict[str, Any], *, what: str) -> str:
+def encode_args(args: tuple[Any, ...], kwargs: dict[str, Any], *, what: str,
+                trace: dict[str, str] | None = None) -> str:
     """Serialize call arguments as ``{"args": [...], "kwargs": {...}}`` JSON text.
 
-    ``what`` names the callee, e.g. ``"workflow 'checkout'"``; errors name the argument too.
+    ``what`` names the callee, e.g. ``"workflow 'checkout'"``; errors name the argument too. ``trace``:
+    the submitter's trace context (W3C headers, :mod:`kit.telemetry`), stored beside them as ``"trace"``
+    (decoders of the arguments ignore it; :func:`~kit.serialization.decode_trace` reads it).
     """
     enc_args = [encode(a, what=f"positional argument {i} of {what}") for i, a in enumerate(args)]
     enc_kwargs: dict[str, Any] = {k: encode(v, what=f"argument {k!r} of {what}") for k, v in kwargs.items()}
     if TAG in enc_kwargs:
         enc_kwargs = {TAG: "dict", "v": [[k, v] for k, v in enc_kwargs.items()]}
+    if trace:
+        return _to_text({"args": enc_args, "kwargs": enc_kwargs, "trace": dict(trace)}, what)
     return _to_text({"args": enc_args, "kwargs": enc_kwargs}, what)

@@ -65,6 +65,11 @@ class Backend(abc.ABC):
     :class:`~kit.errors.StorageError` otherwise. Writes under an epoch never guess after an ambiguous
     commit: they read back the outcome.
 
+    Ambiguous commits (the statement or COMMIT committed, then the connection was lost before the reply):
+    a write retries on its own and, when it returns, answers as the attempt that committed would have
+    (each operation's "Ambiguous commit:" line says how much of that the caller may rely on). A write that
+    raises DatabaseUnavailableError after its retries may or may not have committed: re-read the state.
+
     Class-level contract used by :mod:`kit.registry` (no instance, no connection): ``name``, the
     ``url_schemes`` it accepts, ``specificity`` (the most specific backend whose :meth:`detect` accepts a
     server wins a scheme several backends claim), :meth:`probe` and :meth:`detect`. Instances are built
@@ -79,6 +84,9 @@ class Backend(abc.ABC):
     name: ClassVar[str] = "abstract"
     url_schemes: ClassVar[tuple[str, ...]] = ()
     specificity: ClassVar[int] = 0  # higher: a refinement of another backend on the same scheme
+    # The SQLAlchemy dialect URL (no host) matching the driver connection a transactional step gets, for
+    # @app.transaction(sqlalchemy=...) (kit.integrations.sqlalchemy); None: not offered.
+    sqlalchemy_url: ClassVar[str | None] = None
 
     # -- registry contract (class level) ------------------------------------------------------------
     @classmethod
@@ -114,7 +122,9 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def migrate(self) -> list[int]:
         """Apply pending schema migrations (safe when several processes migrate at once); returns the
-        versions applied by this call."""
+        versions applied by this call.
+
+        Ambiguous commit: the versions the committed attempt applied (recorded with them), not []."""
 
     @abc.abstractmethod
     def schema_version(self) -> int | None:
@@ -132,7 +142,12 @@ class Backend(abc.ABC):
         **[multi-workflow]** when ``wf.parent_epoch`` is set: the child is inserted only while the parent
         is RUNNING at that epoch, checked and written atomically (the parent row held against a concurrent
         claim or cancel until commit), else LeaseLostError and nothing written. A cancel of the parent
-        therefore commits either before (no child) or after (it finds and cancels the child)."""
+        therefore commits either before (no child) or after (it finds and cancels the child).
+
+        Ambiguous commit: ``created`` is True when the row found is this call's insert. A backend without a
+        creation token (PostgreSQL) takes an identical row (same owner, epoch 1, same inputs; for an enqueue,
+        same name, inputs, queue, parent) for its own, so it cannot tell a second start of the id with the
+        same arguments apart (the engine never starts one id twice in a process)."""
 
     @abc.abstractmethod
     def workflow_get(self, workflow_id: str) -> WorkflowRecord | None:
@@ -144,11 +159,15 @@ class Backend(abc.ABC):
 
         **[multi-workflow]** a backend may group finishes of concurrently running workflows into one
         statement or transaction (group commit); each row stays fenced by its own epoch, and a fenced row
-        never fails the others."""
+        never fails the others.
+
+        Ambiguous commit: True when the stored status is ours at our epoch (read back)."""
 
     @abc.abstractmethod
     def workflow_release(self, workflow_id: str, epoch: int) -> bool:
-        """Give a claimed workflow back (PENDING, no owner) so another worker takes it at once."""
+        """Give a claimed workflow back (PENDING, no owner) so another worker takes it at once.
+
+        Ambiguous commit: True when it is PENDING at our epoch (read back; no claim came in between)."""
 
     @abc.abstractmethod
     def workflow_list(self, query: WorkflowQuery) -> list[WorkflowRecord]:
@@ -165,8 +184,12 @@ class Backend(abc.ABC):
 
         **[multi-workflow]** one call claims many workflows. Required: no workflow is returned to two
         claimers at the same epoch (each claim is a per-row compare-and-set of the epoch, whatever locks
-        the backend uses); claims need not be atomic together, and a claim whose commit is ambiguous is
-        simply not returned (its lease expires and it is recovered)."""
+        the backend uses); claims need not be atomic together.
+
+        Ambiguous commit: the claims the committed attempt made are returned, with their epochs, inputs,
+        deadlines and recovery flags, read back by a per-call token before anything new is claimed (never more
+        than ``limit`` in all). If the call raises instead, what it claimed stays leased to ``owner``: the
+        worker's heartbeat gives back leases it holds but does not run, else the lease expires."""
 
     @abc.abstractmethod
     def lease_renew(self, owner: str, lease_seconds: float, worker: WorkerInfo | None = None) -> dict[str, int]:
@@ -176,7 +199,9 @@ class Backend(abc.ABC):
         worker retries at once after a failure and stops its runs when no renewal succeeds in time.
 
         **[multi-workflow]** touches every workflow ``owner`` holds; per-row semantics suffice (a lease
-        renewed for one workflow and not another is reported as such)."""
+        renewed for one workflow and not another is reported as such).
+
+        Ambiguous commit: idempotent; the answer is the leases held when the retry ran."""
 
     # -- steps -----------------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -187,7 +212,9 @@ class Backend(abc.ABC):
 
         **[multi-workflow]** a backend may group checkpoints of concurrently running workflows into one
         statement (group commit, one round trip for many); each row is fenced by its own epoch and the
-        outcome is reported per step."""
+        outcome is reported per step.
+
+        Ambiguous commit: the row recorded (ours, read back), or LeaseLostError if none of our epoch is."""
 
     @abc.abstractmethod
     def step_list(self, workflow_id: str) -> list[StepRecord]:
@@ -197,7 +224,10 @@ class Backend(abc.ABC):
     def step_transaction(self, step: StepResult) -> AbstractContextManager[StepTransaction]:
         """A transaction for a transactional step: the body writes through ``.connection`` and the engine
         calls ``tx.checkpoint(output)`` last; leaving the block commits both, an exception rolls back.
-        After the block, ``tx.record`` is the committed checkpoint (an ambiguous commit is read back)."""
+        After the block, ``tx.record`` is the committed checkpoint.
+
+        Ambiguous commit: the checkpoint is read back; a row of our epoch means the user's writes committed
+        with it, none means both rolled back (the engine runs the step again)."""
 
     # -- workers and notifications ----------------------------------------------------------------------
     @abc.abstractmethod
@@ -212,7 +242,8 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def notify(self, channel: str, payload: str = "") -> None:
-        """Send a wake-up outside any transaction (after commit)."""
+        """Send a wake-up outside any transaction (after commit). One attempt, best effort: a lost wake-up
+        only delays work until the waiter's next poll."""
 
     # -- observability ---------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -243,18 +274,26 @@ class Backend(abc.ABC):
 
         **[multi-workflow]** with ``sender``: the fence on the sender and the insert for the receiver are
         one atomic transaction (the sender's row held against a takeover until commit): the message exists
-        if and only if the sender's epoch owned it at commit."""
+        if and only if the sender's epoch owned it at commit.
+
+        Ambiguous commit: one call delivers at most once. Without ``sender_key`` the backend keys the call
+        itself (visible as ``MessageInfo.sender_key``), so its retry finds its own message; two calls are two
+        messages."""
 
     @abc.abstractmethod
     def message_receive(self, step: StepResult, topic: str) -> StepRecord | None:
         """Consume the oldest unconsumed message of ``topic`` and record it as ``step``'s output, in one
         transaction fenced by the epoch: a message is consumed exactly once, by a committed step. None
-        when no message is waiting (nothing written). If the step is already recorded, returns it."""
+        when no message is waiting (nothing written). If the step is already recorded, returns it.
+
+        Ambiguous commit: the recorded step is read back (the message it consumed, consumed once)."""
 
     @abc.abstractmethod
     def event_set(self, step: StepResult, key: str) -> StepRecord:
         """Set event ``key`` of the step's workflow to ``step.output`` and record the step, in one
-        transaction fenced by the epoch; wakes readers after commit."""
+        transaction fenced by the epoch; wakes readers after commit.
+
+        Ambiguous commit: the recorded step is read back; the event holds its value if it committed."""
 
     @abc.abstractmethod
     def event_get(self, workflow_id: str, key: str) -> str | None:
@@ -268,11 +307,15 @@ class Backend(abc.ABC):
         that transaction commits. Raises WorkflowDuplicateError for a live dedup id.
 
         **[multi-workflow]** the caller's transaction may write anything else (other workflows included):
-        the backend adds its insert and its wake-up to it and never commits or rolls it back."""
+        the backend adds its insert and its wake-up to it and never commits or rolls it back.
+
+        Ambiguous commit: the caller's own (it commits); a serialization failure is a TransientStorageError."""
 
     @abc.abstractmethod
     def queue_define(self, spec: QueueSpec) -> None:
-        """Create or update a queue's definition (the declaring application's limits win)."""
+        """Create or update a queue's definition (the declaring application's limits win).
+
+        Ambiguous commit: idempotent (an upsert of the same values)."""
 
     @abc.abstractmethod
     def queue_get(self, name: str) -> QueueSpec | None:
@@ -287,7 +330,10 @@ class Backend(abc.ABC):
 
         **[multi-workflow]** counting the queue's running work and claiming within the room must be one
         serialised decision per queue (else two workers together exceed a limit, G7); the claimed rows are
-        compare-and-set per row as in :meth:`workflow_claim`."""
+        compare-and-set per row as in :meth:`workflow_claim`.
+
+        Ambiguous commit: as :meth:`workflow_claim`; the claims read back count within ``limit`` and the
+        queue's room, so the retry never starts more than the limits allow."""
 
     @abc.abstractmethod
     def queue_limited_names(self) -> set[str]:
@@ -303,13 +349,17 @@ class Backend(abc.ABC):
         """Append ``value`` (JSON text) to stream ``key`` of the step's workflow at the next position and
         record the step (output: the element's position, JSON) in one transaction fenced by the epoch;
         wakes readers (``s:<workflow id>``) after commit. If the step is already recorded, returns it and
-        writes nothing. Raises :class:`~kit.errors.UsageError` (nothing written) when the stream is closed."""
+        writes nothing. Raises :class:`~kit.errors.UsageError` (nothing written) when the stream is closed.
+
+        Ambiguous commit: the recorded step is read back (one element written)."""
 
     @abc.abstractmethod
     def stream_close(self, step: StepResult, key: str) -> StepRecord:
         """Close stream ``key`` (a final marker after the last element) and record the step (output: the
         number of elements, JSON) in one fenced transaction; wakes readers after commit. Closing a closed
-        stream only records the step. If the step is already recorded, returns it."""
+        stream only records the step. If the step is already recorded, returns it.
+
+        Ambiguous commit: the recorded step is read back."""
 
     @abc.abstractmethod
     def stream_read(self, workflow_id: str, key: str, after_seq: int, limit: int) -> StreamChunk:
@@ -339,7 +389,9 @@ class Backend(abc.ABC):
 
         **[multi-workflow]** the whole tree in one atomic transaction: either every unfinished workflow of
         it is cancelled (and fenced) or none is; a checkpoint in flight commits before the cancel or is
-        fenced by it."""
+        fenced by it.
+
+        Ambiguous commit: the ids the committed attempt cancelled (recorded with the cancel), not []."""
 
     @abc.abstractmethod
     def workflow_resume(self, workflow_id: str, deadline: datetime | None = None) -> list[str]:
@@ -347,7 +399,10 @@ class Backend(abc.ABC):
         checkpoints except a final recorded step error. Raises WorkflowStateError for other statuses.
 
         **[multi-workflow]** the workflow and the descendants its cancel cancelled, atomically (all resumed
-        or none), waking workers at commit."""
+        or none), waking workers at commit.
+
+        Ambiguous commit: the ids the committed attempt resumed (recorded with them), not WorkflowStateError
+        for the workflow it made PENDING."""
 
     @abc.abstractmethod
     def workflow_fork(self, req: ForkRequest) -> Created:
@@ -355,7 +410,10 @@ class Backend(abc.ABC):
         events and stream rows of steps before ``req.from_step``, in one transaction.
 
         **[multi-workflow]** reads the source and writes the new workflow: the new one exists with all its
-        copied rows or not at all (a claim never sees it half-copied); the source is not changed."""
+        copied rows or not at all (a claim never sees it half-copied); the source is not changed.
+
+        Ambiguous commit: the fork the committed attempt created (recorded with it), not
+        WorkflowConflictError for its own new id."""
 
     @abc.abstractmethod
     def workflow_gc(self, older_than_seconds: float, batch_size: int, dry_run: bool = False) -> int:
@@ -365,7 +423,9 @@ class Backend(abc.ABC):
         Returns how many were deleted (or would be, when ``dry_run``).
 
         **[multi-workflow]** a batch of workflows: each one is deleted with all its rows atomically (never
-        half-deleted) and skipped if a resume holds it; the batch itself may commit per workflow."""
+        half-deleted) and skipped if a resume holds it; the batch itself may commit per workflow.
+
+        Ambiguous commit: the count the committed attempt deleted (recorded with the batch), not 0."""
 
     @abc.abstractmethod
     def workflow_version_counts(self) -> dict[str | None, int]:
@@ -373,14 +433,18 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def drop_schema(self) -> None:
-        """Delete every kit table, view and function of this backend's schema (kit.testing teardown)."""
+        """Delete every kit table, view and function of this backend's schema (kit.testing teardown).
+        Ambiguous commit: idempotent."""
 
     # -- cron schedules ------------------------------------------------------------------------------------
     @abc.abstractmethod
     def schedule_define(self, spec: ScheduleSpec, now: datetime) -> ScheduleSpec | None:
         """Store a schedule's definition; a new one (or one whose cron or time zone changed) starts its
         cursor at ``now`` (the application clock), so ticks before its definition never count as missed.
-        Returns the definition stored before (None when the schedule is new)."""
+        Returns the definition stored before (None when the schedule is new).
+
+        Ambiguous commit: what the committed attempt found before it (recorded with the write), never the
+        definition this call stored itself."""
 
     @abc.abstractmethod
     def schedule_get(self, name: str) -> ScheduleState | None:
@@ -398,7 +462,10 @@ class Backend(abc.ABC):
         nothing, when the cursor is no longer ``expected_cursor`` (another worker handled those ticks).
 
         **[multi-workflow]** the cursor move and every enqueued workflow commit atomically together: a
-        tick is enqueued exactly once across all workers (G1 by id, the compare-and-set by cursor)."""
+        tick is enqueued exactly once across all workers (G1 by id, the compare-and-set by cursor).
+
+        Ambiguous commit: True when the cursor is at or past ``new_cursor`` and the last tick's workflow
+        exists (read back after an attempt that moved the cursor); False stays False."""
 
 
 def iter_backend_names() -> Iterator[str]:

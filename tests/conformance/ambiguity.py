@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from kit.errors import StorageError, TransientStorageError
+from kit.errors import TransientStorageError
 from kit.storage import (
     Finish,
     ForkRequest,
@@ -27,7 +27,7 @@ from kit.storage import (
 )
 
 from .faults import OneFault
-from .helpers import NAME, args_text, claim, create, no_faults, qclaim_now, step, uid
+from .helpers import NAME, args_text, claim, create, no_faults, qclaim_now, step, uid, wait_for
 
 OWN = "injects its own single fault (this area is the fault pass, one operation at a time)"
 T0 = datetime(2030, 1, 1, tzinfo=timezone.utc)
@@ -217,14 +217,71 @@ def test_lost_ack_of_a_heartbeat_is_retried_and_answers_right(backend_factory):
     assert backend.workflow_get(wid).lease_expires_at > before, "the renewal committed"
 
 
+def _claim_write(backend) -> str | None:
+    """Where a claim commits its writes: its one statement (the first boundary), or, on a backend that claims
+    row by row (no multi-row locking claims), the pipelined compare-and-sets after the unlocked read."""
+    caps = backend.capabilities
+    return None if caps.skip_locked and caps.multi_row_locking_claims else "pipeline"
+
+
+def _held(backend, owner: str) -> set[str]:
+    return {r.workflow_id for r in backend.workflow_list(WorkflowQuery(statuses=[Status.RUNNING]))
+            if r.owner == owner}
+
+
 @no_faults(OWN)
 def test_lost_ack_of_a_claim_returns_the_claimed_workflow(backend_factory):
     backend = backend_factory()
     wid, _ = create(backend)
-    faulty, plan = _faulty(backend_factory, "workflow_claim")
+    faulty, plan = _faulty(backend_factory, "workflow_claim", at=_claim_write(backend))
     got = claim(faulty, "w1")
     _injected(plan)
     assert [c.workflow_id for c in got] == [wid]
+
+
+@no_faults(OWN)
+def test_lost_ack_of_a_claim_returns_exactly_what_it_claimed(backend_factory):
+    """The retry returns the lost attempt's claims as that attempt would have (epoch, inputs, deadline,
+    recovery) and claims nothing beyond the call's limit."""
+    backend = backend_factory()
+    deadline = T0 + timedelta(hours=1)
+    wids = [create(backend, deadline=deadline)[0] for _ in range(3)]
+    faulty, plan = _faulty(backend_factory, "workflow_claim", at=_claim_write(backend))
+    got = claim(faulty, "w1", limit=2)
+    _injected(plan)
+    assert sorted(c.workflow_id for c in got) == sorted(wids[:2]), "the two oldest, once each"
+    for c in got:
+        assert (c.name, c.inputs, c.epoch, c.recovery, c.deadline) == (NAME, args_text(c.workflow_id), 1, False,
+                                                                       deadline)
+    assert _held(backend, "w1") == set(wids[:2])
+    assert backend.workflow_get(wids[2]).status == Status.PENDING
+
+
+@no_faults(OWN)
+def test_lost_ack_of_a_claim_returns_only_that_calls_claims(backend_factory):
+    """Workflows the same owner claimed in earlier calls (and runs already) are not returned again."""
+    backend = backend_factory()
+    first, _ = create(backend)
+    assert [c.workflow_id for c in claim(backend, "w1")] == [first]
+    second, _ = create(backend)
+    faulty, plan = _faulty(backend_factory, "workflow_claim", at=_claim_write(backend))
+    got = claim(faulty, "w1")
+    _injected(plan)
+    assert [c.workflow_id for c in got] == [second]
+
+
+@no_faults(OWN)
+def test_lost_ack_of_a_takeover_claim_reports_the_recovery(backend_factory):
+    backend = backend_factory()
+    wid, _ = create(backend, owner="w0", lease=0.2)
+    table = backend_factory.qualify("workflows")
+    wait_for(lambda: backend_factory.sql(f"SELECT lease_expires_at < now() FROM {table} WHERE workflow_id = %s",
+                                         (wid,))[0][0], what="the lease to expire")
+    faulty, plan = _faulty(backend_factory, "workflow_claim", at=_claim_write(backend))
+    got = claim(faulty, "w1")
+    _injected(plan)
+    assert [(c.workflow_id, c.epoch, c.recovery) for c in got] == [(wid, 2, True)]
+    assert backend.workflow_get(wid).recoveries == 1
 
 
 @no_faults(OWN)
@@ -236,6 +293,28 @@ def test_lost_ack_of_a_queue_claim_returns_the_claimed_workflow(backend_factory)
     got = qclaim_now(faulty, "w1", "lim")
     _injected(plan)
     assert [c.workflow_id for c in got] == [wid]
+
+
+@no_faults(OWN)
+def test_lost_ack_of_a_queue_claim_counts_its_claims_within_the_room(backend_factory):
+    """The lost attempt's claims use up the call's limit and the queue's room: the retry returns them and
+    starts nothing more."""
+    backend = backend_factory()
+    backend.queue_define(QueueSpec("lim", concurrency=2))
+    wids = [create(backend, queue="lim")[0] for _ in range(3)]
+    faulty, plan = _faulty(backend_factory, "queue_claim", at="COMMIT")
+    got = qclaim_now(faulty, "w1", "lim", limit=5)
+    _injected(plan)
+    assert sorted(c.workflow_id for c in got) == sorted(wids[:2])
+    assert all((c.epoch, c.recovery, c.queue) == (1, False, "lim") for c in got)
+    assert backend.workflow_get(wids[2]).status == Status.PENDING
+    faulty, plan = _faulty(backend_factory, "queue_claim", at="COMMIT")
+    backend.queue_define(QueueSpec("lim", concurrency=10))
+    wids += [create(backend, queue="lim")[0] for _ in range(2)]
+    got = qclaim_now(faulty, "w1", "lim", limit=2)
+    _injected(plan)
+    assert sorted(c.workflow_id for c in got) == sorted(wids[2:4]), "no more than the limit of the call"
+    assert backend.workflow_get(wids[4]).status == Status.PENDING
 
 
 @no_faults(OWN)
@@ -296,6 +375,19 @@ def test_lost_ack_of_a_new_schedule_definition_returns_none(backend_factory):
     _injected(plan)
     assert backend.schedule_get(spec.name).spec == spec
     assert before is None, "the schedule was new"
+
+
+@no_faults(OWN)
+def test_lost_ack_of_a_changed_schedule_definition_returns_the_previous_one(backend_factory):
+    backend = backend_factory()
+    spec = ScheduleSpec(uid("s"), NAME, "* * * * *", "UTC")
+    backend.schedule_define(spec, T0)
+    changed = ScheduleSpec(spec.name, NAME, "*/5 * * * *", "UTC", queue="q", catch_up="all", max_catch_up=7)
+    faulty, plan = _faulty(backend_factory, "schedule_define", at="COMMIT")
+    before = faulty.schedule_define(changed, T0)
+    _injected(plan)
+    assert before == spec
+    assert backend.schedule_get(spec.name).spec == changed
 
 
 @no_faults(OWN)

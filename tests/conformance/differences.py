@@ -52,27 +52,6 @@ def _bug(text: str) -> Difference:
     return Difference(f"known bug: {text}", action="xfail")
 
 
-_LOST_CLAIM = (
-    "a claim whose acknowledgement is lost is not read back: the retry claims other work (or none), and the "
-    "workflows the lost attempt claimed stay leased to the claimer until its next heartbeat releases leases "
-    "it does not run (kit/worker.py) or the lease expires{}. A read-back needs a per-call claim token in "
-    "the row (schema change)")
-_LOST_CANCEL = ("workflow_cancel after a lost COMMIT acknowledgement returns [] (its retry finds nothing left "
-                "to cancel) instead of the ids it cancelled")
-_LOST_RESUME = ("workflow_resume after a lost COMMIT acknowledgement raises WorkflowStateError (its retry "
-                "finds the workflow PENDING) although it resumed it")
-_LOST_FORK = ("workflow_fork after a lost COMMIT acknowledgement raises WorkflowConflictError (its retry finds "
-              "the new id taken, by itself): a read-back of forked_from would tell")
-_LOST_GC = ("workflow_gc after a lost COMMIT acknowledgement returns the count of its retry (0) instead of "
-            "the rows it deleted")
-_LOST_DEFINE = ("schedule_define after a lost COMMIT acknowledgement returns the definition it stored itself "
-                "instead of None (new) or the previous one")
-_LOST_MIGRATE = ("migrate after a lost COMMIT acknowledgement returns [] although it applied every version "
-                 "(its retry finds them applied)")
-_KEYLESS_SEND = ("message_send without a sender_key whose acknowledgement is lost is sent again: the message is "
-                 "delivered twice (kit always passes a key; the interface should say a keyless send is "
-                 "at-least-once, or the backend generate a key)")
-
 # (backend name, test name or area) -> Difference.
 REGISTER: dict[tuple[str, str], Difference] = {
     ("postgres", "test_create_same_id_again_by_the_same_owner_is_not_a_new_run"): Difference(
@@ -80,39 +59,17 @@ REGISTER: dict[tuple[str, str], Difference] = {
         "inputs) for its own insert: without a creation token it cannot tell it from a second start of the "
         "id by the same owner (the engine never starts one id twice in a process: Runtime.hold)",
         faults_only=True),
-    ("postgres", "test_lost_ack_of_a_claim_returns_the_claimed_workflow"): _bug(_LOST_CLAIM.format("")),
-    ("postgres", "test_lost_ack_of_a_queue_claim_returns_the_claimed_workflow"): _bug(
-        _LOST_CLAIM.format("; meanwhile they count against the queue's limits")),
-    ("postgres", "test_lost_ack_of_a_keyless_send_is_not_sent_twice"): _bug(_KEYLESS_SEND),
-    ("postgres", "test_lost_ack_of_a_cancel_returns_the_cancelled_ids"): _bug(_LOST_CANCEL),
-    ("postgres", "test_lost_ack_of_a_resume_returns_the_resumed_ids"): _bug(_LOST_RESUME),
-    ("postgres", "test_lost_ack_of_a_fork_returns_the_fork"): _bug(_LOST_FORK),
-    ("postgres", "test_lost_ack_of_a_gc_batch_returns_the_count"): _bug(_LOST_GC),
-    ("postgres", "test_lost_ack_of_a_new_schedule_definition_returns_none"): _bug(_LOST_DEFINE),
-    ("postgres", "test_lost_ack_of_a_migration_returns_the_versions_applied"): _bug(_LOST_MIGRATE),
 }
 
 # The restricted PostgreSQL profile (tests/test_conformance_restricted.py: the strategies Citus and
-# CockroachDB inherit, on PostgreSQL) shares PostgreSQL's known bugs except the plain claim's: it claims row by
-# row with an epoch compare-and-set, whose retry after a lost acknowledgement finds its own claim.
+# CockroachDB inherit, on PostgreSQL) shares PostgreSQL's entries.
 REGISTER.update({("postgres-restricted", test): diff for (backend, test), diff in list(REGISTER.items())
-                 if backend == "postgres" and test != "test_lost_ack_of_a_claim_returns_the_claimed_workflow"})
+                 if backend == "postgres"})
 
-# The citus backend (backends/citus) reads back every outcome the PostgreSQL backend reads back and shares the
-# same open bugs (the same designs: cancel, resume, fork, gc, claims, schedule definitions and migrations do
-# not read back a lost acknowledgement; a keyless send is at-least-once).
+# The citus backend (backends/citus) reads back every outcome the PostgreSQL backend reads back (claim tokens,
+# call_outcomes, keyed sends): it shares PostgreSQL's entries.
+REGISTER.update({("citus", test): diff for (backend, test), diff in list(REGISTER.items()) if backend == "postgres"})
 REGISTER.update({
-    ("citus", "test_create_same_id_again_by_the_same_owner_is_not_a_new_run"):
-        REGISTER[("postgres", "test_create_same_id_again_by_the_same_owner_is_not_a_new_run")],
-    ("citus", "test_lost_ack_of_a_queue_claim_returns_the_claimed_workflow"): _bug(
-        _LOST_CLAIM.format("; meanwhile they count against the queue's limits")),
-    ("citus", "test_lost_ack_of_a_keyless_send_is_not_sent_twice"): _bug(_KEYLESS_SEND),
-    ("citus", "test_lost_ack_of_a_cancel_returns_the_cancelled_ids"): _bug(_LOST_CANCEL),
-    ("citus", "test_lost_ack_of_a_resume_returns_the_resumed_ids"): _bug(_LOST_RESUME),
-    ("citus", "test_lost_ack_of_a_fork_returns_the_fork"): _bug(_LOST_FORK),
-    ("citus", "test_lost_ack_of_a_gc_batch_returns_the_count"): _bug(_LOST_GC),
-    ("citus", "test_lost_ack_of_a_new_schedule_definition_returns_none"): _bug(_LOST_DEFINE),
-    ("citus", "test_lost_ack_of_a_migration_returns_the_versions_applied"): _bug(_LOST_MIGRATE),
     ("citus", "test_a_serialization_failure_in_a_schedule_tick_is_retried"): Difference(
         "the test aims its fault at the PostgreSQL enqueue statement by its text (WITH ...); the citus backend "
         "enqueues with INSERT statements. The same fault in a Citus schedule tick is retried: "
@@ -132,20 +89,9 @@ class FaultGap:
             raise ValueError(f"bad fault gap: {self!r}")
 
 
-# (backend name, interface operation) -> FaultGap: the known bugs above, spared in the fault pass.
-FAULT_GAPS: dict[tuple[str, str], FaultGap] = {
-    ("postgres", "workflow_claim"): FaultGap(_LOST_CLAIM.format("")),
-    ("postgres", "queue_claim"): FaultGap(_LOST_CLAIM.format("; meanwhile they count against the queue's limits")),
-    ("postgres", "message_send"): FaultGap(_KEYLESS_SEND),
-    ("postgres", "workflow_cancel"): FaultGap(_LOST_CANCEL),
-    ("postgres", "workflow_resume"): FaultGap(_LOST_RESUME),
-    ("postgres", "workflow_fork"): FaultGap(_LOST_FORK),
-    ("postgres", "workflow_gc"): FaultGap(_LOST_GC),
-    ("postgres", "schedule_define"): FaultGap(_LOST_DEFINE),
-    ("postgres", "migrate"): FaultGap(_LOST_MIGRATE),
-}
-# The citus backend shares those gaps (see REGISTER above).
-FAULT_GAPS.update({("citus", op): gap for (name, op), gap in list(FAULT_GAPS.items()) if name == "postgres"})
+# (backend name, interface operation) -> FaultGap: known bugs (each pinned by a `_bug` entry of REGISTER),
+# spared in the fault pass. None at present.
+FAULT_GAPS: dict[tuple[str, str], FaultGap] = {}
 
 
 def spared_operations(backend: str, gaps: Mapping[tuple[str, str], FaultGap] | None = None

@@ -1,4 +1,4 @@
--- kit schema v12 (Citus): enqueue() from plain SQL, as in v6, for the distributed layout: the workflow row,
+-- kit schema v14 (Citus): enqueue() from plain SQL, as in v6, for the distributed layout: the workflow row,
 -- its ready row (on its lane) and its dedup row in the calling transaction (one shard, or a two-phase
 -- commit when they live on different nodes), and the wake-up sent by this coordinator session at commit.
 -- requires: sql_enqueue_function

@@ -1,9 +1,10 @@
--- kit schema v11 (Citus): the per-workflow tables are distributed by workflow id and colocated, so every
+-- kit schema v13 (Citus): the per-workflow tables are distributed by workflow id and colocated, so every
 -- statement about one workflow (create, checkpoint, finish, receive, replay) is a single-shard router
 -- query. The shard count is the session's citus.shard_count when this migration runs (Citus' default: 32;
 -- e.g. `?options=-c%20citus.shard_count%3D16` in the URL, or ALTER DATABASE ... SET citus.shard_count).
 -- Coordinator tables (plain PostgreSQL tables on the coordinator): schema_migrations, workers, queues,
--- schedules, lanes.
+-- schedules, lanes, coordinator_outcomes. Distributed by other keys: call_outcomes (token), ready/queue_state/slots (lane), dedup
+-- (dedup key), children (parent id), all colocated with workflows.
 
 -- One live workflow per (queue, dedup id) cannot be a unique index over workflows any more (a unique index
 -- must contain the distribution column): the dedup table below holds that key instead.
@@ -14,6 +15,16 @@ SELECT create_distributed_table('{schema}.steps', 'workflow_id', colocate_with =
 SELECT create_distributed_table('{schema}.messages', 'workflow_id', colocate_with => '{schema}.workflows');
 SELECT create_distributed_table('{schema}.events', 'workflow_id', colocate_with => '{schema}.workflows');
 SELECT create_distributed_table('{schema}.streams', 'workflow_id', colocate_with => '{schema}.workflows');
+-- Answers of control operations (v12), by token: the recording INSERT is a router statement of the operation's
+-- own transaction (two-phase commit when the token's shard is on another node), so the answer commits with the
+-- writes or not at all. A coordinator table would not do: a transaction that wrote one worker and a plain
+-- coordinator table commits the worker first, then the coordinator, not atomically.
+SELECT create_distributed_table('{schema}.call_outcomes', 'token', colocate_with => '{schema}.workflows');
+-- The answers of operations that write only coordinator tables (schedule_define) or whose commit decision is
+-- the coordinator's (migrate) stay on the coordinator, next to what they answer for (backends/citus/outcomes.py).
+CREATE TABLE {schema}.coordinator_outcomes (LIKE {schema}.call_outcomes INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
+ALTER TABLE {schema}.coordinator_outcomes ADD PRIMARY KEY (token);
+CREATE INDEX coordinator_outcomes_created_idx ON {schema}.coordinator_outcomes (created_at);
 
 -- The home lane of the limited queue whose slot a RUNNING workflow holds (NULL: claimed through a lane of
 -- its own shard); its finish, cancel or release frees the slot in the same transaction.
