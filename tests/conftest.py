@@ -37,12 +37,12 @@ try:  # works whether or not tests/ is a package
     from .citus_cluster import CitusCluster
     from .servers import DebianPostgres, PgServer
     from .servers import selected_servers as _selected_servers
-    from .targets import EXTRA_TARGETS, selected_targets, unavailable_report
+    from .targets import EXTRA_TARGETS, runs_on_targets, selected_targets, target_scope, unavailable_report
 except ImportError:
     from citus_cluster import CitusCluster
     from servers import DebianPostgres, PgServer
     from servers import selected_servers as _selected_servers
-    from targets import EXTRA_TARGETS, selected_targets, unavailable_report
+    from targets import EXTRA_TARGETS, runs_on_targets, selected_targets, target_scope, unavailable_report
 
 
 def selected_servers() -> list[str]:
@@ -100,12 +100,17 @@ class _ServerPool:
 def pytest_configure(config: pytest.Config) -> None:
     selected_servers()  # fail fast on a bad KIT_TEST_SERVERS
     extra_targets()  # ... and KIT_TEST_TARGETS
+    try:
+        target_scope()  # ... and KIT_TEST_TARGET_SCOPE
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
     config.addinivalue_line("markers", "all_backends: also run on every extra target (tests/targets.py)")
     config.addinivalue_line("markers", "skip_targets(**reasons): skipped on the named targets, with the reason")
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    lines = [f"kit test servers: {', '.join(selected_servers())}; extra targets: {', '.join(extra_targets()) or 'none'}"]
+    lines = [f"kit test servers: {', '.join(selected_servers())}; extra targets: {', '.join(extra_targets()) or 'none'}"
+             f" (scope {target_scope()})"]
     lines += [f"  not available: {line}" for line in unavailable_report()]
     return lines
 
@@ -113,7 +118,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "pg_url" in metafunc.fixturenames:
         names = selected_servers()
-        if metafunc.definition.get_closest_marker("all_backends") is not None:
+        if (metafunc.definition.get_closest_marker("all_backends") is not None
+                and runs_on_targets(metafunc.module.__name__)):
             names = names + extra_targets()
         metafunc.parametrize("pg_url", names, ids=names, indirect=True, scope="session")
 
