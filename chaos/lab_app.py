@@ -143,11 +143,40 @@ def expected_output(n: int, total: int) -> dict[str, Any]:
     }
 
 
+# On a Citus coordinator the application table is distributed by workflow id and colocated with kit's
+# workflows: the transactional step's row then lands on the shard of its checkpoint, one single-shard
+# transaction (a plain coordinator table would commit separately from the worker: not atomic if the
+# coordinator dies in between). A distributed table's primary key must include the distribution column.
+APP_TABLE_DDL_CITUS = """
+CREATE TABLE IF NOT EXISTS {schema}.{table} (
+    id          bigserial   NOT NULL,
+    workflow_id text        NOT NULL,
+    step_id     integer     NOT NULL,
+    epoch       bigint      NOT NULL,
+    n           integer     NOT NULL,
+    pid         integer     NOT NULL,
+    worker      text        NOT NULL,
+    at          timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (workflow_id, id)
+)
+"""
+
+
 def ensure_tables(url: str, schema: str) -> None:
-    """Create the schema and the application table (idempotent); why: the transactional step writes there."""
+    """Create the schema and the application table (idempotent); why: the transactional step writes there.
+    On Citus (after kit's migrations) the table is distributed colocated with kit's workflows."""
     with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-        conn.execute(sql.SQL(APP_TABLE_DDL).format(schema=sql.Identifier(schema), table=sql.Identifier(APP_TABLE)))
+        citus = conn.execute("SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'citus'").fetchone()
+        ddl = APP_TABLE_DDL_CITUS if citus else APP_TABLE_DDL
+        conn.execute(sql.SQL(ddl).format(schema=sql.Identifier(schema), table=sql.Identifier(APP_TABLE)))
+        if citus:
+            table = f"{sql.Identifier(schema).as_string(conn)}.{sql.Identifier(APP_TABLE).as_string(conn)}"
+            done = conn.execute("SELECT 1 FROM pg_catalog.pg_dist_partition WHERE logicalrelid = %s::regclass",
+                                (table,)).fetchone()
+            if not done:
+                conn.execute("SELECT create_distributed_table(%s, 'workflow_id', colocate_with => %s)",
+                             (table, f"{sql.Identifier(schema).as_string(conn)}.workflows"))
 
 
 class Ledger:

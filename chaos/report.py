@@ -121,6 +121,9 @@ def render_summary(reports: list[ScenarioReport]) -> Table:
     table.add_column("lost ack", justify="right")
     for gid in GUARANTEE_IDS:
         table.add_column(gid, justify="center")
+    partial = any("partial_availability" in r.extra for r in reports)
+    if partial:  # Citus worker-group faults: finish rate of the healthy groups' workflows, before -> during
+        table.add_column("healthy wf/s before→during", justify="right")
     table.add_column("result")
     marks = {"pass": "[green]✓[/]", "fail": "[bold red]✗[/]", "n-a": "[dim]–[/]"}
     for r in reports:
@@ -128,6 +131,8 @@ def render_summary(reports: list[ScenarioReport]) -> Table:
         for gid in GUARANTEE_IDS:
             status = (r.guarantees.get(gid) or {}).get("status")
             cells.append(marks.get(status or "", "[dim]?[/]"))
+        if partial:
+            cells.append(_partial(r))
         table.add_row(r.name, r.variant, str(r.workflows), _fmt_s(r.fault_to_first_checkpoint_s), _fmt_s(r.drain_s),
                       str(r.takeovers), _dup(r), str(r.lost_acks), *cells, "[green]ok[/]" if r.ok else "[bold red]FAIL[/]")
     return table
@@ -138,6 +143,16 @@ def _dup(r: ScenarioReport) -> str:
     (nothing of the first run committed): ``7 (5 tx)``."""
     tx = ((r.extra.get("stats") or {}).get("duplicate_kinds") or {}).get("tx_rolled_back", 0)
     return f"{r.duplicates} ({tx} tx)" if tx else str(r.duplicates)
+
+
+def _partial(r: ScenarioReport) -> str:
+    """Partial availability of a worker-group fault: the healthy groups' workflows finished per second before
+    the fault and while it lasted (chaos/test_citus_scenarios.py); ``—`` for other scenarios."""
+    pa = r.extra.get("partial_availability")
+    if not pa:
+        return "—"
+    h = pa.get("healthy") or {}
+    return f"{h.get('finish_rate_before', 0):.1f}→{h.get('finish_rate_during', 0):.1f}"
 
 
 def _slug(text: str) -> str:

@@ -82,9 +82,12 @@ def _drop_schema(url: str, schema: str) -> None:
 
 def run_scenario(lab: Lab, name: str, variant: str, fault: Callable[[Run], float], *, workflows: int,
                  reports: Path, tmp: Path, start_at: float = 0.15,
-                 worker_env: dict[str, str] | None = None) -> ScenarioReport:
+                 worker_env: dict[str, str] | None = None,
+                 after: Callable[[Run, float], None] | None = None) -> ScenarioReport:
     """Run ``workflows`` lab workflows on 3 workers, inject ``fault`` once ``start_at`` of them finished,
-    drain, heal the cluster, check G1-G9, write the report; returns it (assertions are the caller's)."""
+    drain, heal the cluster, check G1-G9, write the report; returns it (assertions are the caller's).
+    ``after(run, fault_time)`` runs once the cluster is healed and checked, before the schema is dropped (extra
+    analysis for the report: what it puts in ``run.extra`` lands there)."""
     lab.set_variant(variant)
     report = ScenarioReport(name=name, variant=variant)
     t0 = time.time()
@@ -98,6 +101,7 @@ def run_scenario(lab: Lab, name: str, variant: str, fault: Callable[[Run], float
         ids = wl.submit()
         lab.timeline.add(f"{len(ids)} workflows submitted")
         wl.start_workers()
+        run.extra["workers_started_t"] = time.time()
         _wait_progress(wl, start_at)
         fault_t = fault(run)
         report.extra["wait_drained_s"] = round(wl.wait_drained(DRAIN_TIMEOUT), 3)
@@ -115,6 +119,8 @@ def run_scenario(lab: Lab, name: str, variant: str, fault: Callable[[Run], float
     report.extra["lease_expired_logged"] = _count_logged(ledger, (EXPIRED_MARK,))
     result = check(lab.database_url(), schema, ledger, ids, sync_replication=(variant == "sync"))
     report.apply_check(result)
+    if after is not None:
+        after(run, fault_t)
     report.extra.update(run.extra)
     for t, event in lab.timeline.events[first_event:]:
         report.event(t - t0, event)

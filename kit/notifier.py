@@ -125,9 +125,14 @@ class Notifier:
         self._wake([key])
 
     def stop(self) -> None:
+        """Stop listening and release every waiter at once (a stopping worker's claim loop must not sit out
+        its poll period)."""
         self._stop.set()
         with self._lock:
             self._tick_cond.notify_all()
+            waiting = [w for ws in self._watches.values() for w in ws]
+        for w in waiting:
+            w._event.set()
 
     def _wake(self, keys: list[str]) -> None:
         with self._lock:

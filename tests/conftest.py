@@ -40,12 +40,12 @@ try:  # works whether or not tests/ is a package
     from .citus_cluster import CitusCluster
     from .servers import DebianPostgres, PgServer
     from .servers import selected_servers as _selected_servers
-    from .targets import EXTRA_TARGETS, selected_targets, unavailable_report
+    from .targets import EXTRA_TARGETS, selected_targets, target_scope, unavailable_report
 except ImportError:
     from citus_cluster import CitusCluster
     from servers import DebianPostgres, PgServer
     from servers import selected_servers as _selected_servers
-    from targets import EXTRA_TARGETS, selected_targets, unavailable_report
+    from targets import EXTRA_TARGETS, selected_targets, target_scope, unavailable_report
 
 
 def selected_servers() -> list[str]:
@@ -105,12 +105,17 @@ class _ServerPool:
 def pytest_configure(config: pytest.Config) -> None:
     selected_servers()  # fail fast on a bad KIT_TEST_SERVERS
     extra_targets()  # ... and KIT_TEST_TARGETS
+    try:
+        target_scope()  # ... and KIT_TEST_TARGET_SCOPE
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
     config.addinivalue_line("markers", "all_backends: also run on every extra target (tests/targets.py)")
     config.addinivalue_line("markers", "skip_targets(**reasons): skipped on the named targets, with the reason")
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    lines = [f"kit test servers: {', '.join(selected_servers())}; extra targets: {', '.join(extra_targets()) or 'none'}"]
+    lines = [f"kit test servers: {', '.join(selected_servers())}; extra targets: {', '.join(extra_targets()) or 'none'}"
+             f" (scope {target_scope()})"]
     lines += [f"  not available: {line}" for line in unavailable_report()]
     return lines
 

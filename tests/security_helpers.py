@@ -22,6 +22,16 @@ def url_for(url: str, user: str, password: str | None) -> str:
     return urlunsplit((parts.scheme, f"{auth}@{host}", parts.path, parts.query, parts.fragment))
 
 
+def let_nodes_connect(conn: psycopg.Connection, role: str, password: str | None) -> None:
+    """On a Citus coordinator: let the coordinator reach the worker nodes as ``role`` (its password in
+    ``pg_dist_authinfo``, as the test cluster does for its own superuser). Nothing on plain PostgreSQL."""
+    if conn.execute("SELECT to_regclass('pg_dist_authinfo') IS NOT NULL").fetchone()[0]:
+        conn.execute("DELETE FROM pg_dist_authinfo WHERE nodeid = 0 AND rolename = %s", (role,))
+        if password is not None:
+            conn.execute("INSERT INTO pg_dist_authinfo (nodeid, rolename, authinfo) VALUES (0, %s, %s)",
+                         (role, f"password={password}"))
+
+
 @contextlib.contextmanager
 def roles(admin_url: str, *kinds: str) -> Iterator[dict[str, tuple[str, str]]]:
     """Create one LOGIN role per kind (random name and password); yield kind -> (name, url); drop them."""
@@ -32,6 +42,7 @@ def roles(admin_url: str, *kinds: str) -> Iterator[dict[str, tuple[str, str]]]:
             password = secrets.token_hex(12)
             conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(name),
                                                                          sql.Literal(password)))
+            let_nodes_connect(conn, name, password)
             made[kind] = (name, url_for(admin_url, name, password))
     try:
         yield made
@@ -39,6 +50,8 @@ def roles(admin_url: str, *kinds: str) -> Iterator[dict[str, tuple[str, str]]]:
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute("SET lock_timeout = '10s'")
             for name, _ in made.values():
+                with contextlib.suppress(psycopg.Error):
+                    let_nodes_connect(conn, name, None)
                 with contextlib.suppress(psycopg.Error):
                     conn.execute(sql.SQL("DROP OWNED BY {} CASCADE").format(sql.Identifier(name)))
                 with contextlib.suppress(psycopg.Error):

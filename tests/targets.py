@@ -20,7 +20,10 @@ Extra targets
                  every ``all_backends`` module; skipped with that reason when unset.
 
 Selection: ``KIT_TEST_TARGETS`` (comma list of extra targets; ``none`` for none; default: every available
-one). A test that cannot run on a target says why with ``pytest.mark.skip_targets(citus="reason")``: it is
+one). ``KIT_TEST_TARGET_SCOPE``: ``core`` (default) runs the marked modules of CORE_MODULES on the targets
+(the engine and the SIGKILL crash suites; the targets' conformance adapters and own tests always run);
+``all`` runs every marked module there (the CLI, monitor, queues, limits, schedules, lifecycle, ... suites:
+about 340 more tests, too slow for the 60-minute CI budget on a 2-core machine). A test that cannot run on a target says why with ``pytest.mark.skip_targets(citus="reason")``: it is
 reported as skipped with that reason there, and runs everywhere else.
 """
 
@@ -54,7 +57,7 @@ class Target:
 
     def runs(self, module: str, marked: bool) -> bool:
         """Whether a test of ``module`` (``marked``: all_backends) runs on this target."""
-        return (marked and self.all_backends) or module in self.modules
+        return (marked and self.all_backends and runs_on_targets(module)) or module in self.modules
 
 
 def _profile_server() -> str:
@@ -95,6 +98,23 @@ EXTRA_TARGETS: dict[str, Target] = {
     "crdb": Target("crdb", server="cockroach", backend="cockroachdb", unavailable=_cockroach_unavailable,
                    modules=ENGINE_AND_CRASH),
 }
+
+
+# Marked modules that run on the extra targets in the default scope (KIT_TEST_TARGET_SCOPE=core).
+CORE_MODULES = frozenset({"test_engine", "test_crash", "test_crash_lifecycle", "test_crash_messaging"})
+
+
+def target_scope() -> str:
+    """``core`` or ``all`` (``$KIT_TEST_TARGET_SCOPE``); ValueError for anything else."""
+    raw = os.environ.get("KIT_TEST_TARGET_SCOPE", "").strip().lower() or "core"
+    if raw not in ("core", "all"):
+        raise ValueError(f"KIT_TEST_TARGET_SCOPE: {raw!r} is not 'core' or 'all'")
+    return raw
+
+
+def runs_on_targets(module_name: str) -> bool:
+    """Whether a module marked ``all_backends`` runs on the extra targets in the selected scope."""
+    return target_scope() == "all" or module_name.rsplit(".", 1)[-1] in CORE_MODULES
 
 
 def selected_targets() -> list[Target]:

@@ -12,6 +12,8 @@ import kit
 from kit.errors import UsageError, WorkflowCancelledError
 from kit.testing import harness
 
+pytestmark = pytest.mark.all_backends  # also on the extra targets (Citus): tests/targets.py
+
 START = datetime(2026, 5, 1, tzinfo=timezone.utc)
 
 

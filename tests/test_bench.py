@@ -14,6 +14,8 @@ from psycopg import sql
 
 from kit.cli import main
 
+pytestmark = pytest.mark.all_backends  # also on the extra targets (Citus): tests/targets.py
+
 TOP_KEYS = {"kit_bench_version", "workload", "started_at", "finished_at", "machine", "database", "parameters",
             "targets", "floor", "results", "json_path"}
 FLOOR_KEYS = {"insert", "fenced_insert", "fenced_key_share_insert", "concurrent", "iterations"}
@@ -77,6 +79,28 @@ def test_profile_writes_pstats(pg_url, schema, tmp_path, capsys):
     assert "step_record" in names  # the checkpoint runs in a kit thread: every thread is profiled
 
 
+def test_lanes_distribute_the_bench_schema_on_citus_only(pg_url, schema, tmp_path, capsys):
+    """--lanes N: on Citus the bench schema gets N shards, i.e. N ready lanes; elsewhere a usage error."""
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        citus = conn.execute("SELECT count(*) FROM pg_extension WHERE extname = 'citus'").fetchone()[0] == 1
+    out = tmp_path / "drain.json"
+    rc = main(["bench", "queue-drain", "--database-url", pg_url, "--schema", schema, "--floor-iterations", "20",
+               "--concurrency", "2", "--workflows", "6", "--lanes", "3", "--json", str(out)])
+    if not citus:
+        assert rc == 2
+        assert "--lanes applies to a backend with lanes" in capsys.readouterr().err
+        return
+    assert rc == 0
+    data = json.loads(out.read_text())
+    assert data["parameters"]["lanes"] == 3
+    assert data["results"]["queue-drain"]["completed"] == 6
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        shards = conn.execute("SELECT count(*) FROM pg_dist_shard WHERE logicalrelid = %s::regclass",
+                              (f"{schema}.workflows",)).fetchone()[0]
+        lanes = conn.execute(sql.SQL("SELECT count(*) FROM {}.lanes").format(sql.Identifier(schema))).fetchone()[0]
+    assert (shards, lanes) == (3, 3)
+
+
 def test_refuses_a_schema_it_did_not_create(pg_url, schema, tmp_path, capsys):
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
@@ -94,6 +118,7 @@ def test_refuses_a_schema_it_did_not_create(pg_url, schema, tmp_path, capsys):
     (["--concurrency", "1000"], "--concurrency must be between"),
     (["--lease-seconds", "nan"], "--lease-seconds must be between"),
     (["--profile", "p.out"], "--profile works with the seq and par"),
+    (["--lanes", "0"], "--lanes must be between"),
 ])
 def test_bad_values_are_one_line_usage_errors(argv, message, capsys):
     workload = "recovery" if "--profile" in argv else "seq"

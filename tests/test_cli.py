@@ -18,6 +18,9 @@ import psycopg
 import pytest
 
 import kit
+from kit.registry import resolve
+
+pytestmark = pytest.mark.all_backends  # also on the extra targets (Citus): tests/targets.py
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "secretpw"
@@ -79,8 +82,10 @@ def test_migrate_then_db_shows_backend_version_and_hides_password(pg_url: str, s
     assert "not migrated" in before
 
     first = assert_ok(run_kit("migrate", *db_args))
-    latest = len(list((REPO / "backends" / "postgres" / "migrations").glob("[0-9]*.sql")))
-    applied = ", ".join(str(v) for v in range(1, latest + 1))
+    backend = resolve(pg_url)  # the server's backend: postgres, or citus on a Citus coordinator
+    versions = [m.version for m in backend.migrations]
+    latest = max(versions)
+    applied = ", ".join(str(v) for v in versions)
     assert f"applied migrations {applied};" in first and f"version {latest}" in first and schema in first
     again = assert_ok(run_kit("migrate", *db_args))
     assert "up to date" in again
@@ -89,7 +94,7 @@ def test_migrate_then_db_shows_backend_version_and_hides_password(pg_url: str, s
     res = run_kit("db", env=base_env(KIT_DATABASE_URL=pg_url, KIT_SCHEMA=schema))
     text = assert_ok(res)
     fields = dict(re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in text.splitlines() if line.strip())
-    assert fields["backend"] == "postgres"
+    assert fields["backend"] == backend.name
     assert fields["schema"] == schema
     assert fields["schema version"] == str(latest)
     assert re.match(r"PostgreSQL [\d.]+", fields["server"]) and " on " not in fields["server"], fields["server"]
@@ -101,7 +106,7 @@ def test_migrate_then_db_shows_backend_version_and_hides_password(pg_url: str, s
 
     res = run_kit("db", "--json", *db_args)
     info = json.loads(assert_ok(res))
-    assert info["backend"] == "postgres" and info["schema"] == schema and info["schema_version"] == latest
+    assert info["backend"] == backend.name and info["schema"] == schema and info["schema_version"] == latest
     if secret:
         assert secret not in res.stdout + res.stderr
         assert "***" in info["url"]

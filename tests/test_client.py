@@ -14,6 +14,8 @@ from test_engine import apps  # noqa: F401 - fixture
 import kit
 from kit.errors import UnknownQueueError, UsageError, WorkflowDuplicateError
 
+pytestmark = pytest.mark.all_backends  # also on the extra targets (Citus): tests/targets.py
+
 FAST = {"lease_seconds": 5.0, "heartbeat_seconds": 0.5, "poll_seconds": 0.1}
 
 

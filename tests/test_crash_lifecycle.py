@@ -28,6 +28,8 @@ from tests.test_crash import (
     worker_env,
 )
 
+pytestmark = pytest.mark.all_backends  # also on the extra targets (Citus): tests/targets.py
+
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 lc = importlib.import_module("tests.apps.lifecycle_app")

@@ -15,6 +15,8 @@ import pytest
 
 import kit
 
+pytestmark = pytest.mark.all_backends  # also on the extra targets (Citus): tests/targets.py
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -26,6 +26,8 @@ from kit.engine import Outcome, StepOptions
 from kit.errors import ConfigError, SchemaError, UnknownWorkflowError, UsageError
 from kit.storage import ClaimRequest, Status, WorkflowQuery
 
+pytestmark = pytest.mark.all_backends  # also on the extra targets (Citus): tests/targets.py
+
 # Leases short enough for quick recoveries, long enough that a live run keeps its lease while a loaded
 # 2-core machine starves its process for a second (a run stops itself when no renewal came in time).
 FAST = {"lease_seconds": 2.0, "heartbeat_seconds": 0.3, "poll_seconds": 0.1}

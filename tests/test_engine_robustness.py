@@ -17,6 +17,8 @@ from test_engine import apps  # noqa: F401 - fixture
 import kit
 from kit.storage import ClaimRequest, Status
 
+pytestmark = pytest.mark.all_backends  # also on the extra targets (Citus): tests/targets.py
+
 
 def _wid() -> str:
     return f"rb-{uuid.uuid4().hex[:10]}"

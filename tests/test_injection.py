@@ -13,6 +13,8 @@ from security_helpers import run_cli
 import kit
 from kit.errors import ConfigError, UsageError
 
+pytestmark = pytest.mark.all_backends  # also on the extra targets (Citus): tests/targets.py
+
 PAYLOADS = [
     "x'; DROP TABLE {schema}.workflows; --",
     "' OR '1'='1",

@@ -20,6 +20,8 @@ from kit.clock import VirtualClock
 from kit.errors import UsageError, WorkflowCancelledError, WorkflowConflictError, WorkflowNotFoundError
 from tests.conformance.helpers import wait_for
 
+pytestmark = pytest.mark.all_backends  # also on the extra targets (Citus): tests/targets.py
+
 FAST = {"lease_seconds": 2.0, "heartbeat_seconds": 0.25, "poll_seconds": 0.1}
 
 

@@ -13,6 +13,8 @@ from kit.errors import WorkflowCancelledError
 from tests.conformance.helpers import wait_for
 from tests.test_cli import assert_ok, assert_usage_error, run_kit
 
+pytestmark = pytest.mark.all_backends  # also on the extra targets (Citus): tests/targets.py
+
 FAST = {"lease_seconds": 2.0, "heartbeat_seconds": 0.25, "poll_seconds": 0.1}
 
 

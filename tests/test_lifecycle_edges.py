@@ -21,6 +21,8 @@ from kit.errors import UsageError, WorkflowCancelledError, WorkflowError
 from tests.conformance.helpers import wait_for
 from tests.test_lifecycle import Env as LifecycleEnv
 
+pytestmark = pytest.mark.all_backends  # also on the extra targets (Citus): tests/targets.py
+
 OLD_TENANTS = 1000
 FAST = {"lease_seconds": 2.0, "heartbeat_seconds": 0.25, "poll_seconds": 0.1}
 

@@ -12,6 +12,8 @@ from kit.errors import ConfigError, LimitExceededError
 from kit.storage import Status
 from kit.validation import check_size
 
+pytestmark = pytest.mark.all_backends  # also on the extra targets (Citus): tests/targets.py
+
 LIMIT = 1000
 
 

@@ -14,6 +14,8 @@ from test_engine import FAST, apps, crash  # noqa: F401 - fixtures and helpers
 import kit
 from kit.storage import Status
 
+pytestmark = pytest.mark.all_backends  # also on the extra targets (Citus): tests/targets.py
+
 
 def _wid() -> str:
     return f"msg-{uuid.uuid4().hex[:10]}"
@@ -256,7 +258,7 @@ def test_waiters_recheck_after_the_listener_reconnects(apps):  # noqa: F811
         listen = "SELECT pid FROM pg_stat_activity WHERE query ILIKE 'LISTEN%%' AND pid <> pg_backend_pid()"
         pids = wait_for(lambda: admin.execute(listen).fetchall())
         for (pid,) in pids:
-            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            admin.execute("SELECT pg_terminate_backend(%s::int)", (pid,))
     # A message sent while the listener is away is found once it is back, not after the 30 s poll.
     app.send(wid, "after the cut")
     assert h.result(timeout=15) == "after the cut"

@@ -52,6 +52,8 @@ except ImportError:
     from layout_data import assert_golden
     from servers import DebianPostgres
 
+pytestmark = pytest.mark.all_backends  # also on the extra targets (Citus): tests/targets.py
+
 REPO = Path(__file__).resolve().parent.parent
 T = datetime(2026, 1, 31, 12, 0, 0, tzinfo=timezone.utc)
 ENDPOINT = "postgresql://kit:***@db.example:5432/app"

@@ -49,6 +49,8 @@ from test_streams import (  # noqa: F401
 from kit.notifier import ANY_QUEUE, Notifier
 from kit.storage import Capabilities
 
+pytestmark = pytest.mark.all_backends  # also on the extra targets (Citus): tests/targets.py
+
 
 @pytest.fixture(autouse=True)
 def _notifications_off(monkeypatch):

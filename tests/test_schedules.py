@@ -28,6 +28,8 @@ from kit.errors import CronError, UnknownQueueError, WorkflowDuplicateError
 from kit.schedules import Schedule, plan_ticks, tick_workflow_id, wait_for_tick
 from kit.storage import NewWorkflow
 
+pytestmark = pytest.mark.all_backends  # also on the extra targets (Citus): tests/targets.py
+
 REPO = Path(__file__).resolve().parents[1]
 UTC = timezone.utc
 PARIS = ZoneInfo("Europe/Paris")
@@ -390,15 +392,13 @@ def test_a_frozen_holder_of_the_schedule_row_is_cut_off(apps, pg_url, schema):
     server, so another worker enqueues the tick; when the frozen one resumes it finds the cursor moved."""
     import threading
 
-    from kit.backends.postgres import PostgresBackend
-
     app = apps()
     schedule = Schedule("frozen", parse("* * * * *"), None, "latest", 100)
     app.backend.schedule_define(schedule.spec, START)
     tick = datetime(2026, 11, 27, 10, 3, tzinfo=UTC)
     wf = NewWorkflow(workflow_id=schedule.workflow_id(tick), name="frozen", inputs='{"args":[],"kwargs":{}}')
 
-    zombie = PostgresBackend(pg_url, schema=schema, pool_size=2, retry_seconds=10)
+    zombie = type(app.backend)(pg_url, schema=schema, pool_size=2, retry_seconds=10)  # the server's backend
     zombie.open()
     zombie.schedule_idle_timeout_ms = 300
     frozen, resume = threading.Event(), threading.Event()

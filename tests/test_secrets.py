@@ -20,10 +20,12 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 from psycopg import sql
-from security_helpers import run_cli, url_for
+from security_helpers import let_nodes_connect, run_cli, url_for
 
 import kit
 from kit.errors import KitError
+
+pytestmark = pytest.mark.all_backends  # also on the extra targets (Citus): tests/targets.py
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -49,9 +51,11 @@ def role(pg_url: str, schema: str) -> Iterator[Role]:
                                                                      sql.Literal(r.password)))
         conn.execute(sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(sql.Identifier(dbname),
                                                                          sql.Identifier(r.name)))
+        let_nodes_connect(conn, r.name, r.password)
     yield r
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute("SET lock_timeout = '10s'")
+        let_nodes_connect(conn, r.name, None)
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
         conn.execute(sql.SQL("DROP OWNED BY {} CASCADE").format(sql.Identifier(r.name)))
         conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(r.name)))

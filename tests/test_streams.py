@@ -12,6 +12,8 @@ from test_engine import FAST, apps, crash, local_outcome  # noqa: F401 - fixture
 import kit
 from kit.storage import Status
 
+pytestmark = pytest.mark.all_backends  # also on the extra targets (Citus): tests/targets.py
+
 
 def _wid() -> str:
     return f"st-{uuid.uuid4().hex[:10]}"

@@ -53,6 +53,16 @@ def schema_objects(migrations: Iterable[tuple[int, str, str]]) -> tuple[list[str
     return tables, views
 
 
+_FUNCTION_BODY = re.compile(r"CREATE\s+(?:OR\s+REPLACE\s+)?FUNCTION\b.*?\bAS\s+\$\$(.*?)\$\$", re.I | re.S)
+
+
+def function_bodies(migrations: Iterable[tuple[int, str, str]]) -> dict[str, str]:
+    """The bodies of the functions the migrations create, by a made-up name: the worker role executes them
+    with its own privileges, so what they read and write counts as its queries."""
+    return {f"function {version}.{i}": body for version, _name, text in migrations
+            for i, body in enumerate(_FUNCTION_BODY.findall(text))}
+
+
 def worker_privileges(queries: Mapping[str, str], tables: Iterable[str]) -> dict[str, list[str]]:
     """Table -> privileges (SELECT, INSERT, UPDATE, DELETE) the named queries need on it."""
     known = set(tables)
@@ -92,7 +102,8 @@ def grants_sql(schema: str, queries: Mapping[str, str], migrations: Iterable[tup
     monitor = _role("monitor", monitor_role)
     if worker is None and monitor is None:
         raise UsageError("--print-grants needs --worker-role and/or --monitor-role")
-    tables, views = schema_objects(list(migrations))
+    migrations = list(migrations)
+    tables, views = schema_objects(migrations)
     s = sql.Identifier(schema)
 
     def render(stmt: str, **parts: sql.Composable) -> str:
@@ -107,7 +118,7 @@ def grants_sql(schema: str, queries: Mapping[str, str], migrations: Iterable[tup
     if worker is not None:
         out.append(f"-- worker role {worker_role}: the DML of kit's queries; no DDL, nothing outside {schema}")
         out.append(render("GRANT USAGE ON SCHEMA {s} TO {r}", s=s, r=worker))
-        for table, privs in worker_privileges(queries, tables).items():
+        for table, privs in worker_privileges({**queries, **function_bodies(migrations)}, tables).items():
             out.append(render("GRANT " + ", ".join(privs) + " ON {s}.{t} TO {r}", s=s, t=sql.Identifier(table),
                               r=worker))
         out.append(render("GRANT USAGE ON ALL SEQUENCES IN SCHEMA {s} TO {r}", s=s, r=worker))

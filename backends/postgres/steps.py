@@ -194,9 +194,11 @@ class StepsPart(PostgresCore):
                         return rows.step(existing)
                     return body(conn)
             except psycopg.errors.UniqueViolation as exc:
-                if exc.diag.constraint_name != "steps_pkey":
+                # The same step committed concurrently (the steps key caught it; ours rolled back). Read back
+                # rather than trust the constraint's name (a sharded server may not report it).
+                row = conn.execute(self._q["step_get"], key).fetchone()
+                if row is None:
                     raise TransientStorageError(f"concurrent write: {exc.diag.constraint_name}") from exc
-                # The same step committed concurrently (the unique key caught it; ours rolled back).
-                return rows.step(conn.execute(self._q["step_get"], key).fetchone())
+                return rows.step(row)
 
         return self._run(run)

@@ -60,6 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser, *, positional: bool = True) -
     parser.add_argument("--workers", metavar="W", help=f"queue-drain: worker processes (default {DEFAULT_WORKERS})")
     parser.add_argument("--queue-limit", metavar="L",
                         help="queue-drain: drain a queue with a global concurrency limit of L (default: no limit)")
+    parser.add_argument("--lanes", metavar="N",
+                        help="Citus: distribute the bench schema over N shards, i.e. N ready lanes (the migration "
+                             "runs with citus.shard_count = N; default: the server's citus.shard_count)")
     parser.add_argument("--lease-seconds", metavar="S",
                         help=f"recovery: lease of the bench workers (default {DEFAULT_LEASE:g})")
     parser.add_argument("--step-seconds", metavar="S",
@@ -86,6 +89,7 @@ class Params:
     floor_iterations: int
     profile: str | None
     json_path: Path
+    lanes: int | None = None  # Citus: shards (= ready lanes) of the bench schema's distributed tables
 
     def size(self, workload: str) -> tuple[int, int]:
         n, k = SIZES[workload]
@@ -130,5 +134,6 @@ def parse_params(args: argparse.Namespace) -> Params:
     else:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         json_path = Path("bench-results") / f"{workload}-{stamp}.json"
+    lanes = _number("--lanes", getattr(args, "lanes", None), int, 1, 1024)
     return Params(workload, workflows, steps, concurrency, workers, queue_limit, lease, step_seconds, floor_iterations,
-                  args.profile, json_path)
+                  args.profile, json_path, lanes=lanes)

@@ -34,6 +34,12 @@ def run_bench(args: argparse.Namespace) -> int:
     p = parse_params(args)
     log = Console(stderr=True)
     env = resolve_env(args, log)
+    if p.lanes is not None:
+        try:
+            env.url = lanes_url(env, p.lanes)
+        except BaseException:
+            env.probe.close()
+            raise
     try:
         return _run(env, p)
     finally:
@@ -103,6 +109,8 @@ def _run(env: BenchEnv, p: Params) -> int:
 def _parameters(p: Params, workloads: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {"floor_iterations": p.floor_iterations,
                            "floor_concurrency": p.concurrency or DEFAULT_CONCURRENCY}
+    if p.lanes is not None:
+        out["lanes"] = p.lanes
     for w in workloads:
         n, k = p.size(w)
         entry: dict[str, Any] = {"workflows": n, "steps": k}
@@ -115,3 +123,16 @@ def _parameters(p: Params, workloads: list[str]) -> dict[str, Any]:
                          concurrency=p.concurrency or min(n, 256))
         out[w] = entry
     return out
+
+
+def lanes_url(env: BenchEnv, lanes: int) -> str:
+    """The bench URL whose new schema has ``lanes`` ready lanes (Backend.lanes_url, e.g. a sharded backend's
+    shard count at migration); UsageError when the database's backend has no lanes."""
+    from kit.registry import resolve
+
+    cls = resolve(env.url, env.backend)
+    url = cls.lanes_url(env.url, lanes)
+    if url is None:
+        raise UsageError(f"--lanes applies to a backend with lanes (Citus); this database's backend "
+                         f"'{cls.name}' has none: leave it out")
+    return url

@@ -86,8 +86,12 @@ class CitusLab:
     """Controller of the Citus HA lab cluster (compose project ``kitcitus``): lifecycle, Patroni's view of
     each group, pg_dist_node, URLs, and faults per group."""
 
-    def __init__(self, *, timeline: Timeline | None = None, compose_dir: str | Path | None = None) -> None:
+    def __init__(self, *, timeline: Timeline | None = None, compose_dir: str | Path | None = None,
+                 shard_count: int | None = None) -> None:
         self.timeline = timeline or Timeline()
+        # citus.shard_count for the sessions of database_url() (what kit's migration distributes tables with);
+        # None: the cluster's (Citus's default 32).
+        self.shard_count = shard_count
         self.compose_dir = compose_dir  # None: compose/citus-ha of the checkout (kit.lab.host.find_compose_dir)
         self._docker: Any = None
         self._toxi: Any = None
@@ -165,6 +169,15 @@ class CitusLab:
         return (f"postgresql://postgres:{PASSWORD}@{hosts}/{CITUS_DATABASE}"
                 f"?target_session_attrs=read-write&connect_timeout={connect_timeout}&application_name=kit-lab")
 
+    def database_url(self, *, victim: bool = False, connect_timeout: int = 2) -> str:
+        """The URL kit clients use (the coordinator's, see :meth:`coordinator_url`, with this lab's
+        ``citus.shard_count`` when set): the same name as ``Lab.database_url`` so the chaos scenario machinery
+        drives either lab."""
+        url = self.coordinator_url(victim=victim, connect_timeout=connect_timeout)
+        if self.shard_count:
+            url += f"&options=-c%20citus.shard_count%3D{int(self.shard_count)}"
+        return url
+
     @staticmethod
     def direct_url(member: str) -> str:
         """URL of one node's PostgreSQL published directly (no toxiproxy, any role): for checks that must
@@ -211,6 +224,15 @@ class CitusLab:
         """Remove the cluster's containers, network and data (the images stay cached)."""
         self.timeline.add("compose down (citus)")
         self.compose("down", "-v", "--remove-orphans", "-t", "5")
+
+    variant = "sync"  # every group replicates synchronously (compose/citus-ha: synchronous_mode in each group)
+
+    def set_variant(self, variant: str, timeout: float = 60.0) -> None:
+        """Accept the lab's one replication variant, ``"sync"`` (the chaos scenario machinery asks for one);
+        anything else is refused: this cluster has no asynchronous variant."""
+        if variant != "sync":
+            raise ValueError(f"the Citus lab replicates synchronously in every group: variant must be 'sync', "
+                             f"got {variant!r}")
 
     def is_up(self) -> bool:
         """True when every service's container exists and runs."""

@@ -1,0 +1,141 @@
+"""Claims of ordinary queues on Citus, lane by lane, and the recovery of expired leases.
+
+A claim never sends a multi-shard locking statement:
+
+1. one round trip reads, without locks, the limited queues (coordinator), the lanes of the best ready rows
+   and the expired leases this claimer may take (two multi-shard reads, each shard answering from its index);
+2. expired leases are taken over one by one, each a compare-and-set of the epoch seen (a router statement, its
+   own transaction), so of two claimers exactly one wins;
+3. ready rows are taken lane by lane: per lane a router ``DELETE ... IN (SELECT ... FOR UPDATE SKIP LOCKED)``
+   and a router ``UPDATE`` of those workflows (same shard), lanes of one node in one transaction (one-phase
+   commit), one transaction per node. Once one of these transactions has committed, a failure of a later one
+   ends the call with the claims made.
+
+Every claim statement stamps its rows with the call's token (``claim_token``, ``claim_recovery``); when the
+whole call is retried after a lost connection, the retry reads back what earlier attempts committed
+(``claim_read_back``, a multi-shard read without locks) and returns it with any new claims.
+
+Lease renewal is the ``lease_renew`` statement (``heartbeat()``: the worker upsert on the coordinator and one
+multi-shard UPDATE that locks only the rows it extends).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+from kit.backends.postgres.connection import call_token
+from kit.backends.postgres.leases import LeasesPart
+
+from kit.storage import Claim, ClaimRequest
+
+from .lanes import LanesPart
+
+log = logging.getLogger("kit.citus")
+UNIT_ATTEMPTS = 3  # a takeover or a node's lanes rolled back by a serialization failure or deadlock: tries
+
+
+class CitusLeasesPart(LanesPart, LeasesPart):
+    """workflow_claim by lanes."""
+
+    def workflow_claim(self, req: ClaimRequest) -> list[Claim]:
+        """Every unit stamps what it claims with this call's token (claim_token, claim_recovery); a retry of the
+        call (an earlier attempt may have committed units, its acknowledgement lost) first reads back the rows
+        held under the token (``_claims_read_back``: a multi-shard read without locks) and claims new work only
+        for the rest of ``limit``."""
+        if not req.names or req.limit <= 0:
+            return []
+        params: dict[str, Any] = {
+            "owner": req.owner, "names": list(req.names), "limit": req.limit, "lease": req.lease_seconds,
+            "any_queue": req.queues is None, "queues": list(req.queues or []),
+            "versions": None if req.versions is None else list(req.versions), "token": call_token(),
+        }
+        attempts = 0
+
+        def claim(conn: psycopg.Connection) -> list[tuple]:
+            nonlocal attempts
+            attempts += 1
+            found: list[tuple] = self._claims_read_back(conn, params) if attempts > 1 else []
+            if len(found) >= req.limit:
+                return found
+            return found + self._claim_lanes(conn, {**params, "limit": req.limit - len(found)})
+
+        return [Claim(workflow_id=r[0], name=r[1], inputs=r[2], epoch=r[3], recovery=r[4], deadline=r[5])
+                for r in self._run(claim)]
+
+    def _claim_lanes(self, conn: psycopg.Connection, params: dict[str, Any]) -> list[tuple]:
+        with conn.pipeline():
+            limited_cur = conn.execute(self._q["queue_limited_names"])
+            limited = [r[0] for r in limited_cur.fetchall()]
+            params = {**params, "limited": limited}
+            ready_cur = conn.execute(self._q["ready_candidates"], params)
+            expired_cur = conn.execute(self._q["expired_candidates"], params)
+        lanes = Counter(r[0] for r in ready_cur.fetchall())
+        # Each takeover and each node's lanes commit on their own: once one has committed, a failure of a later
+        # one ends the call with what is claimed (retrying the whole call would lose those claims).
+        units: list[Callable[[int], list[tuple]]] = [
+            functools.partial(self._take_over, conn, params, row) for row in expired_cur.fetchall()]
+        # The best candidates' lanes, most promising first; each lane asked for what it showed (up to room).
+        units += [functools.partial(self._take_ready, conn, params, group, lanes)
+                  for group in self._lanes_by_node(conn, [lane for lane, _ in lanes.most_common()])]
+        out: list[tuple] = []
+        for unit in units:
+            for attempt in range(UNIT_ATTEMPTS):
+                room = params["limit"] - len(out)
+                if room <= 0:
+                    return out
+                try:
+                    out += unit(room)
+                    break
+                except psycopg.Error as exc:
+                    if not out:
+                        raise  # nothing committed yet: the whole call is retried
+                    rolled_back = getattr(exc, "sqlstate", None) in ("40001", "40P01") and not conn.broken
+                    if not rolled_back or attempt + 1 == UNIT_ATTEMPTS:
+                        log.warning("claim: stopping after %d claims: %s", len(out), exc)
+                        return out
+        return out
+
+    def _take_over(self, conn: psycopg.Connection, params: dict[str, Any], expired: tuple, _room: int) -> list[tuple]:
+        """Compare-and-set one expired lease (epoch seen); a workflow still holding the slot of a queue that is no
+        longer limited gives it back in the same transaction."""
+        wid, epoch, held = expired
+        claim = {"owner": params["owner"], "lease": params["lease"], "keep_slot": False, "workflow_id": wid,
+                 "epoch": epoch, "token": params["token"]}
+        if held is None:
+            return conn.execute(self._q["expired_claim"], claim).fetchall()
+        with conn.transaction():
+            row = conn.execute(self._q["expired_claim"], claim).fetchone()
+            if row is None:
+                return []
+            conn.execute(self._q["slot_release"], {"lane": held, "workflow_id": wid})
+        return [row]
+
+    def _take_ready(self, conn: psycopg.Connection, params: dict[str, Any], group: list[str],
+                    shown: Counter[str], room: int) -> list[tuple]:
+        """One transaction over lanes of one node: per lane, take ready rows (SKIP LOCKED, as many as the
+        candidates showed there, ``room`` at most in all) and start their workflows under a new epoch."""
+        lanes = []
+        for lane in group:
+            n = min(room - sum(k for _, k in lanes), shown[lane])
+            if n > 0:
+                lanes.append((lane, n))
+        if not lanes:
+            return []
+        out: list[tuple] = []
+        with conn.transaction():
+            with conn.pipeline():
+                taken = [conn.execute(self._q["ready_take"], {**params, "lane": lane, "n": n}) for lane, n in lanes]
+            ids = [[r[0] for r in cur.fetchall()] for cur in taken]
+            if not any(ids):
+                return []
+            with conn.pipeline():
+                claimed = [conn.execute(self._q["ready_claim"], {**params, "ids": lane_ids})
+                           for lane_ids in ids if lane_ids]
+            for cur in claimed:
+                out += cur.fetchall()
+        return out
