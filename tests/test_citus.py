@@ -431,3 +431,37 @@ def test_a_serialization_failure_in_a_schedule_tick_is_retried(citus_url, citus_
         assert backend.workflow_get(wf.workflow_id).status == Status.PENDING
     finally:
         backend.close()
+
+
+# -- takeovers and checkpoints in flight -------------------------------------------------------------------
+
+
+def test_a_takeover_never_passes_a_checkpoint_in_flight(citus_url, citus_schema):
+    """A checkpoint holds the workflow row FOR KEY SHARE at its fence until it commits. A takeover of the
+    expired lease must conflict with it (skip the row this round), never commit under it: otherwise the new
+    owner reads the steps without that checkpoint and runs the step again, and the old owner's checkpoint
+    commits after all (a committed step run twice, G2). The checkpoint's transaction is held open here."""
+    backend = CitusBackend(citus_url, schema=citus_schema, pool_size=2, retry_seconds=5)
+    backend.open()
+    try:
+        backend.migrate()
+        wid = f"wf-{uuid.uuid4().hex[:8]}"
+        backend.workflow_create(NewWorkflow(wid, NAME, args_text(1)))
+        first = backend.workflow_claim(ClaimRequest("old", [NAME], 1, 0.5))
+        assert [c.workflow_id for c in first] == [wid]
+        step = StepResult(wid, 1, "s", first[0].epoch, output="1")
+        from kit.backends.postgres import rows
+
+        with psycopg.connect(citus_url) as held:  # a transaction: the checkpoint stays at its fence
+            got = held.execute(backend._q["step_record"], rows.step_params(step)).fetchall()
+            assert len(got) == 1  # fenced in, not committed
+            wait_for(lambda: backend.workflow_get(wid).lease_expires_at < datetime.now(timezone.utc), timeout=10)
+            taken = backend.workflow_claim(ClaimRequest("new", [NAME], 1, 30.0))
+            assert taken == []  # skipped while the checkpoint is in flight
+            held.commit()
+        taken = backend.workflow_claim(ClaimRequest("new", [NAME], 1, 30.0))
+        assert [(c.workflow_id, c.epoch, c.recovery) for c in taken] == [(wid, first[0].epoch + 1, True)]
+        # the new owner sees the old owner's checkpoint: it replays the step instead of running it again
+        assert [s.step_id for s in backend.step_list(wid)] == [1]
+    finally:
+        backend.close()

@@ -165,14 +165,22 @@ SELECT workflow_id, epoch, held_lane FROM {schema}.workflows
  LIMIT %(limit)s
 
 -- name: expired_claim
--- Take over one expired lease: a compare-and-set of the epoch seen, so of two claimers one wins.
-UPDATE {schema}.workflows
-   SET owner = %(owner)s, epoch = epoch + 1, lease_expires_at = now() + make_interval(secs => %(lease)s),
-       recoveries = recoveries + 1, held_lane = CASE WHEN %(keep_slot)s THEN held_lane END,
+-- Take over one expired lease: a compare-and-set of the epoch seen, so of two claimers one wins. The row is
+-- first locked FOR UPDATE (SKIP LOCKED) in the subquery, as PostgreSQL's claims do: a plain UPDATE takes only
+-- FOR NO KEY UPDATE, which does not conflict with the FOR KEY SHARE a checkpoint in flight holds on the row
+-- (step_record, workflow_fence), so the takeover would commit under it and the old owner's checkpoint after
+-- it (a committed step run twice). FOR UPDATE conflicts: a workflow with a checkpoint in flight is skipped
+-- this round. Router statement (the outer UPDATE and the subquery both filtered on the id).
+UPDATE {schema}.workflows w
+   SET owner = %(owner)s, epoch = w.epoch + 1, lease_expires_at = now() + make_interval(secs => %(lease)s),
+       recoveries = w.recoveries + 1, held_lane = CASE WHEN %(keep_slot)s THEN w.held_lane END,
        claim_token = %(token)s, claim_recovery = true
- WHERE workflow_id = %(workflow_id)s AND epoch = %(epoch)s AND status = 'RUNNING'
-   AND lease_expires_at < now() AND owner IS DISTINCT FROM %(owner)s
-RETURNING workflow_id, name, inputs, epoch, true, deadline_at
+  FROM (SELECT workflow_id FROM {schema}.workflows
+         WHERE workflow_id = %(workflow_id)s AND epoch = %(epoch)s AND status = 'RUNNING'
+           AND lease_expires_at < now() AND owner IS DISTINCT FROM %(owner)s
+           FOR UPDATE SKIP LOCKED) pick
+ WHERE w.workflow_id = %(workflow_id)s AND w.workflow_id = pick.workflow_id
+RETURNING w.workflow_id, w.name, w.inputs, w.epoch, true, w.deadline_at
 
 -- Claims of limited queues: the home lane --------------------------------------------------------------------
 
