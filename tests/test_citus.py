@@ -465,3 +465,86 @@ def test_a_takeover_never_passes_a_checkpoint_in_flight(citus_url, citus_schema)
         assert [s.step_id for s in backend.step_list(wid)] == [1]
     finally:
         backend.close()
+
+
+# -- a worker node's failure inside a transactional step ----------------------------------------------------
+
+
+def _cut_worker_connections(url: str, conn: psycopg.Connection) -> int:
+    """Terminate, on every worker, the connections the coordinator opened for ``conn``'s session (Citus names
+    them ``citus_internal gpid=<gpid>``): the session's next use of them fails as a cut or a failover would
+    (a real error relayed by the coordinator; nothing else of the cluster is touched). Returns how many."""
+    gpid = conn.execute("SELECT citus_backend_gpid()").fetchone()[0]
+    with psycopg.connect(url, autocommit=True) as admin:
+        nodes = admin.execute("SELECT nodeport FROM pg_dist_node WHERE groupid > 0 AND noderole = 'primary'"
+                              ).fetchall()
+    parts = psycopg.conninfo.conninfo_to_dict(url)
+    killed = 0
+    for (port,) in nodes:
+        with psycopg.connect(**{**parts, "port": port}, autocommit=True) as worker:
+            killed += worker.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = %s",
+                (f"citus_internal gpid={gpid}",)).fetchone()[0]
+    return killed
+
+
+def test_a_worker_failure_in_a_transactional_step_is_a_storage_fault(citus_url, citus_schema):
+    """A worker connection lost inside a transactional step (the body's SQL gets 08006 "connection to the remote
+    node ... failed" relayed by a healthy coordinator; a COMMIT gets "could not commit transaction ..."): a
+    TransientStorageError, so the engine runs the step again, never the step's own failure. The COMMIT case is
+    resolved by reading the checkpoint back (here: not committed)."""
+    from kit.errors import TransientStorageError
+
+    backend = CitusBackend(citus_url, schema=citus_schema, pool_size=2, retry_seconds=10)
+    backend.open()
+    try:
+        backend.migrate()
+        wid = f"wf-{uuid.uuid4().hex[:8]}"
+        backend.workflow_create(NewWorkflow(wid, NAME, args_text(1)))
+        (claim,) = backend.workflow_claim(ClaimRequest("w", [NAME], 1, 60.0))
+        read = sql.SQL("SELECT count(*) FROM {} WHERE workflow_id = %s").format(
+            sql.Identifier(citus_schema, "steps"))
+
+        # 1. the body's own statement fails: nothing committed
+        with pytest.raises(TransientStorageError) as caught:
+            with backend.step_transaction(StepResult(wid, 1, "s", claim.epoch)) as tx:
+                tx.connection.execute(read, (wid,))  # the session now holds a connection to the shard's node
+                assert _cut_worker_connections(citus_url, tx.connection) >= 1
+                tx.connection.execute(read, (wid,))
+                tx.checkpoint("1")
+        cause = caught.value.__cause__
+        print("body:", type(cause).__name__, getattr(cause, "sqlstate", None), cause)
+        assert isinstance(cause, psycopg.Error)
+
+        # 2. the COMMIT fails after the checkpoint was written: read back, absent, so it runs again
+        with pytest.raises(TransientStorageError) as caught:
+            with backend.step_transaction(StepResult(wid, 1, "s", claim.epoch)) as tx:
+                tx.checkpoint("1")
+                assert _cut_worker_connections(citus_url, tx.connection) >= 1
+        cause = caught.value.__cause__
+        print("commit:", type(cause).__name__, getattr(cause, "sqlstate", None), cause)
+        assert backend.step_list(wid) == []
+
+        # 3. run again, it commits once
+        with backend.step_transaction(StepResult(wid, 1, "s", claim.epoch)) as tx:
+            tx.checkpoint("1")
+        assert tx.record is not None and [(s.step_id, s.output) for s in backend.step_list(wid)] == [(1, "1")]
+    finally:
+        backend.close()
+
+
+def test_the_node_failures_the_chaos_lab_saw_are_storage_faults():
+    """The exact errors of the Citus lab's worker-group failover and cut (docs/lab.md), and errors that are not
+    node failures (the statement's own: kept as they are)."""
+    from kit.backends.citus.faults import node_fault
+
+    assert node_fault(psycopg.errors.InternalError_(
+        "could not commit transaction for shard 102010 on at least one active node"))
+    assert node_fault(psycopg.errors.ConnectionFailure(
+        'connection to the remote node kit@citus-w1:5432 failed with the following error: Connection refused'))
+    assert node_fault(psycopg.errors.AdminShutdown(
+        "terminating connection due to administrator command\nCONTEXT:  while executing command on 127.0.0.1:1"))
+    assert not node_fault(psycopg.errors.InternalError_("cache lookup failed for relation 1234"))
+    assert not node_fault(psycopg.errors.UniqueViolation("duplicate key value violates unique constraint"))
+    assert not node_fault(psycopg.errors.QueryCanceled("canceling statement due to statement timeout"))
+    assert not node_fault(ValueError("connection to the remote node failed"))

@@ -10,8 +10,10 @@ describes the layout and what each operation costs.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
 
+import psycopg
 from kit.backends.postgres.backend import PostgresBackend
 from kit.backends.postgres.queries import MigrationSet, QuerySet
 from kit.backends.postgres.server import is_citus
@@ -19,6 +21,7 @@ from kit.backends.postgres.server import is_citus
 from kit.storage import ServerInfo
 
 from .control import CitusControlPart
+from .faults import NodeFault, node_fault
 from .leases import CitusLeasesPart
 from .messaging import CitusMessagingPart
 from .outcomes import CitusOutcomesPart
@@ -26,6 +29,7 @@ from .queues import CitusQueuesPart
 from .steps import CitusStepsPart
 from .streams import CitusStreamsPart
 
+T = TypeVar("T")
 _OWN_MIGRATIONS = MigrationSet.load(__package__, "migrations")
 # PostgreSQL migrations this backend replaces with its own (none today: it only adds versions). A version
 # of its own that PostgreSQL also has and that is not listed here is a numbering clash, refused at import.
@@ -65,6 +69,23 @@ class CitusBackend(
     def detect(cls, info: ServerInfo) -> bool:
         """A database with the citus extension installed (a coordinator: version() says plain PostgreSQL)."""
         return is_citus(info)
+
+    def _run(self, fn: Callable[[psycopg.Connection], T], *, retry: bool = True) -> T:
+        """PostgreSQL's retry loop, with a worker node's failure relayed by the coordinator (faults.py: XX000 at
+        a COMMIT, 08006 from a statement, the coordinator connection still healthy) taken as the lost
+        connection it is: retried within the budget (every statement run this way is idempotent or read
+        back), never reported as the operation's own error."""
+        def guarded(conn: psycopg.Connection) -> T:
+            try:
+                return fn(conn)
+            except psycopg.OperationalError:
+                raise
+            except psycopg.Error as exc:
+                if node_fault(exc):
+                    raise NodeFault(str(exc)) from exc
+                raise
+
+        return super()._run(guarded, retry=retry)
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
