@@ -69,7 +69,7 @@ def with_options(url: str, settings: dict[str, str]) -> str:
 # shards), a retried claim's read-back of its token and gc's pruning of old recorded answers (its own
 # autocommit statement). docs/backends.md lists them.
 MULTI_SHARD = frozenset({
-    "ready_candidates", "expired_candidates", "limited_expired", "ready_strays", "children_of", "gc_candidates",
+    "owned_scan", "expired_candidates", "limited_expired", "ready_strays", "children_of", "gc_candidates",
     "gc_references", "lease_renew", "lease_renew_no_worker", "workflow_get_many_terminal", "workflow_children",
     "worker_list", "workflow_version_counts", "queue_list", "monitor_workers", "monitor_queues", "monitor_finished",
     "monitor_latency", "monitor_failures", "monitor_oldest_pending", "queue_limited_names", "lane_nodes",
@@ -134,7 +134,8 @@ def test_every_statement_but_the_documented_reads_runs_on_one_shard(citus_url, c
     ran = cls.connection_class.ran  # type: ignore[attr-defined]
     for name in ("ready_take", "ready_claim", "queue_state_lock", "limited_take", "limited_take_partitioned",
                  "limited_claim", "step_record", "workflow_fence", "workflow_lock_row", "message_insert",
-                 "message_take", "workflow_cancel_one", "workflow_resume_one", "fork_insert", "gc_delete_workflow"):
+                 "message_take", "workflow_cancel_one", "workflow_resume_one", "fork_insert", "gc_delete_workflow",
+                 "ready_lane_count", "lease_beat", "lease_renew_shard"):
         assert ran[name] > 0, f"the workload never ran {name}: the test proves nothing about it ({dict(ran)})"
 
 
@@ -548,3 +549,36 @@ def test_the_node_failures_the_chaos_lab_saw_are_storage_faults():
     assert not node_fault(psycopg.errors.UniqueViolation("duplicate key value violates unique constraint"))
     assert not node_fault(psycopg.errors.QueryCanceled("canceling statement due to statement timeout"))
     assert not node_fault(ValueError("connection to the remote node failed"))
+
+
+# -- fault isolation: one node group does not hold the others up ------------------------------------------
+
+
+def test_a_node_group_that_does_not_answer_holds_up_only_its_own_lease_renewals(citus_url, citus_schema):
+    """Leases are renewed per node group, each on its own connection: while one group's renewal cannot get
+    through (here: a row of that group locked by another transaction, so its UPDATE waits past the renewal's
+    budget), the other group's leases are renewed and reported, the stuck group's are not; once it answers
+    again, all are. (One multi-shard UPDATE renewed nothing anywhere in that case.)"""
+    backend = CitusBackend(citus_url, schema=citus_schema, pool_size=2, retry_seconds=5)
+    backend.open()
+    try:
+        backend.migrate()
+        with psycopg.connect(citus_url, autocommit=True) as conn:
+            groups = [g for (g,) in conn.execute(
+                "SELECT DISTINCT groupid FROM pg_dist_node WHERE groupid > 0 ORDER BY 1").fetchall()]
+            ids = {g: _ids_on(conn, citus_schema, g, 3, f"hb{g}") for g in groups}
+        for g, wids in ids.items():
+            for wid in wids:
+                backend.workflow_create(NewWorkflow(wid, NAME, args_text(1), owner="w"))
+        everything = {wid for wids in ids.values() for wid in wids}
+        assert set(backend.lease_renew("w", 30.0)) == everything
+        stuck, healthy = groups[0], groups[1:]
+        with psycopg.connect(citus_url) as blocker:
+            blocker.execute(sql.SQL("SELECT 1 FROM {} WHERE workflow_id = %s FOR UPDATE").format(
+                sql.Identifier(citus_schema, "workflows")), (ids[stuck][0],))
+            renewed = backend.lease_renew("w", 2.0)  # a budget of 0.5 s
+            assert set(renewed) == {wid for g in healthy for wid in ids[g]}
+            blocker.rollback()
+        assert set(backend.lease_renew("w", 30.0)) == everything
+    finally:
+        backend.close()

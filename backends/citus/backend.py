@@ -18,7 +18,7 @@ from kit.backends.postgres.backend import PostgresBackend
 from kit.backends.postgres.queries import MigrationSet, QuerySet
 from kit.backends.postgres.server import is_citus
 
-from kit.storage import ServerInfo
+from kit.storage import Claim, ClaimRequest, Created, NewWorkflow, ServerInfo
 
 from .control import CitusControlPart
 from .faults import NodeFault, node_fault
@@ -26,6 +26,7 @@ from .leases import CitusLeasesPart
 from .messaging import CitusMessagingPart
 from .outcomes import CitusOutcomesPart
 from .queues import CitusQueuesPart
+from .renewal import CitusRenewalPart
 from .steps import CitusStepsPart
 from .streams import CitusStreamsPart
 
@@ -47,6 +48,7 @@ def _migrations() -> MigrationSet:
 class CitusBackend(
     CitusControlPart,
     CitusQueuesPart,
+    CitusRenewalPart,
     CitusLeasesPart,
     CitusMessagingPart,
     CitusStreamsPart,
@@ -86,6 +88,25 @@ class CitusBackend(
                 raise
 
         return super()._run(guarded, retry=retry)
+
+    # The workflows handed to an owner are renewed by node group (renewal.py): every way of handing one out
+    # tells the renewal about it.
+    def workflow_claim(self, req: ClaimRequest) -> list[Claim]:
+        claims = super().workflow_claim(req)
+        self._hold(req.owner, [c.workflow_id for c in claims])
+        return claims
+
+    def queue_claim(self, req: ClaimRequest, queue: str) -> list[Claim] | None:
+        claims = super().queue_claim(req, queue)
+        if claims:
+            self._hold(req.owner, [c.workflow_id for c in claims])
+        return claims
+
+    def workflow_create(self, wf: NewWorkflow) -> Created:
+        created = super().workflow_create(wf)
+        if wf.owner is not None:
+            self._hold(wf.owner, [wf.workflow_id])
+        return created
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()

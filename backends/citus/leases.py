@@ -33,7 +33,8 @@ from kit.backends.postgres.leases import LeasesPart
 
 from kit.storage import Claim, ClaimRequest
 
-from .lanes import LanesPart
+from .faults import node_fault
+from .lanes import LanesPart, run_each
 
 log = logging.getLogger("kit.citus")
 UNIT_ATTEMPTS = 3  # a takeover or a node's lanes rolled back by a serialization failure or deadlock: tries
@@ -41,6 +42,10 @@ UNIT_ATTEMPTS = 3  # a takeover or a node's lanes rolled back by a serialization
 
 class CitusLeasesPart(LanesPart, LeasesPart):
     """workflow_claim by lanes."""
+
+    def __init__(self, url: str, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self._node_faults_logged: set[tuple[str, str]] = set()
 
     def workflow_claim(self, req: ClaimRequest) -> list[Claim]:
         """Every unit stamps what it claims with this call's token (claim_token, claim_recovery); a retry of the
@@ -68,20 +73,15 @@ class CitusLeasesPart(LanesPart, LeasesPart):
                 for r in self._run(claim)]
 
     def _claim_lanes(self, conn: psycopg.Connection, params: dict[str, Any]) -> list[tuple]:
-        with conn.pipeline():
-            limited_cur = conn.execute(self._q["queue_limited_names"])
-            limited = [r[0] for r in limited_cur.fetchall()]
-            params = {**params, "limited": limited}
-            ready_cur = conn.execute(self._q["ready_candidates"], params)
-            expired_cur = conn.execute(self._q["expired_candidates"], params)
-        lanes = Counter(r[0] for r in ready_cur.fetchall())
-        # Each takeover and each node's lanes commit on their own: once one has committed, a failure of a later
-        # one ends the call with what is claimed (retrying the whole call would lose those claims).
+        """Takeovers of expired leases, then the lanes node by node. A unit whose node fails (a worker group
+        failing over or cut off: faults.py) is skipped for this round, the others go on; only a failure of
+        the coordinator connection itself ends the call (retried whole, with read-back)."""
+        params = {**params, "limited": self._limited_names(conn)}
         units: list[Callable[[int], list[tuple]]] = [
-            functools.partial(self._take_over, conn, params, row) for row in expired_cur.fetchall()]
-        # The best candidates' lanes, most promising first; each lane asked for what it showed (up to room).
-        units += [functools.partial(self._take_ready, conn, params, group, lanes)
-                  for group in self._lanes_by_node(conn, [lane for lane, _ in lanes.most_common()])]
+            functools.partial(self._take_over, conn, params, row) for row in self._expired(conn, params)]
+        lanes = list(self._lane_map(conn))
+        units += [functools.partial(self._take_node, conn, params, group)
+                  for group in self._lanes_by_node(conn, lanes)]
         out: list[tuple] = []
         for unit in units:
             for attempt in range(UNIT_ATTEMPTS):
@@ -92,6 +92,9 @@ class CitusLeasesPart(LanesPart, LeasesPart):
                     out += unit(room)
                     break
                 except psycopg.Error as exc:
+                    if node_fault(exc) and not conn.broken:
+                        self._node_failed("claim", exc)  # this node's lanes wait for the next round
+                        break
                     if not out:
                         raise  # nothing committed yet: the whole call is retried
                     rolled_back = getattr(exc, "sqlstate", None) in ("40001", "40P01") and not conn.broken
@@ -99,6 +102,34 @@ class CitusLeasesPart(LanesPart, LeasesPart):
                         log.warning("claim: stopping after %d claims: %s", len(out), exc)
                         return out
         return out
+
+    def _expired(self, conn: psycopg.Connection, params: dict[str, Any]) -> list[tuple]:
+        """Expired leases this claimer may take over (one multi-shard read without locks). A node that fails
+        the read postpones takeovers to a later round; claims of ready work go on."""
+        try:
+            return conn.execute(self._q["expired_candidates"], params).fetchall()
+        except psycopg.Error as exc:
+            if not node_fault(exc) or conn.broken:
+                raise
+            self._node_failed("takeover candidates", exc)
+            return []
+
+    def _node_failed(self, what: str, exc: BaseException) -> None:
+        """Log a node failure once per kind of work and message (not every claim round)."""
+        key = (what, str(exc).split("\n", 1)[0][:120])
+        if key not in self._node_faults_logged:
+            if len(self._node_faults_logged) > 100:
+                self._node_faults_logged.clear()
+            self._node_faults_logged.add(key)
+            log.warning("%s: a node failed, its lanes are skipped until it is back: %s", what, exc)
+
+    def _take_node(self, conn: psycopg.Connection, params: dict[str, Any], group: list[str], room: int) -> list[tuple]:
+        """The lanes of one node: what each lane shows (router reads, one round trip), then the take."""
+        counts = run_each(conn, [(self._q["ready_lane_count"], {**params, "lane": lane}) for lane in group])
+        shown = Counter({lane: rows[0][0] for lane, rows in zip(group, counts, strict=True) if rows and rows[0][0]})
+        if not shown:
+            return []
+        return self._take_ready(conn, params, [lane for lane, _ in shown.most_common()], shown, room)
 
     def _take_over(self, conn: psycopg.Connection, params: dict[str, Any], expired: tuple, _room: int) -> list[tuple]:
         """Compare-and-set one expired lease (epoch seen); a workflow still holding the slot of a queue that is no

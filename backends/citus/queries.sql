@@ -113,17 +113,17 @@ RETURNING name, queue, priority, app_version, partition_key, run_at, created_at
 
 -- Claims of ordinary queues: lanes ---------------------------------------------------------------------------
 
--- name: ready_candidates
--- multi-shard, no locks: the lanes of the best ready rows this claimer may take (the claim is then a router
--- statement per lane). Each shard returns its best rows by the index, the coordinator merges them.
-SELECT lane_key FROM {schema}.ready
- WHERE name = ANY(%(names)s)
-   AND (%(versions)s::text[] IS NULL OR app_version IS NULL OR app_version = ANY(%(versions)s))
-   AND (%(any_queue)s OR coalesce(queue, '') = ANY(%(queues)s))
-   AND (queue IS NULL OR NOT (queue = ANY(%(limited)s)))
-   AND (run_at IS NULL OR run_at <= now())
- ORDER BY priority, created_at
- LIMIT %(limit)s
+-- name: ready_lane_count
+-- How many ready rows of one lane this claimer may take, up to limit (no locks): the claim of a node's lanes
+-- asks each lane for what it showed. Router (one lane), so a node that fails costs only its own lanes.
+SELECT count(*) FROM (
+    SELECT 1 FROM {schema}.ready
+     WHERE lane_key = %(lane)s AND name = ANY(%(names)s)
+       AND (%(versions)s::text[] IS NULL OR app_version IS NULL OR app_version = ANY(%(versions)s))
+       AND (%(any_queue)s OR coalesce(queue, '') = ANY(%(queues)s))
+       AND (queue IS NULL OR NOT (queue = ANY(%(limited)s)))
+       AND (run_at IS NULL OR run_at <= now())
+     LIMIT %(limit)s) c
 
 -- name: ready_take
 -- Inside a claim transaction: take up to n ready rows of one lane (SKIP LOCKED: claimers never wait for
@@ -483,3 +483,30 @@ INSERT INTO {schema}.coordinator_outcomes (token, operation, result) VALUES (%(t
 
 -- name: coordinator_outcome_get
 SELECT result FROM {schema}.coordinator_outcomes WHERE token = %(token)s
+
+-- Lease renewal by node group ------------------------------------------------------------------------------
+
+-- name: lease_beat
+-- Coordinator, one statement: the worker's heartbeat row (when it has one) and, for workflows held here
+-- whose shard is not known yet, their shard and node group (Citus metadata, read locally).
+WITH beat AS (
+    INSERT INTO {schema}.workers (worker_id, hostname, pid)
+    SELECT %(owner)s, %(hostname)s, %(pid)s WHERE %(hostname)s::text IS NOT NULL
+    ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = now()
+)
+SELECT w.id, s.shardid, p.groupid
+  FROM unnest(%(ids)s::text[]) AS w(id)
+  CROSS JOIN LATERAL (SELECT get_shard_id_for_distribution_column(%(table)s, w.id) AS shardid) s
+  JOIN pg_dist_placement p ON p.shardid = s.shardid
+
+-- name: lease_renew_shard
+-- Extend the leases of some workflows of one shard held by this owner (ids of one shard: a router UPDATE,
+-- locking only those rows); the rows returned are the leases still ours.
+UPDATE {schema}.workflows SET lease_expires_at = now() + make_interval(secs => %(lease)s)
+ WHERE workflow_id = ANY(%(ids)s) AND owner = %(owner)s AND status = 'RUNNING'
+RETURNING workflow_id, epoch
+
+-- name: owned_scan
+-- multi-shard, no locks: the RUNNING workflows this owner holds (now and then, so a lease the renewal does not
+-- know of yet, e.g. a claim whose acknowledgement was lost, is renewed or released like on PostgreSQL).
+SELECT workflow_id FROM {schema}.workflows WHERE owner = %(owner)s AND status = 'RUNNING'
