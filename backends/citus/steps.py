@@ -25,7 +25,17 @@ from .lanes import run_each
 
 
 class CitusStepsPart(StepsPart):
-    """step_record's group commit; transactional steps through a node failure."""
+    """step_record without group commit; transactional steps through a node failure."""
+
+    def step_record(self, step: StepResult) -> StepRecord:
+        """On the caller's own pooled connection, not through the group committer: a batch there is one
+        coordinator session running its router statements one after another (the coordinator's per-statement
+        planning and routing, ~10x a PostgreSQL statement's cost, serialised), so concurrent workflows
+        checkpointed no faster than one. Separate sessions run in parallel on the coordinator."""
+        got = self._flush_steps([step])[0]
+        if isinstance(got, BaseException):
+            raise got
+        return got
 
     @contextmanager
     def step_transaction(self, step: StepResult) -> Iterator[Any]:
