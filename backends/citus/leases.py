@@ -79,9 +79,7 @@ class CitusLeasesPart(LanesPart, LeasesPart):
         params = {**params, "limited": self._limited_names(conn)}
         units: list[Callable[[int], list[tuple]]] = [
             functools.partial(self._take_over, conn, params, row) for row in self._expired(conn, params)]
-        lanes = list(self._lane_map(conn))
-        units += [functools.partial(self._take_node, conn, params, group)
-                  for group in self._lanes_by_node(conn, lanes)]
+        units += self._lane_units(conn, params)
         out: list[tuple] = []
         for unit in units:
             for attempt in range(UNIT_ATTEMPTS):
@@ -123,13 +121,25 @@ class CitusLeasesPart(LanesPart, LeasesPart):
             self._node_faults_logged.add(key)
             log.warning("%s: a node failed, its lanes are skipped until it is back: %s", what, exc)
 
-    def _take_node(self, conn: psycopg.Connection, params: dict[str, Any], group: list[str], room: int) -> list[tuple]:
-        """The lanes of one node: what each lane shows (router reads, one round trip), then the take."""
-        counts = run_each(conn, [(self._q["ready_lane_count"], {**params, "lane": lane}) for lane in group])
-        shown = Counter({lane: rows[0][0] for lane, rows in zip(group, counts, strict=True) if rows and rows[0][0]})
-        if not shown:
-            return []
-        return self._take_ready(conn, params, [lane for lane, _ in shown.most_common()], shown, room)
+    def _lane_units(self, conn: psycopg.Connection, params: dict[str, Any]) -> list[Callable[[int], list[tuple]]]:
+        """Read each lane's best candidates (router reads, one round trip per node; a node that fails is
+        skipped), merge them into one order and return, per node, the take of the lanes holding the best
+        ``limit`` of them (each lane asked for what it showed), the node with the best candidate first."""
+        best: list[tuple[Any, Any, str]] = []
+        for group in self._lanes_by_node(conn, list(self._lane_map(conn))):
+            try:
+                found = run_each(conn, [(self._q["ready_lane_best"], {**params, "lane": lane}) for lane in group])
+            except psycopg.Error as exc:
+                if not node_fault(exc) or conn.broken:
+                    raise
+                self._node_failed("claim", exc)
+                continue
+            best += [(r[0], r[1], lane) for lane, rows in zip(group, found, strict=True) for r in rows]
+        best.sort(key=lambda c: (c[0], c[1]))
+        shown = Counter(lane for _, _, lane in best[:params["limit"]])
+        order = list(dict.fromkeys(lane for _, _, lane in best if lane in shown))
+        return [functools.partial(self._take_ready, conn, params, group, shown)
+                for group in self._lanes_by_node(conn, order)]
 
     def _take_over(self, conn: psycopg.Connection, params: dict[str, Any], expired: tuple, _room: int) -> list[tuple]:
         """Compare-and-set one expired lease (epoch seen); a workflow still holding the slot of a queue that is no

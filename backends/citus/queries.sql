@@ -113,17 +113,18 @@ RETURNING name, queue, priority, app_version, partition_key, run_at, created_at
 
 -- Claims of ordinary queues: lanes ---------------------------------------------------------------------------
 
--- name: ready_lane_count
--- How many ready rows of one lane this claimer may take, up to limit (no locks): the claim of a node's lanes
--- asks each lane for what it showed. Router (one lane), so a node that fails costs only its own lanes.
-SELECT count(*) FROM (
-    SELECT 1 FROM {schema}.ready
-     WHERE lane_key = %(lane)s AND name = ANY(%(names)s)
-       AND (%(versions)s::text[] IS NULL OR app_version IS NULL OR app_version = ANY(%(versions)s))
-       AND (%(any_queue)s OR coalesce(queue, '') = ANY(%(queues)s))
-       AND (queue IS NULL OR NOT (queue = ANY(%(limited)s)))
-       AND (run_at IS NULL OR run_at <= now())
-     LIMIT %(limit)s) c
+-- name: ready_lane_best
+-- The best ready rows of one lane this claimer may take (no locks), up to limit: the claim merges the lanes'
+-- answers into one order (priority, then age) and takes the best. Router (one lane), so a node that fails
+-- costs only its own lanes.
+SELECT priority, created_at FROM {schema}.ready
+ WHERE lane_key = %(lane)s AND name = ANY(%(names)s)
+   AND (%(versions)s::text[] IS NULL OR app_version IS NULL OR app_version = ANY(%(versions)s))
+   AND (%(any_queue)s OR coalesce(queue, '') = ANY(%(queues)s))
+   AND (queue IS NULL OR NOT (queue = ANY(%(limited)s)))
+   AND (run_at IS NULL OR run_at <= now())
+ ORDER BY priority, created_at
+ LIMIT %(limit)s
 
 -- name: ready_take
 -- Inside a claim transaction: take up to n ready rows of one lane (SKIP LOCKED: claimers never wait for
