@@ -2,21 +2,22 @@
 
 A claim never sends a multi-shard locking statement:
 
-1. one round trip reads, without locks, the limited queues (coordinator), the lanes of the best ready rows
-   and the expired leases this claimer may take (two multi-shard reads, each shard answering from its index);
+1. reads without locks: the limited queues (coordinator), the expired leases this claimer may take (one
+   multi-shard read; a node that fails it only postpones takeovers) and, per node in one round trip, each
+   lane's best ready rows (router reads), merged into one order (priority, then age);
 2. expired leases are taken over one by one, each a compare-and-set of the epoch seen (a router statement, its
    own transaction), so of two claimers exactly one wins;
 3. ready rows are taken lane by lane: per lane a router ``DELETE ... IN (SELECT ... FOR UPDATE SKIP LOCKED)``
    and a router ``UPDATE`` of those workflows (same shard), lanes of one node in one transaction (one-phase
-   commit), one transaction per node. Once one of these transactions has committed, a failure of a later one
-   ends the call with the claims made.
+   commit), one transaction per node. A node that fails (faults.py) is skipped for this round; a lost
+   coordinator connection retries the whole call, whose read-back returns every unit committed under its
+   token.
 
 Every claim statement stamps its rows with the call's token (``claim_token``, ``claim_recovery``); when the
 whole call is retried after a lost connection, the retry reads back what earlier attempts committed
 (``claim_read_back``, a multi-shard read without locks) and returns it with any new claims.
 
-Lease renewal is the ``lease_renew`` statement (``heartbeat()``: the worker upsert on the coordinator and one
-multi-shard UPDATE that locks only the rows it extends).
+Lease renewal goes by node group (renewal.py).
 """
 
 from __future__ import annotations
@@ -91,14 +92,17 @@ class CitusLeasesPart(LanesPart, LeasesPart):
                     break
                 except psycopg.Error as exc:
                     if node_fault(exc) and not conn.broken:
-                        self._node_failed("claim", exc)  # this node's lanes wait for the next round
+                        # This node's lanes wait for the next round. (A COMMIT that failed on the node may
+                        # have committed: such claims are found by the renewal's scan of the owner's leases
+                        # and given back by the worker, as any lease it does not run.)
+                        self._node_failed("claim", exc)
                         break
-                    if not out:
-                        raise  # nothing committed yet: the whole call is retried
                     rolled_back = getattr(exc, "sqlstate", None) in ("40001", "40P01") and not conn.broken
-                    if not rolled_back or attempt + 1 == UNIT_ATTEMPTS:
-                        log.warning("claim: stopping after %d claims: %s", len(out), exc)
-                        return out
+                    if rolled_back and attempt + 1 < UNIT_ATTEMPTS:
+                        continue
+                    # The whole call is retried; its read-back returns what earlier units (and this one, if
+                    # its COMMIT's acknowledgement was lost) committed under the call's token.
+                    raise
         return out
 
     def _expired(self, conn: psycopg.Connection, params: dict[str, Any]) -> list[tuple]:
