@@ -567,7 +567,7 @@ def test_a_node_group_that_does_not_answer_holds_up_only_its_own_lease_renewals(
             groups = [g for (g,) in conn.execute(
                 "SELECT DISTINCT groupid FROM pg_dist_node WHERE groupid > 0 ORDER BY 1").fetchall()]
             ids = {g: _ids_on(conn, citus_schema, g, 3, f"hb{g}") for g in groups}
-        for g, wids in ids.items():
+        for wids in ids.values():
             for wid in wids:
                 backend.workflow_create(NewWorkflow(wid, NAME, args_text(1), owner="w"))
         everything = {wid for wids in ids.values() for wid in wids}
