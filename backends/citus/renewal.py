@@ -120,11 +120,13 @@ class CitusRenewalPart(PostgresCore):
         budget = max(0.5, min(self.retry_seconds, lease_seconds / 4))
         self._lease_budget = self._lease_watchdog.limit = budget
         started = time.monotonic()
+        if owner not in self._scanned:  # the first renewal of an owner renews whatever it holds already
+            self._scan_owned(owner, budget)
         try:
             return self._renew(owner, lease_seconds, worker, budget, started)
         finally:
-            # After the renewal, off its critical path: what it finds is renewed from the next one on.
-            if started - self._scanned.get(owner, -OWNED_SCAN_SECONDS) >= OWNED_SCAN_SECONDS and not self._closed:
+            # Later scans after the renewal, off its critical path: what they find is renewed from the next on.
+            if started - self._scanned.get(owner, started) >= OWNED_SCAN_SECONDS and not self._closed:
                 self._scan_owned(owner, budget)
 
     def _renew(self, owner: str, lease_seconds: float, worker: WorkerInfo | None, budget: float,
