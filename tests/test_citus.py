@@ -69,7 +69,7 @@ def with_options(url: str, settings: dict[str, str]) -> str:
 # shards), a retried claim's read-back of its token and gc's pruning of old recorded answers (its own
 # autocommit statement). docs/backends.md lists them.
 MULTI_SHARD = frozenset({
-    "ready_candidates", "expired_candidates", "limited_expired", "ready_strays", "children_of", "gc_candidates",
+    "owned_scan", "expired_candidates", "limited_expired", "ready_strays", "children_of", "gc_candidates",
     "gc_references", "lease_renew", "lease_renew_no_worker", "workflow_get_many_terminal", "workflow_children",
     "worker_list", "workflow_version_counts", "queue_list", "monitor_workers", "monitor_queues", "monitor_finished",
     "monitor_latency", "monitor_failures", "monitor_oldest_pending", "queue_limited_names", "lane_nodes",
@@ -134,7 +134,8 @@ def test_every_statement_but_the_documented_reads_runs_on_one_shard(citus_url, c
     ran = cls.connection_class.ran  # type: ignore[attr-defined]
     for name in ("ready_take", "ready_claim", "queue_state_lock", "limited_take", "limited_take_partitioned",
                  "limited_claim", "step_record", "workflow_fence", "workflow_lock_row", "message_insert",
-                 "message_take", "workflow_cancel_one", "workflow_resume_one", "fork_insert", "gc_delete_workflow"):
+                 "message_take", "workflow_cancel_one", "workflow_resume_one", "fork_insert", "gc_delete_workflow",
+                 "ready_lane_best"):  # the renewal statements are guarded too, but run only if a beat falls in the workload
         assert ran[name] > 0, f"the workload never ran {name}: the test proves nothing about it ({dict(ran)})"
 
 
@@ -429,5 +430,155 @@ def test_a_serialization_failure_in_a_schedule_tick_is_retried(citus_url, citus_
         state = backend.schedule_get("s")
         assert state.cursor_at == tick and state.last_workflow_id == wf.workflow_id
         assert backend.workflow_get(wf.workflow_id).status == Status.PENDING
+    finally:
+        backend.close()
+
+
+# -- takeovers and checkpoints in flight -------------------------------------------------------------------
+
+
+def test_a_takeover_never_passes_a_checkpoint_in_flight(citus_url, citus_schema):
+    """A checkpoint holds the workflow row FOR KEY SHARE at its fence until it commits. A takeover of the
+    expired lease must conflict with it (skip the row this round), never commit under it: otherwise the new
+    owner reads the steps without that checkpoint and runs the step again, and the old owner's checkpoint
+    commits after all (a committed step run twice, G2). The checkpoint's transaction is held open here."""
+    backend = CitusBackend(citus_url, schema=citus_schema, pool_size=2, retry_seconds=5)
+    backend.open()
+    try:
+        backend.migrate()
+        wid = f"wf-{uuid.uuid4().hex[:8]}"
+        backend.workflow_create(NewWorkflow(wid, NAME, args_text(1)))
+        first = backend.workflow_claim(ClaimRequest("old", [NAME], 1, 0.5))
+        assert [c.workflow_id for c in first] == [wid]
+        step = StepResult(wid, 1, "s", first[0].epoch, output="1")
+        from kit.backends.postgres import rows
+
+        with psycopg.connect(citus_url) as held:  # a transaction: the checkpoint stays at its fence
+            got = held.execute(backend._q["step_record"], rows.step_params(step)).fetchall()
+            assert len(got) == 1  # fenced in, not committed
+            wait_for(lambda: backend.workflow_get(wid).lease_expires_at < datetime.now(timezone.utc), timeout=10)
+            taken = backend.workflow_claim(ClaimRequest("new", [NAME], 1, 30.0))
+            assert taken == []  # skipped while the checkpoint is in flight
+            held.commit()
+        taken = backend.workflow_claim(ClaimRequest("new", [NAME], 1, 30.0))
+        assert [(c.workflow_id, c.epoch, c.recovery) for c in taken] == [(wid, first[0].epoch + 1, True)]
+        # the new owner sees the old owner's checkpoint: it replays the step instead of running it again
+        assert [s.step_id for s in backend.step_list(wid)] == [1]
+    finally:
+        backend.close()
+
+
+# -- a worker node's failure inside a transactional step ----------------------------------------------------
+
+
+def _cut_worker_connections(url: str, conn: psycopg.Connection) -> int:
+    """Terminate, on every worker, the connections the coordinator opened for ``conn``'s session (Citus names
+    them ``citus_internal gpid=<gpid>``): the session's next use of them fails as a cut or a failover would
+    (a real error relayed by the coordinator; nothing else of the cluster is touched). Returns how many."""
+    gpid = conn.execute("SELECT citus_backend_gpid()").fetchone()[0]
+    with psycopg.connect(url, autocommit=True) as admin:
+        nodes = admin.execute("SELECT nodeport FROM pg_dist_node WHERE groupid > 0 AND noderole = 'primary'"
+                              ).fetchall()
+    parts = psycopg.conninfo.conninfo_to_dict(url)
+    killed = 0
+    for (port,) in nodes:
+        with psycopg.connect(**{**parts, "port": port}, autocommit=True) as worker:
+            killed += worker.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = %s",
+                (f"citus_internal gpid={gpid}",)).fetchone()[0]
+    return killed
+
+
+def test_a_worker_failure_in_a_transactional_step_is_a_storage_fault(citus_url, citus_schema):
+    """A worker connection lost inside a transactional step (the body's SQL gets 08006 "connection to the remote
+    node ... failed" relayed by a healthy coordinator; a COMMIT gets "could not commit transaction ..."): a
+    TransientStorageError, so the engine runs the step again, never the step's own failure. The COMMIT case is
+    resolved by reading the checkpoint back (here: not committed)."""
+    from kit.errors import TransientStorageError
+
+    backend = CitusBackend(citus_url, schema=citus_schema, pool_size=2, retry_seconds=10)
+    backend.open()
+    try:
+        backend.migrate()
+        wid = f"wf-{uuid.uuid4().hex[:8]}"
+        backend.workflow_create(NewWorkflow(wid, NAME, args_text(1)))
+        (claim,) = backend.workflow_claim(ClaimRequest("w", [NAME], 1, 60.0))
+        read = sql.SQL("SELECT count(*) FROM {} WHERE workflow_id = %s").format(
+            sql.Identifier(citus_schema, "steps"))
+
+        # 1. the body's own statement fails: nothing committed
+        with pytest.raises(TransientStorageError) as caught:
+            with backend.step_transaction(StepResult(wid, 1, "s", claim.epoch)) as tx:
+                tx.connection.execute(read, (wid,))  # the session now holds a connection to the shard's node
+                assert _cut_worker_connections(citus_url, tx.connection) >= 1
+                tx.connection.execute(read, (wid,))
+                tx.checkpoint("1")
+        cause = caught.value.__cause__
+        print("body:", type(cause).__name__, getattr(cause, "sqlstate", None), cause)
+        assert isinstance(cause, psycopg.Error)
+
+        # 2. the COMMIT fails after the checkpoint was written: read back, absent, so it runs again
+        with pytest.raises(TransientStorageError) as caught:
+            with backend.step_transaction(StepResult(wid, 1, "s", claim.epoch)) as tx:
+                tx.checkpoint("1")
+                assert _cut_worker_connections(citus_url, tx.connection) >= 1
+        cause = caught.value.__cause__
+        print("commit:", type(cause).__name__, getattr(cause, "sqlstate", None), cause)
+        assert backend.step_list(wid) == []
+
+        # 3. run again, it commits once
+        with backend.step_transaction(StepResult(wid, 1, "s", claim.epoch)) as tx:
+            tx.checkpoint("1")
+        assert tx.record is not None and [(s.step_id, s.output) for s in backend.step_list(wid)] == [(1, "1")]
+    finally:
+        backend.close()
+
+
+def test_the_node_failures_the_chaos_lab_saw_are_storage_faults():
+    """The exact errors of the Citus lab's worker-group failover and cut (docs/lab.md), and errors that are not
+    node failures (the statement's own: kept as they are)."""
+    from kit.backends.citus.faults import node_fault
+
+    assert node_fault(psycopg.errors.InternalError_(
+        "could not commit transaction for shard 102010 on at least one active node"))
+    assert node_fault(psycopg.errors.ConnectionFailure(
+        'connection to the remote node kit@citus-w1:5432 failed with the following error: Connection refused'))
+    assert node_fault(psycopg.errors.AdminShutdown(
+        "terminating connection due to administrator command\nCONTEXT:  while executing command on 127.0.0.1:1"))
+    assert not node_fault(psycopg.errors.InternalError_("cache lookup failed for relation 1234"))
+    assert not node_fault(psycopg.errors.UniqueViolation("duplicate key value violates unique constraint"))
+    assert not node_fault(psycopg.errors.QueryCanceled("canceling statement due to statement timeout"))
+    assert not node_fault(ValueError("connection to the remote node failed"))
+
+
+# -- fault isolation: one node group does not hold the others up ------------------------------------------
+
+
+def test_a_node_group_that_does_not_answer_holds_up_only_its_own_lease_renewals(citus_url, citus_schema):
+    """Leases are renewed per node group, each on its own connection: while one group's renewal cannot get
+    through (here: a row of that group locked by another transaction, so its UPDATE waits past the renewal's
+    budget), the other group's leases are renewed and reported, the stuck group's are not; once it answers
+    again, all are. (One multi-shard UPDATE renewed nothing anywhere in that case.)"""
+    backend = CitusBackend(citus_url, schema=citus_schema, pool_size=2, retry_seconds=5)
+    backend.open()
+    try:
+        backend.migrate()
+        with psycopg.connect(citus_url, autocommit=True) as conn:
+            groups = [g for (g,) in conn.execute(
+                "SELECT DISTINCT groupid FROM pg_dist_node WHERE groupid > 0 ORDER BY 1").fetchall()]
+            ids = {g: _ids_on(conn, citus_schema, g, 3, f"hb{g}") for g in groups}
+        for wids in ids.values():
+            for wid in wids:
+                backend.workflow_create(NewWorkflow(wid, NAME, args_text(1), owner="w"))
+        everything = {wid for wids in ids.values() for wid in wids}
+        assert set(backend.lease_renew("w", 30.0)) == everything
+        stuck, healthy = groups[0], groups[1:]
+        with psycopg.connect(citus_url) as blocker:
+            blocker.execute(sql.SQL("SELECT 1 FROM {} WHERE workflow_id = %s FOR UPDATE").format(
+                sql.Identifier(citus_schema, "workflows")), (ids[stuck][0],))
+            renewed = backend.lease_renew("w", 2.0)  # a budget of 0.5 s
+            assert set(renewed) == {wid for g in healthy for wid in ids[g]}
+            blocker.rollback()
+        assert set(backend.lease_renew("w", 30.0)) == everything
     finally:
         backend.close()

@@ -10,22 +10,27 @@ describes the layout and what each operation costs.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
 
+import psycopg
 from kit.backends.postgres.backend import PostgresBackend
 from kit.backends.postgres.queries import MigrationSet, QuerySet
 from kit.backends.postgres.server import is_citus
 
-from kit.storage import ServerInfo
+from kit.storage import Claim, ClaimRequest, Created, NewWorkflow, ServerInfo
 
 from .control import CitusControlPart
+from .faults import NodeFault, node_fault
 from .leases import CitusLeasesPart
 from .messaging import CitusMessagingPart
 from .outcomes import CitusOutcomesPart
 from .queues import CitusQueuesPart
+from .renewal import CitusRenewalPart
 from .steps import CitusStepsPart
 from .streams import CitusStreamsPart
 
+T = TypeVar("T")
 _OWN_MIGRATIONS = MigrationSet.load(__package__, "migrations")
 # PostgreSQL migrations this backend replaces with its own (none today: it only adds versions). A version
 # of its own that PostgreSQL also has and that is not listed here is a numbering clash, refused at import.
@@ -43,6 +48,7 @@ def _migrations() -> MigrationSet:
 class CitusBackend(
     CitusControlPart,
     CitusQueuesPart,
+    CitusRenewalPart,
     CitusLeasesPart,
     CitusMessagingPart,
     CitusStreamsPart,
@@ -77,6 +83,42 @@ class CitusBackend(
         old = dict(parse_qsl(parts.query)).get("options", "")
         query.append(("options", f"{old} -c citus.shard_count={int(lanes)}".strip()))
         return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))  # libpq: %20, not '+'
+
+    def _run(self, fn: Callable[[psycopg.Connection], T], *, retry: bool = True) -> T:
+        """PostgreSQL's retry loop, with a worker node's failure relayed by the coordinator (faults.py: XX000 at
+        a COMMIT, 08006 from a statement, the coordinator connection still healthy) taken as the lost
+        connection it is: retried within the budget (every statement run this way is idempotent or read
+        back), never reported as the operation's own error."""
+        def guarded(conn: psycopg.Connection) -> T:
+            try:
+                return fn(conn)
+            except psycopg.OperationalError:
+                raise
+            except psycopg.Error as exc:
+                if node_fault(exc):
+                    raise NodeFault(str(exc)) from exc
+                raise
+
+        return super()._run(guarded, retry=retry)
+
+    # The workflows handed to an owner are renewed by node group (renewal.py): every way of handing one out
+    # tells the renewal about it.
+    def workflow_claim(self, req: ClaimRequest) -> list[Claim]:
+        claims = super().workflow_claim(req)
+        self._hold(req.owner, [c.workflow_id for c in claims])
+        return claims
+
+    def queue_claim(self, req: ClaimRequest, queue: str) -> list[Claim] | None:
+        claims = super().queue_claim(req, queue)
+        if claims:
+            self._hold(req.owner, [c.workflow_id for c in claims])
+        return claims
+
+    def workflow_create(self, wf: NewWorkflow) -> Created:
+        created = super().workflow_create(wf)
+        if wf.owner is not None:
+            self._hold(wf.owner, [wf.workflow_id])
+        return created
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()

@@ -2,21 +2,22 @@
 
 A claim never sends a multi-shard locking statement:
 
-1. one round trip reads, without locks, the limited queues (coordinator), the lanes of the best ready rows
-   and the expired leases this claimer may take (two multi-shard reads, each shard answering from its index);
+1. reads without locks: the limited queues (coordinator), the expired leases this claimer may take (one
+   multi-shard read; a node that fails it only postpones takeovers) and, per node in one round trip, each
+   lane's best ready rows (router reads), merged into one order (priority, then age);
 2. expired leases are taken over one by one, each a compare-and-set of the epoch seen (a router statement, its
    own transaction), so of two claimers exactly one wins;
 3. ready rows are taken lane by lane: per lane a router ``DELETE ... IN (SELECT ... FOR UPDATE SKIP LOCKED)``
    and a router ``UPDATE`` of those workflows (same shard), lanes of one node in one transaction (one-phase
-   commit), one transaction per node. Once one of these transactions has committed, a failure of a later one
-   ends the call with the claims made.
+   commit), one transaction per node. A node that fails (faults.py) is skipped for this round; a lost
+   coordinator connection retries the whole call, whose read-back returns every unit committed under its
+   token.
 
 Every claim statement stamps its rows with the call's token (``claim_token``, ``claim_recovery``); when the
 whole call is retried after a lost connection, the retry reads back what earlier attempts committed
 (``claim_read_back``, a multi-shard read without locks) and returns it with any new claims.
 
-Lease renewal is the ``lease_renew`` statement (``heartbeat()``: the worker upsert on the coordinator and one
-multi-shard UPDATE that locks only the rows it extends).
+Lease renewal goes by node group (renewal.py).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from kit.backends.postgres.leases import LeasesPart
 
 from kit.storage import Claim, ClaimRequest
 
-from .lanes import LanesPart
+from .faults import node_fault
+from .lanes import LanesPart, run_each
 
 log = logging.getLogger("kit.citus")
 UNIT_ATTEMPTS = 3  # a takeover or a node's lanes rolled back by a serialization failure or deadlock: tries
@@ -41,6 +43,10 @@ UNIT_ATTEMPTS = 3  # a takeover or a node's lanes rolled back by a serialization
 
 class CitusLeasesPart(LanesPart, LeasesPart):
     """workflow_claim by lanes."""
+
+    def __init__(self, url: str, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self._node_faults_logged: set[tuple[str, str]] = set()
 
     def workflow_claim(self, req: ClaimRequest) -> list[Claim]:
         """Every unit stamps what it claims with this call's token (claim_token, claim_recovery); a retry of the
@@ -68,20 +74,13 @@ class CitusLeasesPart(LanesPart, LeasesPart):
                 for r in self._run(claim)]
 
     def _claim_lanes(self, conn: psycopg.Connection, params: dict[str, Any]) -> list[tuple]:
-        with conn.pipeline():
-            limited_cur = conn.execute(self._q["queue_limited_names"])
-            limited = [r[0] for r in limited_cur.fetchall()]
-            params = {**params, "limited": limited}
-            ready_cur = conn.execute(self._q["ready_candidates"], params)
-            expired_cur = conn.execute(self._q["expired_candidates"], params)
-        lanes = Counter(r[0] for r in ready_cur.fetchall())
-        # Each takeover and each node's lanes commit on their own: once one has committed, a failure of a later
-        # one ends the call with what is claimed (retrying the whole call would lose those claims).
+        """Takeovers of expired leases, then the lanes node by node. A unit whose node fails (a worker group
+        failing over or cut off: faults.py) is skipped for this round, the others go on; only a failure of
+        the coordinator connection itself ends the call (retried whole, with read-back)."""
+        params = {**params, "limited": self._limited_names(conn)}
         units: list[Callable[[int], list[tuple]]] = [
-            functools.partial(self._take_over, conn, params, row) for row in expired_cur.fetchall()]
-        # The best candidates' lanes, most promising first; each lane asked for what it showed (up to room).
-        units += [functools.partial(self._take_ready, conn, params, group, lanes)
-                  for group in self._lanes_by_node(conn, [lane for lane, _ in lanes.most_common()])]
+            functools.partial(self._take_over, conn, params, row) for row in self._expired(conn, params)]
+        units += self._lane_units(conn, params)
         out: list[tuple] = []
         for unit in units:
             for attempt in range(UNIT_ATTEMPTS):
@@ -92,13 +91,59 @@ class CitusLeasesPart(LanesPart, LeasesPart):
                     out += unit(room)
                     break
                 except psycopg.Error as exc:
-                    if not out:
-                        raise  # nothing committed yet: the whole call is retried
+                    if node_fault(exc) and not conn.broken:
+                        # This node's lanes wait for the next round. (A COMMIT that failed on the node may
+                        # have committed: such claims are found by the renewal's scan of the owner's leases
+                        # and given back by the worker, as any lease it does not run.)
+                        self._node_failed("claim", exc)
+                        break
                     rolled_back = getattr(exc, "sqlstate", None) in ("40001", "40P01") and not conn.broken
-                    if not rolled_back or attempt + 1 == UNIT_ATTEMPTS:
-                        log.warning("claim: stopping after %d claims: %s", len(out), exc)
-                        return out
+                    if rolled_back and attempt + 1 < UNIT_ATTEMPTS:
+                        continue
+                    # The whole call is retried; its read-back returns what earlier units (and this one, if
+                    # its COMMIT's acknowledgement was lost) committed under the call's token.
+                    raise
         return out
+
+    def _expired(self, conn: psycopg.Connection, params: dict[str, Any]) -> list[tuple]:
+        """Expired leases this claimer may take over (one multi-shard read without locks). A node that fails
+        the read postpones takeovers to a later round; claims of ready work go on."""
+        try:
+            return conn.execute(self._q["expired_candidates"], params).fetchall()
+        except psycopg.Error as exc:
+            if not node_fault(exc) or conn.broken:
+                raise
+            self._node_failed("takeover candidates", exc)
+            return []
+
+    def _node_failed(self, what: str, exc: BaseException) -> None:
+        """Log a node failure once per kind of work and message (not every claim round)."""
+        key = (what, str(exc).split("\n", 1)[0][:120])
+        if key not in self._node_faults_logged:
+            if len(self._node_faults_logged) > 100:
+                self._node_faults_logged.clear()
+            self._node_faults_logged.add(key)
+            log.warning("%s: a node failed, its lanes are skipped until it is back: %s", what, exc)
+
+    def _lane_units(self, conn: psycopg.Connection, params: dict[str, Any]) -> list[Callable[[int], list[tuple]]]:
+        """Read each lane's best candidates (router reads, one round trip per node; a node that fails is
+        skipped), merge them into one order and return, per node, the take of the lanes holding the best
+        ``limit`` of them (each lane asked for what it showed), the node with the best candidate first."""
+        best: list[tuple[Any, Any, str]] = []
+        for group in self._lanes_by_node(conn, list(self._lane_map(conn))):
+            try:
+                found = run_each(conn, [(self._q["ready_lane_best"], {**params, "lane": lane}) for lane in group])
+            except psycopg.Error as exc:
+                if not node_fault(exc) or conn.broken:
+                    raise
+                self._node_failed("claim", exc)
+                continue
+            best += [(r[0], r[1], lane) for lane, rows in zip(group, found, strict=True) for r in rows]
+        best.sort(key=lambda c: (c[0], c[1]))
+        shown = Counter(lane for _, _, lane in best[:params["limit"]])
+        order = list(dict.fromkeys(lane for _, _, lane in best if lane in shown))
+        return [functools.partial(self._take_ready, conn, params, group, shown)
+                for group in self._lanes_by_node(conn, order)]
 
     def _take_over(self, conn: psycopg.Connection, params: dict[str, Any], expired: tuple, _room: int) -> list[tuple]:
         """Compare-and-set one expired lease (epoch seen); a workflow still holding the slot of a queue that is no

@@ -113,11 +113,12 @@ RETURNING name, queue, priority, app_version, partition_key, run_at, created_at
 
 -- Claims of ordinary queues: lanes ---------------------------------------------------------------------------
 
--- name: ready_candidates
--- multi-shard, no locks: the lanes of the best ready rows this claimer may take (the claim is then a router
--- statement per lane). Each shard returns its best rows by the index, the coordinator merges them.
-SELECT lane_key FROM {schema}.ready
- WHERE name = ANY(%(names)s)
+-- name: ready_lane_best
+-- The best ready rows of one lane this claimer may take (no locks), up to limit: the claim merges the lanes'
+-- answers into one order (priority, then age) and takes the best. Router (one lane), so a node that fails
+-- costs only its own lanes.
+SELECT priority, created_at FROM {schema}.ready
+ WHERE lane_key = %(lane)s AND name = ANY(%(names)s)
    AND (%(versions)s::text[] IS NULL OR app_version IS NULL OR app_version = ANY(%(versions)s))
    AND (%(any_queue)s OR coalesce(queue, '') = ANY(%(queues)s))
    AND (queue IS NULL OR NOT (queue = ANY(%(limited)s)))
@@ -165,14 +166,22 @@ SELECT workflow_id, epoch, held_lane FROM {schema}.workflows
  LIMIT %(limit)s
 
 -- name: expired_claim
--- Take over one expired lease: a compare-and-set of the epoch seen, so of two claimers one wins.
-UPDATE {schema}.workflows
-   SET owner = %(owner)s, epoch = epoch + 1, lease_expires_at = now() + make_interval(secs => %(lease)s),
-       recoveries = recoveries + 1, held_lane = CASE WHEN %(keep_slot)s THEN held_lane END,
+-- Take over one expired lease: a compare-and-set of the epoch seen, so of two claimers one wins. The row is
+-- first locked FOR UPDATE (SKIP LOCKED) in the subquery, as PostgreSQL's claims do: a plain UPDATE takes only
+-- FOR NO KEY UPDATE, which does not conflict with the FOR KEY SHARE a checkpoint in flight holds on the row
+-- (step_record, workflow_fence), so the takeover would commit under it and the old owner's checkpoint after
+-- it (a committed step run twice). FOR UPDATE conflicts: a workflow with a checkpoint in flight is skipped
+-- this round. Router statement (the outer UPDATE and the subquery both filtered on the id).
+UPDATE {schema}.workflows w
+   SET owner = %(owner)s, epoch = w.epoch + 1, lease_expires_at = now() + make_interval(secs => %(lease)s),
+       recoveries = w.recoveries + 1, held_lane = CASE WHEN %(keep_slot)s THEN w.held_lane END,
        claim_token = %(token)s, claim_recovery = true
- WHERE workflow_id = %(workflow_id)s AND epoch = %(epoch)s AND status = 'RUNNING'
-   AND lease_expires_at < now() AND owner IS DISTINCT FROM %(owner)s
-RETURNING workflow_id, name, inputs, epoch, true, deadline_at
+  FROM (SELECT workflow_id FROM {schema}.workflows
+         WHERE workflow_id = %(workflow_id)s AND epoch = %(epoch)s AND status = 'RUNNING'
+           AND lease_expires_at < now() AND owner IS DISTINCT FROM %(owner)s
+           FOR UPDATE SKIP LOCKED) pick
+ WHERE w.workflow_id = %(workflow_id)s AND w.workflow_id = pick.workflow_id
+RETURNING w.workflow_id, w.name, w.inputs, w.epoch, true, w.deadline_at
 
 -- Claims of limited queues: the home lane --------------------------------------------------------------------
 
@@ -475,3 +484,30 @@ INSERT INTO {schema}.coordinator_outcomes (token, operation, result) VALUES (%(t
 
 -- name: coordinator_outcome_get
 SELECT result FROM {schema}.coordinator_outcomes WHERE token = %(token)s
+
+-- Lease renewal by node group ------------------------------------------------------------------------------
+
+-- name: lease_beat
+-- Coordinator, one statement: the worker's heartbeat row (when it has one) and, for workflows held here
+-- whose shard is not known yet, their shard and node group (Citus metadata, read locally).
+WITH beat AS (
+    INSERT INTO {schema}.workers (worker_id, hostname, pid)
+    SELECT %(owner)s, %(hostname)s, %(pid)s WHERE %(hostname)s::text IS NOT NULL
+    ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = now()
+)
+SELECT w.id, s.shardid, p.groupid
+  FROM unnest(%(ids)s::text[]) AS w(id)
+  CROSS JOIN LATERAL (SELECT get_shard_id_for_distribution_column(%(table)s, w.id) AS shardid) s
+  JOIN pg_dist_placement p ON p.shardid = s.shardid
+
+-- name: lease_renew_shard
+-- Extend the leases of some workflows of one shard held by this owner (ids of one shard: a router UPDATE,
+-- locking only those rows); the rows returned are the leases still ours.
+UPDATE {schema}.workflows SET lease_expires_at = now() + make_interval(secs => %(lease)s)
+ WHERE workflow_id = ANY(%(ids)s) AND owner = %(owner)s AND status = 'RUNNING'
+RETURNING workflow_id, epoch
+
+-- name: owned_scan
+-- multi-shard, no locks: the RUNNING workflows this owner holds (now and then, so a lease the renewal does not
+-- know of yet, e.g. a claim whose acknowledgement was lost, is renewed or released like on PostgreSQL).
+SELECT workflow_id FROM {schema}.workflows WHERE owner = %(owner)s AND status = 'RUNNING'

@@ -117,7 +117,13 @@ class CitusWorkflowsPart(LanesPart, WorkflowsPart):
                 f"{wf.dedup_id!r}", holder[0]) from None
         raise psycopg.errors.SerializationFailure("conflicting create ended in between: try again")
 
-    # -- finishing (group commit: pipelined single statements) ---------------------------------------
+    # -- finishing: each on its caller's connection (see CitusStepsPart.step_record) -------------------
+    def workflow_finish(self, fin: Finish) -> bool:
+        got = self._flush_finishes([fin])[0]
+        if isinstance(got, BaseException):
+            raise got
+        return got
+
     def _flush_finishes(self, batch: Sequence[Finish]) -> list[bool | BaseException]:
         """Each finish is its own router statement (no multi-shard locking statement), sent pipelined; a
         workflow holding a limited-queue slot or a dedup id finishes in a transaction that frees them."""
