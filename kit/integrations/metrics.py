@@ -77,10 +77,12 @@ class MetricsHook:
     raised into a run."""
 
     def add(self, metric: Metric, value: float, labels: dict[str, str]) -> None:
-        raise NotImplementedError
+        """Add ``value`` to a counter (each exporter implements it)."""
+        raise NotImplementedError(f"{type(self).__name__} does not record counters")
 
     def observe(self, metric: Metric, value: float, labels: dict[str, str]) -> None:
-        raise NotImplementedError
+        """Record one observation of a histogram (each exporter implements it)."""
+        raise NotImplementedError(f"{type(self).__name__} does not record histograms")
 
     def _add(self, metric: Metric, value: float, labels: dict[str, str]) -> None:
         try:
